@@ -1,0 +1,23 @@
+# The project's entry points. Every target but clean installs first: setup is a quick no-op once done.
+PY := .venv/bin/python
+
+.PHONY: setup test gate bench clean
+
+setup:
+	bash scripts/setup.sh
+
+# pytest's exit 5 means it collected nothing: that must fail loudly, not pass as "no failures".
+test: setup
+	@echo "+ $(PY) -m pytest scenarios --alluredir reports/allure-results --clean-alluredir"
+	@$(PY) -m pytest scenarios --alluredir reports/allure-results --clean-alluredir; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests under scenarios/" >&2; fi; \
+	exit $$rc
+
+gate: setup
+	.venv/bin/harness gate all --profile quick
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf reports/*

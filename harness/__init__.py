@@ -1,0 +1,1 @@
+"""Test harness for Codex Relay: real processes, mocks and launchers."""

@@ -1,0 +1,456 @@
+"""Fake Telegram Bot API (the subset python-telegram-bot uses) on a real aiohttp server.
+Bot calls go to `/bot<token>/<method>`; tests inject updates, read calls and set faults under `/_fake/`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+
+Json = dict[str, Any]
+# Keys Telegram reads as plain strings even when they look like JSON (a text "42" must stay "42").
+TEXT_KEYS = frozenset({"text", "caption", "callback_query_id", "data", "url", "parse_mode", "action", "name",
+                       "inline_message_id", "secret_token", "language_code", "description", "query", "title"})
+COMMAND = re.compile(r"^/[A-Za-z0-9_]{1,32}(@[A-Za-z0-9_]{3,64})?(?=\s|$)")
+TRUE_METHODS = ("close", "logOut", "sendChatAction", "setWebhook")  # answered `true`, no state the tests read
+NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and reply markup are "
+                "exactly the same as a current content and reply markup of the message")
+ERROR_STATUSES = frozenset(s.value for s in HTTPStatus if 400 <= s.value <= 599)
+
+
+def log(op: str, **kv: Any) -> None:
+    parts = [f"op={op}"]
+    for key, value in kv.items():
+        if value is not None:
+            text = (value if isinstance(value, str) else json.dumps(value, separators=(",", ":")))[:80]
+            parts.append(f"{key}={json.dumps(text) if not text or ' ' in text or '=' in text else text}")
+    print(" ".join(parts), file=sys.stderr, flush=True)
+
+
+class TgError(Exception):
+    """An error answered with a real HTTP status: PTB picks its exception from the status, not from `ok`."""
+
+    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.body: Json = {"ok": False, "error_code": status, "description": description}
+        if retry_after is not None:
+            self.body["parameters"] = {"retry_after": retry_after}
+
+
+@dataclass
+class Msg:
+    message_id: int
+    chat_id: int
+    date: int
+    text: str
+    sender: Json
+    from_bot: bool
+    reply_markup: Json | None = None
+    entities: list[Json] | None = None
+    edits: list[Json] = field(default_factory=list)
+    original: Json = field(default_factory=dict)
+    deleted: bool = False
+
+    def view(self) -> Json:
+        return {"message_id": self.message_id, "from_bot": self.from_bot, "text": self.text, "date": self.date,
+                "reply_markup": self.reply_markup, "original": self.original, "edits": self.edits}
+
+
+def _decode(key: str, value: Any) -> Any:
+    # PTB form-encodes numbers, bools and complex values (reply_markup, commands) as JSON strings.
+    if not isinstance(value, str) or key in TEXT_KEYS:
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+async def read_params(request: web.Request) -> Json:
+    raw: Json = dict(request.query)
+    if request.content_type == "application/json":
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise ValueError("JSON body must be an object")
+        raw.update(body)
+    else:  # form-encoded or multipart; any other body reads as empty
+        for key, value in (await request.post()).items():
+            raw[key] = ({"filename": value.filename, "size": len(value.file.read())}
+                        if isinstance(value, web.FileField) else value)
+    return {k: _decode(k, v) for k, v in raw.items()}
+
+
+def _text(params: Json) -> str:
+    text = params.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise TgError(400, "Bad Request: message text is empty")
+    if len(text) > 4096:
+        raise TgError(400, "Bad Request: message is too long")
+    return text
+
+
+def _markup(params: Json) -> Json | None:
+    markup = params.get("reply_markup")
+    if markup is not None and not isinstance(markup, dict):
+        raise TgError(400, "Bad Request: can't parse reply keyboard markup JSON object")
+    for row in (markup or {}).get("inline_keyboard", []):
+        if any(len(str(b.get("callback_data", "")).encode()) > 64 for b in row):
+            raise TgError(400, "Bad Request: BUTTON_DATA_INVALID")
+    return markup
+
+
+def _need(body: Json, key: str, kind: type) -> Any:
+    value = body.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):  # bool is an int, but never a valid id
+        raise TypeError(f"'{key}' must be {kind.__name__}")
+    return value
+
+
+class FakeTelegram:
+    def __init__(self, token: str, username: str = "relay_test_bot") -> None:
+        self.token = token
+        bot_id = int(token.split(":")[0]) if token.split(":")[0].isdigit() else 100000001
+        self.bot_user: Json = {"id": bot_id, "is_bot": True, "first_name": "Relay Test Bot", "username": username}
+        self.seq = self.update_id = self.query_id = self.poll_gen = 0  # never reset: tests and bots keep them
+        self.next_mid: dict[int, int] = {}  # survives reset so a bot holding old ids never hits a reused one
+        self.commands: list[Json] = []
+        self.closing = False
+        self.changed = asyncio.Condition()  # wakes long polls: new update, new call, newer poll, shutdown
+        self.handlers = {n.lower(): n for n in TRUE_METHODS + (
+            "getMe", "deleteWebhook", "getUpdates", "sendMessage", "editMessageText", "editMessageReplyMarkup",
+            "answerCallbackQuery", "deleteMessage", "setMyCommands", "getMyCommands")}
+        self.reset()
+
+    def reset(self) -> None:
+        self.calls: list[Json] = []
+        self.updates: list[Json] = []
+        self.chats: dict[int, dict[int, Msg]] = {}
+        self.alerts: dict[int, list[Json]] = {}
+        self.queries: dict[str, tuple[int, int]] = {}  # unanswered callback id -> (chat_id, message_id)
+        self.faults: list[Json] = []
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def _wait(self, predicate: Callable[[], bool], timeout: float) -> None:
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: predicate() or self.closing), timeout)
+            except TimeoutError:
+                pass
+
+    # ---- bot side -------------------------------------------------------------------------------
+    async def bot_api(self, request: web.Request) -> web.Response:
+        method = self.handlers.get(request.match_info["method"].lower(), request.match_info["method"])
+        fault = next((f for f in self.faults if f["method"] in (method, "*")), None)
+        if fault is not None:
+            fault["count"] -= 1
+            if fault["count"] <= 0:
+                self.faults.remove(fault)
+        params: Json = {}
+        parse_error: TgError | None = None
+        try:  # read before any delay: a bot that gives up waiting must not take its body with it
+            params = await read_params(request)
+        except ValueError as exc:
+            parse_error = TgError(400, f"Bad Request: can't parse request body: {exc}")
+        # A slow reply still takes effect, like a real Telegram call whose client timed out.
+        await asyncio.sleep(fault.get("delay", 0.0) if fault else 0.0)
+        try:
+            if parse_error is not None:
+                raise parse_error
+            if request.match_info["token"] != self.token:
+                raise TgError(401, "Unauthorized")
+            if fault is not None and fault.get("status") == 429:
+                raise TgError(429, f"Too Many Requests: retry after {fault['retry_after']}", fault["retry_after"])
+            if fault is not None and "status" in fault:
+                raise TgError(fault["status"], fault.get("description") or HTTPStatus(fault["status"]).phrase)
+            if method.lower() not in self.handlers:
+                raise TgError(404, "Not Found")
+            try:
+                result = True if method in TRUE_METHODS else await getattr(self, "m_" + method)(params)
+            except (ValueError, TypeError, AttributeError) as exc:  # malformed params: a 400, never a traceback
+                raise TgError(400, f"Bad Request: {exc}") from exc
+            status, body = 200, {"ok": True, "result": result}
+        except TgError as exc:
+            status, body = exc.status, exc.body
+        self.seq += 1
+        # client_gone: the bot gave up (timeout, cancelled poll) before the answer, so it never saw it.
+        self.calls.append({"seq": self.seq, "time": time.time(), "method": method, "params": params,
+                           "status": status, "response": body, "client_gone": request.transport is None})
+        log("call", seq=self.seq, method=method, chat_id=params.get("chat_id"),
+            message_id=params.get("message_id"), status=status, text=params.get("text"))
+        await self._notify()
+        return web.json_response(body, status=status)
+
+    def _message_json(self, m: Msg) -> Json:
+        chat = ({"id": m.chat_id, "type": "private", "first_name": "User"} if m.chat_id > 0
+                else {"id": m.chat_id, "type": "group", "title": f"Group {m.chat_id}"})
+        out: Json = {"message_id": m.message_id, "date": m.date, "chat": chat, "from": m.sender, "text": m.text}
+        if m.entities:
+            out["entities"] = m.entities
+        if m.edits:
+            out["edit_date"] = m.edits[-1]["date"]
+        if m.reply_markup and "inline_keyboard" in m.reply_markup:  # Telegram echoes only inline keyboards
+            out["reply_markup"] = m.reply_markup
+        return out
+
+    def _new_msg(self, chat_id: int, text: str, sender: Json, **extra: Any) -> Msg:
+        mid = self.next_mid.get(chat_id, 1)
+        self.next_mid[chat_id] = mid + 1  # one id sequence per chat, shared by user and bot, as in Telegram
+        msg = Msg(mid, chat_id, int(time.time()), text, sender, sender is self.bot_user, **extra)
+        msg.original = {"text": text, "reply_markup": msg.reply_markup}
+        self.chats.setdefault(chat_id, {})[mid] = msg
+        return msg
+
+    def _find(self, params: Json, what: str) -> Msg:
+        msg = self.chats.get(_need(params, "chat_id", int), {}).get(_need(params, "message_id", int))
+        if msg is None or msg.deleted:
+            raise TgError(400, f"Bad Request: message to {what} not found")
+        return msg
+
+    async def m_getMe(self, p: Json) -> Json:
+        return self.bot_user
+
+    async def m_deleteWebhook(self, p: Json) -> bool:
+        if p.get("drop_pending_updates") is True:
+            self.updates.clear()
+        return True
+
+    async def m_getUpdates(self, p: Json) -> list[Json]:
+        offset, limit = int(p.get("offset") or 0), min(max(int(p.get("limit") or 100), 1), 100)
+        if offset > 0:  # an offset confirms every update before it
+            self.updates = [u for u in self.updates if u["update_id"] >= offset]
+        self.poll_gen += 1
+        gen = self.poll_gen
+        await self._notify()  # an older poll still waiting gets 409, as from Telegram
+        await self._wait(lambda: bool(self.updates) or gen != self.poll_gen, float(p.get("timeout") or 0))
+        if gen != self.poll_gen:
+            raise TgError(409, "Conflict: terminated by other getUpdates request; "
+                               "make sure that only one bot instance is running")
+        return self.updates[:limit]
+
+    async def m_sendMessage(self, p: Json) -> Json:
+        msg = self._new_msg(_need(p, "chat_id", int), _text(p), self.bot_user, reply_markup=_markup(p))
+        return self._message_json(msg)
+
+    async def _edit(self, p: Json, method: str, text: str | None) -> Json:
+        msg = self._find(p, "edit")
+        if not msg.from_bot:
+            raise TgError(400, "Bad Request: message can't be edited")
+        text, markup = msg.text if text is None else text, _markup(p)  # no reply_markup removes the keyboard
+        if text == msg.text and markup == msg.reply_markup:
+            raise TgError(400, NOT_MODIFIED)
+        msg.text, msg.reply_markup = text, markup
+        msg.edits.append({"method": method, "text": text, "reply_markup": markup, "date": int(time.time())})
+        return self._message_json(msg)
+
+    async def m_editMessageText(self, p: Json) -> Json:
+        return await self._edit(p, "editMessageText", _text(p))
+
+    async def m_editMessageReplyMarkup(self, p: Json) -> Json:
+        return await self._edit(p, "editMessageReplyMarkup", None)
+
+    async def m_answerCallbackQuery(self, p: Json) -> bool:
+        query_id, text = str(p.get("callback_query_id", "")), str(p.get("text") or "")
+        if query_id not in self.queries:  # unknown or already answered
+            raise TgError(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+        if len(text) > 200:
+            raise TgError(400, "Bad Request: MESSAGE_TOO_LONG")
+        chat_id, message_id = self.queries.pop(query_id)
+        self.alerts.setdefault(chat_id, []).append({"callback_query_id": query_id, "message_id": message_id,
+                                                    "text": text, "show_alert": p.get("show_alert") is True})
+        return True
+
+    async def m_deleteMessage(self, p: Json) -> bool:
+        self._find(p, "delete").deleted = True
+        return True
+
+    async def m_setMyCommands(self, p: Json) -> bool:
+        if not isinstance(p.get("commands"), list):
+            raise TgError(400, "Bad Request: can't parse commands JSON object")
+        self.commands = p["commands"]
+        return True
+
+    async def m_getMyCommands(self, p: Json) -> list[Json]:
+        return self.commands
+
+    # ---- control side (tests) -------------------------------------------------------------------
+    async def _push(self, update: Json) -> int:
+        self.update_id += 1
+        self.updates.append({"update_id": self.update_id, **update})
+        await self._notify()
+        return self.update_id
+
+    @staticmethod
+    def _user(body: Json) -> Json:
+        user = {"id": _need(body, "user_id", int), "is_bot": False, "first_name": str(body.get("first_name") or "User")}
+        return {**user, "username": str(body["username"])} if body.get("username") else user
+
+    async def c_message(self, body: Json) -> Json:
+        chat_id, text = _need(body, "chat_id", int), _need(body, "text", str)
+        cmd = COMMAND.match(text)  # entity lengths count UTF-16 code units, as Telegram's do
+        entities = [{"type": "bot_command", "offset": 0, "length": len(cmd[0].encode("utf-16-le")) // 2}] if cmd else None
+        msg = self._new_msg(chat_id, text, self._user(body), entities=entities)
+        update_id = await self._push({"message": self._message_json(msg)})
+        log("inject", kind="message", update_id=update_id, chat_id=chat_id, text=text)
+        return {"update_id": update_id, "message_id": msg.message_id}
+
+    async def c_callback(self, body: Json) -> Json:
+        chat_id, message_id, data = _need(body, "chat_id", int), _need(body, "message_id", int), _need(body, "data", str)
+        msg, user = self.chats.get(chat_id, {}).get(message_id), self._user(body)
+        if msg is None or msg.deleted or not msg.from_bot:
+            raise ValueError(f"no visible bot message {message_id} in chat {chat_id}")
+        if len(data.encode()) > 64:
+            raise ValueError("Telegram limits callback data to 64 bytes")
+        self.query_id += 1
+        query_id = str(self.query_id)
+        self.queries[query_id] = (chat_id, message_id)
+        update_id = await self._push({"callback_query": {"id": query_id, "from": user, "chat_instance": str(chat_id),
+                                                         "data": data, "message": self._message_json(msg)}})
+        log("inject", kind="callback", update_id=update_id, chat_id=chat_id, message_id=message_id, data=data)
+        return {"update_id": update_id, "callback_query_id": query_id}
+
+    async def c_faults(self, body: Json) -> Json:
+        fault: Json = {"method": _need(body, "method", str), "count": int(body.get("count", 1))}
+        if "status" in body:
+            fault["status"] = _need(body, "status", int)
+            if fault["status"] not in ERROR_STATUSES:
+                raise ValueError("'status' must be an HTTP error status (400-599)")
+            if fault["status"] == 429:
+                fault["retry_after"] = int(body.get("retry_after", 1))
+            if body.get("description"):
+                fault["description"] = str(body["description"])
+        if "delay" in body:
+            fault["delay"] = float(body["delay"])
+        if fault["count"] < 1 or fault.get("delay", 0.0) < 0 or not {"status", "delay"} & fault.keys():
+            raise ValueError("a fault needs 'status' and/or 'delay' >= 0, and 'count' >= 1")
+        self.faults.append(fault)
+        log("fault", **fault)
+        return {"faults": self.faults}
+
+    async def c_calls(self, q: Mapping[str, str]) -> Json:
+        since, method, chat_id = int(q.get("since", 0)), q.get("method"), q.get("chat_id")
+
+        def matching() -> list[Json]:
+            return [c for c in self.calls if c["seq"] > since and method in (None, c["method"])
+                    and chat_id in (None, str(c["params"].get("chat_id")))]
+        # `wait` long-polls until a matching call exists, so tests need no sleep loops.
+        await self._wait(lambda: bool(matching()), min(float(q.get("wait", 0)), 60.0))
+        return {"calls": matching(), "last_seq": self.seq}
+
+    def c_chat(self, chat_id: int) -> Json:
+        msgs = sorted(self.chats.get(chat_id, {}).values(), key=lambda m: m.message_id)
+        return {"chat_id": chat_id, "messages": [m.view() for m in msgs if not m.deleted],
+                "deleted": [m.message_id for m in msgs if m.deleted], "alerts": self.alerts.get(chat_id, [])}
+
+    async def control(self, request: web.Request) -> web.Response:
+        route, q = (request.method, request.match_info["action"]), request.query
+        try:
+            body = await request.json() if request.method == "POST" and request.can_read_body else {}
+            if not isinstance(body, dict):
+                raise TypeError("body must be a JSON object")
+            if route == ("POST", "message"):
+                result = await self.c_message(body)
+            elif route == ("POST", "callback"):
+                result = await self.c_callback(body)
+            elif route == ("POST", "faults"):
+                result = await self.c_faults(body)
+            elif route == ("DELETE", "faults"):
+                self.faults.clear()
+                result = {"faults": []}
+            elif route == ("GET", "faults"):
+                result = {"faults": self.faults}
+            elif route == ("GET", "calls"):
+                result = await self.c_calls(q)
+            elif route == ("POST", "reset"):
+                self.reset()
+                result = {"ok": True, "last_seq": self.seq}
+            elif route == ("GET", "updates/pending"):
+                result = {"pending": len(self.updates)}
+            elif route[0] == "GET" and route[1].startswith("chat/"):
+                result = self.c_chat(int(route[1].removeprefix("chat/")))
+            else:
+                raise web.HTTPNotFound()
+            return web.json_response(result)
+        except (ValueError, TypeError) as exc:
+            return web.json_response({"ok": False, "error_code": 400, "description": str(exc)}, status=400)
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        self.closing = True  # release long polls now instead of holding shutdown for their `timeout`
+        await self._notify()
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) \
+        -> web.StreamResponse:
+    """JSON errors for everything, never a traceback to the client."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        return web.json_response({"ok": False, "error_code": exc.status, "description": exc.reason}, status=exc.status)
+    except Exception as exc:  # noqa: BLE001 - the client must always get a JSON answer
+        log("error", path=request.path, error=repr(exc))
+        return web.json_response({"ok": False, "error_code": 500, "description": "Internal Server Error"}, status=500)
+
+
+FAKE_KEY = web.AppKey("fake_telegram", FakeTelegram)
+
+
+def build_app(token: str, username: str = "relay_test_bot") -> web.Application:
+    fake = FakeTelegram(token, username)
+    app = web.Application(middlewares=[guard], client_max_size=64 * 1024 * 1024)
+    app[FAKE_KEY] = fake
+    app.router.add_route("*", "/bot{token}/{method}", fake.bot_api)
+    app.router.add_route("*", r"/_fake/{action:(updates/pending|chat/[^/]+|[a-z]+)}", fake.control)
+    app.on_shutdown.append(fake.on_shutdown)
+    return app
+
+
+def _write_ready(path: str, port: int) -> None:
+    tmp = f"{path}.tmp"  # written aside then renamed: a reader never sees half a file
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"port": port, "pid": os.getpid()}, fh)
+    os.replace(tmp, path)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    runner = web.AppRunner(build_app(args.token, args.username), access_log=None, shutdown_timeout=2.0)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    port = runner.addresses[0][1]
+    if args.ready_file:
+        _write_ready(args.ready_file, port)
+    log("ready", host=args.host, port=port, pid=os.getpid())
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log("shutdown")
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", required=True)
+    parser.add_argument("--username", default="relay_test_bot")
+    parser.add_argument("--ready-file", default="")
+    asyncio.run(serve(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

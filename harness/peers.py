@@ -1,0 +1,140 @@
+"""Scripted WebSocket peers: a node for driving the real manager (A1), a manager for the real node (A2).
+
+They speak the protocol module's messages and nothing else; they never stand in for Codex.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from runtime.protocol import Api, Msg, decode, encode, message
+
+
+class ScriptedNode:
+    """A hand-driven node: every frame the manager sends is queued for the test to inspect."""
+
+    def __init__(self, manager_url: str, node_id: str) -> None:
+        self.url = manager_url.replace("http://", "ws://") + Api.NODE_WS
+        self.node_id = node_id
+        self.http = aiohttp.ClientSession()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def connect(self) -> ScriptedNode:
+        self.ws = await self.http.ws_connect(self.url, max_msg_size=0)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def register(self, token: str | None) -> dict[str, Any]:
+        fields = {"node_id": self.node_id, "version": "scripted"}
+        if token is not None:
+            fields["token"] = token
+        await self.send(message(Msg.REGISTER, **fields))
+        return await self.expect(Msg.REGISTER_OK, Msg.REGISTER_ERROR)
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(encode(msg))
+
+    async def send_raw(self, data: str | bytes) -> None:
+        assert self.ws is not None
+        await (self.ws.send_bytes(data) if isinstance(data, bytes) else self.ws.send_str(data))
+
+    async def expect(self, *kinds: Msg, timeout: float = 10.0) -> dict[str, Any]:
+        """The next frame of one of these types (others are skipped, heartbeat acks included)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"{self.node_id}: no {[k.value for k in kinds]} within {timeout}s")
+            msg = await asyncio.wait_for(self.inbox.get(), left)
+            if msg.get("type") in kinds:
+                return msg
+
+    async def closed(self, timeout: float = 10.0) -> int | None:
+        """Wait for the manager to close this socket; returns the close code."""
+        assert self._reader is not None and self.ws is not None
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        return self.ws.close_code
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for frame in self.ws:
+            if frame.type == aiohttp.WSMsgType.TEXT:
+                await self.inbox.put(decode(frame.data))
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+        await self.http.close()
+
+
+class ScriptedManager:
+    """A stand-in manager for one real node: accepts its registration and records every frame."""
+
+    def __init__(self, accept: bool = True) -> None:
+        self.accept = accept
+        self.connects: list[float] = []
+        self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.ws: web.WebSocketResponse | None = None
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self, port: int = 0) -> ScriptedManager:
+        app = web.Application()
+        app.router.add_get(Api.NODE_WS, self._socket)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _socket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.connects.append(time.monotonic())
+        async for frame in ws:
+            msg = decode(frame.data)
+            if msg["type"] == Msg.REGISTER:
+                if not self.accept:
+                    await ws.send_str(encode(message(Msg.REGISTER_ERROR, error="scripted refusal",
+                                                     error_kind="unauthorized")))
+                    await ws.close()
+                    break
+                self.ws = ws
+                await ws.send_str(encode(message(Msg.REGISTER_OK, node_id=msg["node_id"], session_id="scripted")))
+            elif msg["type"] == Msg.HEARTBEAT:
+                await ws.send_str(encode(message(Msg.HEARTBEAT_ACK, ts=time.time())))
+            await self.frames.put(msg)
+        return ws
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        assert self.ws is not None, "no node registered yet"
+        await self.ws.send_str(encode(msg))
+
+    async def expect(self, kind: Msg, timeout: float = 30.0, **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {kind.value} matching {match} within {timeout}s")
+            msg = await asyncio.wait_for(self.frames.get(), left)
+            if msg["type"] == kind and all(msg.get(k) == v for k, v in match.items()):
+                return msg
+
+    async def registered(self, timeout: float = 30.0) -> dict[str, Any]:
+        return await self.expect(Msg.REGISTER, timeout)

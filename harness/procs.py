@@ -1,0 +1,118 @@
+"""One real OS process of the stack: started in its own process group, logged to a file, signalled.
+
+A process group per service means SIGKILL or SIGSTOP reaches its children too (a node's codex).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+LIVE: set[Proc] = set()  # every started process, so a session-wide teardown can reap strays
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> Proc:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"# harness: start #{self.starts + 1} at {time.time():.3f}: {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                          env=self.env, cwd=self.cwd, start_new_session=True)
+        self.starts += 1
+        LIVE.add(self)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None, f"{self.name} was never started"
+        return self.popen.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def children(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        if self.popen is not None:
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole group and reap it: a crash, not a shutdown."""
+        if self.popen is None:
+            return
+        self.signal_group(signal.SIGCONT)  # a stopped process must not linger as a zombie group
+        self.signal_group(signal.SIGKILL)
+        self.popen.wait(10)
+        LIVE.discard(self)
+
+    def terminate(self, grace: float = 5.0) -> None:
+        if self.popen is None or not self.alive:
+            LIVE.discard(self)
+            return
+        self.signal_group(signal.SIGCONT)
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.signal_group(signal.SIGKILL)
+            self.popen.wait(10)
+        self.signal_group(signal.SIGKILL)  # children that outlived their parent
+        LIVE.discard(self)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_lines(self, op: str | None = None) -> list[str]:
+        lines = self.log_text().splitlines()
+        return [ln for ln in lines if op is None or f" op={op} " in ln + " "]
+
+    async def wait_ready_file(self, path: Path, timeout: float = 20.0) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                return dict(json.loads(path.read_text()))
+            if not self.alive:
+                raise RuntimeError(f"{self.name} exited with {self.returncode} before it was ready; "
+                                   f"see {self.log_path}")
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{self.name} not ready within {timeout}s; see {self.log_path}")
+
+
+def reap_all() -> list[str]:
+    """Kill whatever is still running; returns the names, so a leak is reported, not hidden."""
+    leaked = [p.name for p in list(LIVE) if p.alive]
+    for proc in list(LIVE):
+        proc.terminate(grace=2.0)
+    return leaked

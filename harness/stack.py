@@ -1,0 +1,250 @@
+"""Boots the real stack on loopback: Toxiproxy, the mock upstream, the manager and N nodes.
+
+node->manager and codex->upstream each go through their own Toxiproxy proxy, so any one
+link can be faulted. Every process logs to a file under the stack's directory in reports/.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from harness import paths
+from harness.faults import FaultLog, Toxics
+from harness.procs import Proc
+from harness.upstream import prompt_key
+from runtime.protocol import Api
+
+PY = sys.executable
+
+CODEX_CONFIG = """\
+model = "gpt-5.5"
+model_provider = "mock"
+approval_policy = "on-request"
+sandbox_mode = "read-only"
+check_for_update_on_startup = false
+[analytics]
+enabled = false
+[feedback]
+enabled = false
+[otel]
+exporter = "none"
+trace_exporter = "none"
+metrics_exporter = "none"
+[features]
+plugins = false          # otherwise codex syncs plugins from the internet at startup
+remote_plugin = false
+apps = false
+[model_providers.mock]
+name = "mock"
+base_url = "http://127.0.0.1:{port}/v1"
+wire_api = "responses"
+requires_openai_auth = false
+supports_websockets = false
+request_max_retries = 0  # fail fast: the harness judges each fault, not codex's retries
+stream_max_retries = 0
+stream_idle_timeout_ms = {idle_ms}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Stack:
+    def __init__(self, root: Path, manager_args: dict[str, Any] | None = None) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.control_token = "ctl_" + secrets.token_hex(12)
+        self.manager_port = free_port()
+        self.db_path = root / "manager.sqlite3"
+        self.manager_args = {"heartbeat-interval": 1.0, "offline-timeout": 4.0, "result-grace": 30.0,
+                             **(manager_args or {})}
+        self.faults = FaultLog(root / "faults.jsonl")
+        self.procs: dict[str, Proc] = {}
+        self.node_settings: dict[str, dict[str, Any]] = {}
+        self.toxics: Toxics | None = None
+        self.upstream_port = 0
+        self._http: aiohttp.ClientSession | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> Stack:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        await self._start_toxiproxy()
+        await self._start_upstream()
+        await self.start_manager()
+        return self
+
+    async def close(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.terminate()
+        if self._http is not None:
+            await self._http.close()
+
+    def _proc(self, name: str, argv: list[str], **kw: Any) -> Proc:
+        proc = Proc(name, argv, self.root / "logs" / f"{name}.log", **kw)
+        self.procs[name] = proc
+        return proc
+
+    async def _start_toxiproxy(self) -> None:
+        if url := os.environ.get("TOXIPROXY_URL"):
+            # A Toxiproxy the user already runs (Docker, Homebrew): share it, with our own proxy names.
+            parsed = urlsplit(url)
+            await self._wait_http(f"{url.rstrip('/')}/version", "toxiproxy")
+            self.toxics = Toxics(parsed.hostname or "127.0.0.1", parsed.port or 8474, self.faults)
+            return
+        port = free_port()
+        self._proc("toxiproxy", [str(paths.toxiproxy_server()), "-host", "127.0.0.1", "-port", str(port)]).start()
+        await self._wait_http(f"http://127.0.0.1:{port}/version", "toxiproxy")
+        self.toxics = Toxics("127.0.0.1", port, self.faults)
+
+    async def _start_upstream(self) -> None:
+        ready = self.root / "upstream.ready"
+        ready.unlink(missing_ok=True)
+        proc = self._proc("upstream", [PY, "-m", "harness.upstream", "--host", "127.0.0.1", "--port", "0",
+                                       "--ready-file", str(ready)]).start()
+        self.upstream_port = int((await proc.wait_ready_file(ready))["port"])
+
+    async def start_manager(self) -> Proc:
+        argv = [PY, "-m", "runtime.manager.main", "--port", str(self.manager_port), "--db", str(self.db_path),
+                "--control-token", self.control_token]
+        for key, value in self.manager_args.items():
+            argv += [f"--{key}", str(value)]
+        proc = self.procs.get("manager") or self._proc("manager", argv)
+        proc.start()
+        await self.wait_manager()
+        return proc
+
+    async def wait_manager(self, timeout: float = 20.0) -> None:
+        await self._wait_http(f"{self.manager_url}{Api.HEALTHZ}", "manager", timeout, self.procs["manager"])
+
+    async def restart_manager(self) -> None:
+        """SIGKILL, then start on the same port and DB: what B1-01/02/11 need."""
+        async with self.faults.window("sigkill", "manager"):
+            self.procs["manager"].kill()
+        await self.start_manager()
+
+    async def _wait_http(self, url: str, what: str, timeout: float = 20.0, proc: Proc | None = None) -> None:
+        assert self._http is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                async with self._http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status == 200:
+                        return
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            if proc is not None and not proc.alive:
+                raise RuntimeError(f"{what} exited with {proc.returncode}; see {proc.log_path}")
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{what} not ready at {url} within {timeout}s")
+
+    # ---- nodes -----------------------------------------------------------------------------
+    @property
+    def manager_url(self) -> str:
+        return f"http://127.0.0.1:{self.manager_port}"
+
+    async def add_node(self, node_id: str, token: str | None = None, wait: bool = True, **settings: Any) -> Proc:
+        """A real node with its own CODEX_HOME and cwd; its links run through Toxiproxy."""
+        assert self.toxics is not None
+        home, cwd = self.root / "nodes" / node_id / "codex_home", self.root / "nodes" / node_id / "cwd"
+        home.mkdir(parents=True, exist_ok=True)
+        cwd.mkdir(parents=True, exist_ok=True)
+        up_port, mgr_port = free_port(), free_port()
+        await self.toxics.create(self.upstream_link(node_id), up_port, self.upstream_port)
+        await self.toxics.create(self.manager_link(node_id), mgr_port, self.manager_port)
+        idle_ms = int(settings.pop("stream_idle_timeout_ms", 10000))
+        (home / "config.toml").write_text(CODEX_CONFIG.format(port=up_port, idle_ms=idle_ms))
+        if token is None:
+            token = (await self.call(Api.TOKENS, {"node_id": node_id, "note": "harness"}))["token"]
+        self.node_settings[node_id] = {
+            "node_id": node_id, "token": token, "manager_url": f"ws://127.0.0.1:{mgr_port}{Api.NODE_WS}",
+            "cwd": str(cwd), "codex_bin": str(paths.codex_bin()), "codex_home": str(home),
+            "heartbeat_interval": 1.0, "manager_silence": 4.0, **settings}
+        proc = self._proc(node_id, self.node_argv(node_id))
+        proc.start()
+        if wait:
+            await self.wait_online(node_id)
+        return proc
+
+    def node_argv(self, node_id: str) -> list[str]:
+        argv = [PY, "-m", "runtime.node.main"]
+        for key, value in self.node_settings[node_id].items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        return argv
+
+    def manager_link(self, node_id: str) -> str:
+        return f"{self.root.name}_{node_id}_to_manager"
+
+    def upstream_link(self, node_id: str) -> str:
+        return f"{self.root.name}_{node_id}_to_upstream"
+
+    async def restart_node(self, node_id: str) -> None:
+        async with self.faults.window("sigkill", node_id):
+            self.procs[node_id].kill()
+        self.procs[node_id].start()
+        await self.wait_online(node_id)
+
+    async def wait_online(self, node_id: str, online: bool = True, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if (node_id in (await self.call(Api.SERVERS))["online"]) == online:
+                    return
+            except (TimeoutError, aiohttp.ClientError, AssertionError):
+                pass
+            proc = self.procs.get(node_id)
+            if online and proc is not None and not proc.alive:
+                raise RuntimeError(f"node {node_id} exited with {proc.returncode}; see {proc.log_path}")
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"node {node_id} not {'online' if online else 'offline'} within {timeout}s")
+
+    # ---- control API -----------------------------------------------------------------------
+    async def request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                      token: str | None = None, timeout: float = 120.0) -> tuple[int, dict[str, Any]]:
+        """One raw control call: (HTTP status, JSON envelope)."""
+        assert self._http is not None
+        headers = {"Authorization": f"Bearer {self.control_token if token is None else token}"}
+        kwargs: dict[str, Any] = {"params": body} if method == "GET" else {"json": body or {}}
+        async with self._http.request(method, self.manager_url + path, headers=headers,
+                                      timeout=aiohttp.ClientTimeout(total=timeout), **kwargs) as resp:
+            return resp.status, await resp.json()
+
+    async def call(self, path: Api, body: dict[str, Any] | None = None, method: str | None = None,
+                   **kw: Any) -> dict[str, Any]:
+        """A control call that must succeed on both planes; returns the inner result."""
+        method = method or ("GET" if path in GET_ONLY else "POST")
+        status, env = await self.request(method, path, body, **kw)
+        assert status == 200 and env["ok"] and env["result"]["ok"], f"{method} {path} -> {status} {env}"
+        return dict(env["result"])
+
+    async def result(self, path: Api, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        """A control call that must pass the control plane; returns the business result, ok or not."""
+        status, env = await self.request("POST", path, body, **kw)
+        assert status == 200 and env["ok"], f"POST {path} -> {status} {env}"
+        return dict(env["result"])
+
+    # ---- the mock upstream -----------------------------------------------------------------
+    async def upstream(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        assert self._http is not None
+        async with self._http.request(method, f"http://127.0.0.1:{self.upstream_port}{path}", json=body) as resp:
+            return dict(await resp.json())
+
+    async def serves(self, prompt: str) -> int:
+        """How many times the mock model was asked this prompt: the evidence against double execution."""
+        stats = await self.upstream("GET", "/_mock/stats")
+        return int(stats["serves"].get(prompt_key(prompt), 0))
+
+
+# Paths served only as GET; TOKENS and USERS take both, so callers pass method="GET" to list them.
+GET_ONLY = {Api.SERVERS, Api.APPROVALS, Api.CHAT, Api.TASKS}

@@ -1,0 +1,330 @@
+"""Mock OpenAI Responses API (SSE) for driving a real `codex app-server` offline.
+
+Behaviour comes from a `[[mock:NAME]]` / `[[mock:NAME=ARG]]` marker in the last user message, or a global mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+Json = dict[str, Any]
+MARKER = re.compile(r"\[\[mock:([a-z0-9_]+)(?:=([^\]]*))?\]\]")
+FRAGMENT = re.compile(r"<([a-z_]+)>.*</\1>\Z", re.DOTALL)
+AGENTS_MD = "# AGENTS.md instructions for "
+PLAIN = re.compile(r'[^\s"=]+')
+ECHO_CMD = "echo relay-approved"
+JSON_CT = "application/json"
+BEHAVIORS = frozenset(
+    ("reply", "history", "approve", "patch", "drop", "eof", "hang", "http500", "failed", "slow")
+)
+OUTPUT_TYPES = ("function_call_output", "custom_tool_call_output")
+ESCALATE: Json = {"sandbox_permissions": "require_escalated", "justification": "mock needs approval"}
+HANG_MAX_S = 600.0
+SLOW_MAX_S = 120.0
+PATCH = "*** Begin Patch\n*** Add File: relay_patch.txt\n+patched by mock\n*** End Patch\n"
+USAGE: Json = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+
+
+@dataclass
+class MockUpstream:
+    """Counters shared by the handlers; `mode` overrides every marker until cleared (reset keeps it)."""
+
+    serves: Counter[str] = field(default_factory=Counter)
+    by_behavior: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    mode: tuple[str, str | None] | None = None
+
+    def reset(self) -> None:
+        self.serves.clear()
+        self.by_behavior.clear()
+        self.requests = 0
+
+    def snapshot(self) -> Json:
+        mode = None if self.mode is None else _fmt_marker(*self.mode)
+        return {
+            "serves": dict(self.serves),
+            "requests": self.requests,
+            "by_behavior": dict(self.by_behavior),
+            "mode": mode,
+        }
+
+
+STATE_KEY = web.AppKey("state", MockUpstream)
+
+
+def prompt_key(raw: str) -> str:
+    """The key a prompt is counted under: "a [[mock:x]] b" keys and echoes as "a b"."""
+    return " ".join(MARKER.sub(" ", raw).split())
+
+
+def _fmt_marker(name: str, arg: str | None) -> str:
+    return name if arg is None else f"{name}={arg}"
+
+
+def _parse_behavior(spec: str) -> tuple[str, str | None]:
+    name, _, arg = spec.partition("=")
+    if name not in BEHAVIORS:
+        raise ValueError(f"unknown mock behaviour {name!r}")
+    if name == "slow" and not re.fullmatch(r"\d+(\.\d*)?", arg):
+        raise ValueError(f"slow needs seconds, got {arg!r}")
+    return name, (arg if "=" in spec else None)
+
+
+def _parts(item: Json) -> list[str]:
+    content = item.get("content")
+    if isinstance(content, str):
+        return [content]
+    parts = content if isinstance(content, list) else []
+    return [p.get("text", "") for p in parts if isinstance(p, dict)]
+
+
+def _is_user(item: Any) -> bool:
+    return isinstance(item, dict) and item.get("type", "message") == "message" and item.get("role") == "user"
+
+
+def _is_real_user(item: Any) -> bool:
+    # Codex 0.171 also sends role=user messages it injects itself: `<environment_context>...</environment_context>`
+    # and `# AGENTS.md instructions for <cwd> <INSTRUCTIONS>...`. Like Codex's own fragment matcher, a part is
+    # injected if it is wholly wrapped in one `<tag>...</tag>` pair or starts with the AGENTS.md header; a
+    # message is a real user turn unless every part is injected.
+    if not _is_user(item):
+        return False
+    return not all(FRAGMENT.match(t.strip()) or t.lstrip().startswith(AGENTS_MD) for t in _parts(item))
+
+
+def _tool_output(item: Json) -> str:
+    out = item.get("output")
+    if isinstance(out, str):
+        return out
+    if isinstance(out, list):
+        return "".join(p.get("text", "") for p in out if isinstance(p, dict))
+    if isinstance(out, dict) and isinstance(out.get("content"), str):
+        return str(out["content"])
+    return json.dumps(out)
+
+
+def _sse(kind: str, **data: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
+
+
+def _message(mid: str, text: str | None) -> Json:
+    content = [] if text is None else [{"type": "output_text", "text": text, "annotations": []}]
+    status = "in_progress" if text is None else "completed"
+    return {"type": "message", "id": mid, "role": "assistant", "status": status, "content": content}
+
+
+def _tool_call(name: str, call_id: str) -> Json:
+    if name == "patch":
+        return {"type": "custom_tool_call", "call_id": call_id, "name": "apply_patch", "input": PATCH}
+    args = json.dumps({"cmd": ECHO_CMD, **ESCALATE})
+    return {"type": "function_call", "call_id": call_id, "name": "exec_command", "arguments": args}
+
+
+def _log(**kv: Any) -> None:
+    # Values that would break `key=value` splitting are JSON-quoted.
+    fields = (
+        f"{k}={json.dumps(v) if isinstance(v, str) and not PLAIN.fullmatch(v) else v}" for k, v in kv.items()
+    )
+    print(" ".join(fields), file=sys.stderr, flush=True)
+
+
+async def _wait_or_gone(request: web.Request, seconds: float) -> bool:
+    """Sleep up to `seconds`; False as soon as the client disconnects (aiohttp does not cancel the handler)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        tr = request.transport
+        if tr is None or tr.is_closing():
+            return False
+        await asyncio.sleep(min(0.1, left))
+    return True
+
+
+async def _json_body(request: web.Request) -> Json:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "body is not valid JSON"}), content_type=JSON_CT
+        ) from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "body must be a JSON object"}), content_type=JSON_CT
+        )
+    return body
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "code": kind}}, status=status)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    items = (await _json_body(request)).get("input")
+    if not isinstance(items, list) or not items:
+        return _error(400, "input must be a non-empty list", "invalid_request_error")
+    state.requests += 1
+    n, last = state.requests, items[-1]
+    followup = isinstance(last, dict) and last.get("type") in OUTPUT_TYPES
+    # A new turn ends with the prompt itself; a follow-up takes its marker from the turn's prompt.
+    user = last if _is_user(last) else next((it for it in reversed(items) if _is_real_user(it)), None)
+    raw = "\n".join(_parts(user)) if user is not None else ""
+    key = prompt_key(raw)
+    found = MARKER.search(raw)
+    try:
+        name, arg = state.mode or (_parse_behavior(found.group(0)[7:-2]) if found else ("reply", None))
+    except ValueError as exc:
+        _log(op="reject", n=n, error=str(exc))
+        return _error(400, str(exc), "invalid_request_error")
+    if followup:
+        text = f"tool said: {_tool_output(last)}"
+        name = "reply" if name in ("approve", "patch", "history") else name
+    elif name == "history":
+        text = f"history: {sum(map(_is_real_user, items))} user messages"
+    else:
+        text = f"mock reply: {key}"
+    if serve := _is_user(last):
+        state.serves[key] += 1
+    state.by_behavior["followup" if followup else name] += 1
+    _log(op="serve" if serve else "followup", behavior=_fmt_marker(name, arg), prompt_key=key, n=n)
+    if name == "http500":
+        return _error(500, "mock upstream internal error", "server_error")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    try:
+        await _stream(request, resp, name, arg, text, n)
+    except ConnectionError:
+        _log(op="client_gone", n=n)
+    return resp
+
+
+async def _stream(
+    request: web.Request, resp: web.StreamResponse, name: str, arg: str | None, text: str, n: int
+) -> None:
+    rid, mid = f"resp_{n}", f"msg_{n}"
+    await resp.write(_sse("response.created", response={"id": rid}))
+    if name == "hang":
+        await _wait_or_gone(request, HANG_MAX_S)
+        return
+    if name == "failed":
+        error = {"code": "server_error", "message": "mock upstream reported response.failed"}
+        await resp.write(_sse("response.failed", response={"id": rid, "status": "failed", "error": error}))
+        return
+    if name in ("approve", "patch"):
+        await resp.write(
+            _sse("response.output_item.done", output_index=0, item=_tool_call(name, f"call_{n}"))
+        )
+        await resp.write(_sse("response.completed", response={"id": rid, "usage": USAGE}))
+        return
+    if name == "slow" and not await _wait_or_gone(request, min(float(arg or 0), SLOW_MAX_S)):
+        return
+    await resp.write(_sse("response.output_item.added", output_index=0, item=_message(mid, None)))
+    step = len(text) // 4 + 1
+    for i in range(0, len(text), step):
+        delta = text[i : i + step]
+        await resp.write(
+            _sse("response.output_text.delta", item_id=mid, output_index=0, content_index=0, delta=delta)
+        )
+        if name == "drop":
+            # Abort mid-body so Codex sees a truncated chunked stream, not a clean end.
+            if request.transport is not None:
+                request.transport.abort()
+            return
+    await resp.write(_sse("response.output_item.done", output_index=0, item=_message(mid, text)))
+    if name != "eof":
+        await resp.write(_sse("response.completed", response={"id": rid, "usage": USAGE}))
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE_KEY].snapshot())
+
+
+async def reset(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    state.reset()
+    return web.json_response(state.snapshot())
+
+
+async def mode(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    spec = (await _json_body(request)).get("behavior")
+    try:
+        state.mode = None if spec is None else _parse_behavior(str(spec))
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    _log(op="mode", behavior=spec or "none")
+    return web.json_response(state.snapshot())
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == JSON_CT:
+            raise
+        return web.json_response({"error": exc.reason, "path": request.path}, status=exc.status)
+    except Exception as exc:  # noqa: BLE001 - the client gets JSON, never a traceback
+        _log(op="error", path=request.path, error=repr(exc))
+        return web.json_response({"error": "mock internal error"}, status=500)
+
+
+def build_app(state: MockUpstream | None = None) -> web.Application:
+    app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024 * 1024)
+    app[STATE_KEY] = state or MockUpstream()
+    app.router.add_post("/v1/responses", responses)
+    app.router.add_get("/_mock/stats", stats)
+    app.router.add_post("/_mock/reset", reset)
+    app.router.add_post("/_mock/mode", mode)
+    return app
+
+
+def _write_ready(path: str, port: int) -> None:
+    # Rename is atomic, so a launcher polling for the file never reads half of it.
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"port": port, "pid": os.getpid()}, fh)
+    os.replace(tmp, path)
+
+
+async def _serve(host: str, port: int, ready_file: str | None) -> None:
+    runner = web.AppRunner(build_app(), access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    if ready_file:
+        _write_ready(ready_file, bound)
+    _log(op="listen", host=host, port=bound, pid=os.getpid())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    _log(op="stop", port=bound)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m harness.upstream", description=__doc__)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--ready-file")
+    args = ap.parse_args(argv)
+    asyncio.run(_serve(args.host, args.port, args.ready_file))
+
+
+if __name__ == "__main__":
+    main()

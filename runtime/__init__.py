@@ -1,0 +1,1 @@
+"""Codex Relay runtime: the manager, node and bot services."""

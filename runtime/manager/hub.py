@@ -1,0 +1,105 @@
+"""The manager's live state: who is connected, who waits for which reply, who listens to events.
+
+Nothing here touches SQLite; the durable half of every fact lives in store.py.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from runtime.logfmt import log
+from runtime.protocol import Event, encode, message
+
+logger = logging.getLogger("codex_manager.hub")
+
+EVENT_QUEUE_MAX = 1000  # a subscriber this far behind is cut off rather than slowing everyone
+
+
+@dataclass
+class NodeSession:
+    node_id: str
+    session_id: str
+    token_id: str
+    ws: web.WebSocketResponse
+    version: str
+    connected_at: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+
+    async def send(self, msg: dict[str, Any]) -> bool:
+        if self.ws.closed:
+            return False
+        try:
+            await self.ws.send_str(encode(msg))
+            return True
+        except (ConnectionError, RuntimeError):
+            return False
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.sessions: dict[str, NodeSession] = {}
+        self.task_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.rpc_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.subscribers: set[asyncio.Queue[str | None]] = set()
+        self.counters: Counter[str] = Counter()
+
+    # ---- sessions ---------------------------------------------------------------------------
+    def online(self, node_id: str) -> NodeSession | None:
+        session = self.sessions.get(node_id)
+        return session if session is not None and not session.ws.closed else None
+
+    def sessions_for_token(self, token_id: str) -> list[NodeSession]:
+        return [s for s in self.sessions.values() if s.token_id == token_id]
+
+    # ---- waiters ----------------------------------------------------------------------------
+    def wait_task(self, task_id: str) -> asyncio.Future[dict[str, Any]]:
+        fut = self.task_waiters.get(task_id)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self.task_waiters[task_id] = fut
+        return fut
+
+    def resolve_task(self, task_id: str, result: dict[str, Any]) -> None:
+        fut = self.task_waiters.pop(task_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    def wait_rpc(self, request_id: str) -> asyncio.Future[dict[str, Any]]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.rpc_waiters[request_id] = fut
+        return fut
+
+    def resolve_rpc(self, request_id: str, response: dict[str, Any]) -> bool:
+        fut = self.rpc_waiters.pop(request_id, None)
+        if fut is None or fut.done():
+            return False
+        fut.set_result(response)
+        return True
+
+    # ---- events -----------------------------------------------------------------------------
+    def subscribe(self) -> asyncio.Queue[str | None]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue(EVENT_QUEUE_MAX)
+        self.subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[str | None]) -> None:
+        self.subscribers.discard(queue)
+
+    def publish(self, event: Event, **fields: Any) -> None:
+        frame = encode(message(event, ts=time.time(), **fields))
+        for queue in list(self.subscribers):
+            try:
+                queue.put_nowait(frame)
+            except asyncio.QueueFull:
+                # None tells the subscriber's writer to close: a slow reader must not grow memory.
+                self.subscribers.discard(queue)
+                self.counters["event_subscribers_dropped"] += 1
+                log(logger, logging.WARNING, "event_subscriber_dropped", reason="queue_full")
+                queue.get_nowait()
+                queue.put_nowait(None)

@@ -1,0 +1,104 @@
+"""Manager entry point: wires the store, the node socket and the control API into one aiohttp app."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+
+from aiohttp import web
+
+from runtime import logfmt
+from runtime.logfmt import log
+from runtime.manager import config as config_mod
+from runtime.manager.config import ManagerConfig
+from runtime.manager.control import add_routes, openapi
+from runtime.manager.node_ws import node_socket
+from runtime.manager.service import Manager
+from runtime.protocol import Api, RelayError, encode
+
+logger = logging.getLogger("codex_manager")
+
+EXIT_STORAGE = 3
+
+
+async def healthz(request: web.Request) -> web.Response:
+    mgr: Manager = request.app["manager"]
+    # A health check that reads the DB also proves the store's thread is not wedged.
+    await mgr.store.query("SELECT 1")
+    return web.json_response({"ok": True, "online": len(mgr.hub.sessions), "uptime": time.time() - mgr.started_at})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    mgr: Manager = request.app["manager"]
+    lines = ["# TYPE relay_nodes_online gauge", f"relay_nodes_online {len(mgr.hub.sessions)}",
+             "# TYPE relay_event_subscribers gauge", f"relay_event_subscribers {len(mgr.hub.subscribers)}",
+             "# TYPE relay_waiters gauge", f"relay_waiters{{kind=\"task\"}} {len(mgr.hub.task_waiters)}",
+             f"relay_waiters{{kind=\"rpc\"}} {len(mgr.hub.rpc_waiters)}", "# TYPE relay_events_total counter"]
+    lines += [f'relay_events_total{{event="{name}"}} {n}' for name, n in sorted(mgr.hub.counters.items())]
+    try:
+        counts = await mgr.store.task_counts()
+    except RelayError:
+        counts = {}
+    lines.append("# TYPE relay_tasks gauge")
+    lines += [f'relay_tasks{{state="{state}"}} {n}' for state, n in sorted(counts.items())]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+async def openapi_view(request: web.Request) -> web.Response:
+    return web.json_response(openapi(), dumps=encode)
+
+
+def build_app(config: ManagerConfig) -> web.Application:
+    app = web.Application(client_max_size=1 << 20)
+    mgr = Manager(config)
+    app["manager"] = mgr
+    app.router.add_get(Api.HEALTHZ, healthz)
+    app.router.add_get(Api.METRICS, metrics)
+    app.router.add_get(Api.OPENAPI, openapi_view)
+    app.router.add_get(Api.NODE_WS, node_socket)
+    add_routes(app)
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        await mgr.start()
+        yield
+        for session in list(mgr.hub.sessions.values()):
+            await session.ws.close(code=1001, message=b"manager shutting down")
+        await mgr.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def serve(config: ManagerConfig) -> int:
+    app = build_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    try:
+        await runner.setup()
+    except RelayError as err:
+        log(logger, logging.ERROR, "startup_failed", error_kind=err.kind, error=err.error,
+            fix="check that --db points at a writable file", exit_code=EXIT_STORAGE)
+        return EXIT_STORAGE
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    log(logger, logging.INFO, "manager_ready", host=config.host, port=port, db=config.db)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log(logger, logging.INFO, "manager_stopping")
+    await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = config_mod.parse(argv)
+    logfmt.setup(config.log_level)
+    sys.exit(asyncio.run(serve(config)))
+
+
+if __name__ == "__main__":
+    main()

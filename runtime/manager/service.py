@@ -1,0 +1,217 @@
+"""The manager's operations: dispatch, app-server relay, results, approvals, tokens, sweeps.
+
+The control API and the node socket both call into here, so each rule is written once.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from runtime.logfmt import log
+from runtime.manager.config import ManagerConfig
+from runtime.manager.hub import Hub, NodeSession
+from runtime.manager.store import Store
+from runtime.protocol import (CLOSE_REVOKED, CLOSE_SILENT, ApprovalState, Decision, Event, Msg, RelayError,
+                              TaskState, message, new_id, result_fields)
+
+logger = logging.getLogger("codex_manager")
+
+DECISION_STATE = {Decision.ACCEPT: ApprovalState.APPROVED, Decision.ACCEPT_FOR_SESSION: ApprovalState.APPROVED,
+                  Decision.DECLINE: ApprovalState.DECLINED, Decision.CANCEL: ApprovalState.DECLINED}
+
+
+class Manager:
+    def __init__(self, config: ManagerConfig) -> None:
+        self.config = config
+        self.store = Store(config.db, config.busy_timeout_ms)
+        self.hub = Hub()
+        self._loops: list[asyncio.Task[None]] = []
+        self.started_at = time.time()
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.store.mark_all_offline()
+        self._loops = [asyncio.create_task(self._sweep_forever(), name="sweep")]
+
+    async def stop(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+    # ---- sessions ---------------------------------------------------------------------------
+    async def session_closed(self, session: NodeSession) -> None:
+        if self.hub.sessions.get(session.node_id) is not session:
+            return  # a newer session replaced this one; the node stays online
+        del self.hub.sessions[session.node_id]
+        log(logger, logging.INFO, "node_offline", node_id=session.node_id, session_id=session.session_id)
+        self.hub.publish(Event.NODE_OFFLINE, node_id=session.node_id)
+        with contextlib.suppress(RelayError):
+            await self.store.node_offline(session.node_id, session.last_seen)
+
+    async def revoke_token(self, token_id: str) -> dict[str, Any]:
+        if not await self.store.revoke_token(token_id):
+            raise RelayError("not_found", f"no active token {token_id!r}: see /api/tokens")
+        closed = []
+        for session in self.hub.sessions_for_token(token_id):
+            closed.append(session.node_id)
+            await session.ws.close(code=CLOSE_REVOKED, message=b"token revoked")
+        log(logger, logging.INFO, "token_revoked", token_id=token_id, closed=",".join(closed))
+        return {"token_id": token_id, "closed_sessions": closed}
+
+    # ---- tasks ------------------------------------------------------------------------------
+    async def dispatch(self, node_id: str, prompt: str, timeout: float, trace_id: str,
+                       task_id: str | None = None, chat_key: str | None = None,
+                       thread_id: str | None = None, model: str | None = None) -> dict[str, Any]:
+        """Run one prompt on a node and wait for its one final result, or fail it as timed out."""
+        if task_id is not None and (existing := await self.store.task(task_id)) is not None:
+            # A repeated task_id never runs twice: answer with what the first one became.
+            self.hub.counters["duplicate_dispatch"] += 1
+            return await self._await_existing(existing, timeout)
+        session = self.hub.online(node_id)
+        if session is None:
+            raise RelayError("node_offline", f"node {node_id!r} is offline: wait for it or pick another node")
+        task = {"task_id": task_id or new_id("task"), "trace_id": trace_id, "node_id": node_id,
+                "chat_key": chat_key, "prompt": prompt, "thread_id": thread_id, "model": model,
+                "deadline": time.time() + timeout}
+        await self.store.create_task(task)
+        waiter = self.hub.wait_task(task["task_id"])
+        sent = await session.send(message(Msg.TASK_ASSIGN, **{k: v for k, v in task.items() if k != "deadline"},
+                                          timeout=timeout))
+        if not sent:
+            return await self._fail(task["task_id"], RelayError("node_offline", "the node went away during dispatch"))
+        await self.store.advance_task(task["task_id"], TaskState.ASSIGNED)
+        log(logger, logging.INFO, "task_assigned", trace_id=trace_id, node_id=node_id, task_id=task["task_id"])
+        return await self._await_result(task["task_id"], waiter, timeout, session)
+
+    async def _await_existing(self, task: dict[str, Any], timeout: float) -> dict[str, Any]:
+        if task["result"] is not None:
+            return {**task["result"], "task_id": task["task_id"], "duplicate": True}
+        waiter = self.hub.wait_task(task["task_id"])
+        return await self._await_result(task["task_id"], waiter, timeout, self.hub.online(task["node_id"]))
+
+    async def _await_result(self, task_id: str, waiter: asyncio.Future[dict[str, Any]], timeout: float,
+                            session: NodeSession | None) -> dict[str, Any]:
+        try:
+            result = await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            if session is not None:
+                await session.send(message(Msg.TASK_CANCEL, task_id=task_id))
+            return await self._fail(task_id, RelayError("timeout", f"no result within {timeout:g}s"))
+        return {**result, "task_id": task_id}
+
+    async def _fail(self, task_id: str, err: RelayError) -> dict[str, Any]:
+        """The manager's own verdict; if the node's result won the race, that one stands."""
+        final = await self.accept_result(None, task_id, result_fields(False, err))
+        return {**(final or result_fields(False, err)), "task_id": task_id}
+
+    async def accept_result(self, node_id: str | None, task_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
+        """Record a task's final result once; orphans and duplicates are counted and ignored."""
+        task = await self.store.task(task_id)
+        if task is None or (node_id is not None and task["node_id"] != node_id):
+            self.hub.counters["orphan_results"] += 1
+            log(logger, logging.WARNING, "orphan_result_ignored", node_id=node_id, task_id=task_id)
+            return None
+        clean = {k: v for k, v in result.items() if k in ("ok", "text", "thread_id", "turn_id", "error",
+                                                           "error_kind", "retriable", "duration_ms")}
+        clean["ok"] = bool(clean.get("ok"))
+        finished = await self.store.finish_task(task_id, clean)
+        if finished is None:
+            self.hub.counters["duplicate_results"] += 1
+            log(logger, logging.INFO, "duplicate_result_ignored", node_id=node_id, task_id=task_id)
+            return task["result"]
+        self.hub.counters[f"tasks_{finished['state']}"] += 1
+        log(logger, logging.INFO, "task_final", trace_id=task["trace_id"], node_id=task["node_id"], task_id=task_id,
+            state=finished["state"], error_kind=clean.get("error_kind"))
+        self.hub.resolve_task(task_id, clean)
+        self.hub.publish(Event.TASK_RESULT, task_id=task_id, node_id=task["node_id"], chat_key=task["chat_key"],
+                         trace_id=task["trace_id"], result=clean)
+        return clean
+
+    async def accept_task_state(self, node_id: str, task_id: str, state: str) -> None:
+        if state == "unknown":
+            # The node restarted and lost the task before finishing it: fail it, never re-run it.
+            await self.accept_result(node_id, task_id, result_fields(
+                False, RelayError("node_offline", "the node restarted before the task finished; it did not run "
+                                                  "to completion. Retry it.")))
+        elif state == TaskState.RUNNING:
+            await self.store.advance_task(task_id, TaskState.RUNNING)
+
+    # ---- app-server relay -------------------------------------------------------------------
+    async def appserver(self, node_id: str, method: str, params: dict[str, Any], timeout: float,
+                        trace_id: str) -> dict[str, Any]:
+        session = self.hub.online(node_id)
+        if session is None:
+            raise RelayError("node_offline", f"node {node_id!r} is offline: wait for it or pick another node")
+        request_id = new_id("rpc")
+        waiter = self.hub.wait_rpc(request_id)
+        await session.send(message(Msg.APPSERVER_REQUEST, request_id=request_id, trace_id=trace_id, method=method,
+                                   params=params, timeout=timeout))
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            self.hub.rpc_waiters.pop(request_id, None)
+            raise RelayError("timeout", f"{method} got no answer within {timeout:g}s") from None
+
+    # ---- approvals --------------------------------------------------------------------------
+    async def approval_requested(self, node_id: str, msg: dict[str, Any]) -> None:
+        approval = {k: v for k, v in msg.items() if k != "type"}
+        approval["node_id"] = node_id
+        if await self.store.add_approval(approval):
+            log(logger, logging.INFO, "approval_requested", node_id=node_id, task_id=approval.get("task_id"),
+                approval_id=approval.get("approval_id"), trace_id=approval.get("trace_id"))
+            self.hub.publish(Event.APPROVAL_REQUESTED, approval=approval)
+
+    async def decide(self, approval_id: str, decision: Decision, decided_by: str) -> dict[str, Any]:
+        approval = await self.store.approval(approval_id)
+        if approval is None:
+            raise RelayError("not_found", f"no approval {approval_id!r}: see /api/approvals")
+        state = DECISION_STATE[decision]
+        if not await self.store.decide_approval(approval_id, state, decision.value, decided_by):
+            current = await self.store.approval(approval_id)
+            raise RelayError("conflict", f"approval {approval_id} was already {current and current['state']}"
+                                         f" by {current and current['decided_by']}")
+        session = self.hub.online(approval["node_id"])
+        delivered = session is not None and await session.send(
+            message(Msg.APPROVAL_DECISION, approval_id=approval_id, decision=decision.value))
+        log(logger, logging.INFO, "approval_decided", approval_id=approval_id, decision=decision.value,
+            decided_by=decided_by, node_id=approval["node_id"], task_id=approval.get("task_id"), delivered=delivered)
+        self.hub.publish(Event.APPROVAL_RESOLVED, approval_id=approval_id, state=state.value,
+                         decision=decision.value, decided_by=decided_by)
+        return {"approval_id": approval_id, "state": state.value, "decision": decision.value,
+                "decided_by": decided_by, "delivered": delivered}
+
+    # ---- background sweeps ------------------------------------------------------------------
+    async def _sweep_forever(self) -> None:
+        last_flush = time.time()
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            try:
+                await self._reap_silent_nodes()
+                await self._expire_overdue_tasks()
+                if time.time() - last_flush > 10 and self.hub.sessions:
+                    await self.store.touch_nodes({s.node_id: s.last_seen for s in self.hub.sessions.values()})
+                    last_flush = time.time()
+            except RelayError:
+                continue  # the DB is locked; the next sweep retries
+            except Exception:
+                logger.exception("sweep failed", extra={"kv": {"op": "sweep_failed"}})
+
+    async def _reap_silent_nodes(self) -> None:
+        cutoff = time.time() - self.config.offline_timeout
+        for session in [s for s in self.hub.sessions.values() if s.last_seen < cutoff]:
+            log(logger, logging.WARNING, "node_silent", node_id=session.node_id, last_seen=round(session.last_seen, 3))
+            await session.ws.close(code=CLOSE_SILENT, message=b"no heartbeat within the offline timeout")
+            await self.session_closed(session)
+
+    async def _expire_overdue_tasks(self) -> None:
+        cutoff = time.time() - self.config.result_grace
+        for task in await self.store.open_tasks():
+            if task["deadline"] < cutoff and task["task_id"] not in self.hub.task_waiters:
+                await self.accept_result(None, task["task_id"], result_fields(False, RelayError(
+                    "timeout", "no result arrived before the task's deadline plus the grace period")))

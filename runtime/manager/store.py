@@ -1,0 +1,323 @@
+"""The manager's SQLite state (aiosqlite): versioned schema, and one transaction per change.
+
+Every failed or locked write surfaces as RelayError("storage_error") with nothing half-written.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+from collections.abc import AsyncIterator, Iterable
+
+import aiosqlite
+
+from runtime.logfmt import log
+from runtime.protocol import FINAL_STATES, ApprovalState, RelayError, TaskState, new_id
+
+logger = logging.getLogger("codex_manager.store")
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE tokens (
+        token_id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, node_id TEXT, note TEXT,
+        created_at REAL NOT NULL, revoked_at REAL);
+    CREATE TABLE nodes (
+        node_id TEXT PRIMARY KEY, token_id TEXT, version TEXT, first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL, online INTEGER NOT NULL DEFAULT 0);
+    CREATE TABLE chat_routes (
+        chat_key TEXT PRIMARY KEY, node_id TEXT, model TEXT, updated_at REAL NOT NULL);
+    CREATE TABLE threads (
+        chat_key TEXT NOT NULL, node_id TEXT NOT NULL, thread_id TEXT NOT NULL, updated_at REAL NOT NULL,
+        PRIMARY KEY (chat_key, node_id));
+    CREATE TABLE tasks (
+        task_id TEXT PRIMARY KEY, trace_id TEXT NOT NULL, node_id TEXT NOT NULL, chat_key TEXT,
+        prompt TEXT NOT NULL, thread_id TEXT, model TEXT, state TEXT NOT NULL, created_at REAL NOT NULL,
+        updated_at REAL NOT NULL, deadline REAL NOT NULL, result TEXT, error_kind TEXT);
+    CREATE INDEX tasks_open ON tasks (state) WHERE state NOT IN ('done', 'failed');
+    CREATE TABLE approvals (
+        approval_id TEXT PRIMARY KEY, node_id TEXT NOT NULL, task_id TEXT, trace_id TEXT,
+        payload TEXT NOT NULL, state TEXT NOT NULL, decision TEXT, decided_by TEXT,
+        created_at REAL NOT NULL, decided_at REAL);
+    CREATE TABLE users (user_id INTEGER PRIMARY KEY, role TEXT NOT NULL, added_at REAL NOT NULL);
+    """,
+)
+
+
+def hash_token(token: str) -> str:
+    # Tokens are 256-bit random strings, so a plain SHA-256 is enough: there is nothing to brute-force.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _row(cursor: aiosqlite.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
+    return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
+
+
+class Store:
+    def __init__(self, path: str, busy_timeout_ms: int = 2000) -> None:
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self._db: aiosqlite.Connection | None = None
+        # One connection serves every coroutine, so write transactions must take turns.
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        try:
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            self._db.row_factory = _row  # type: ignore[assignment]
+            await self._db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            await self._db.execute("PRAGMA journal_mode = WAL")
+            await self._db.execute("PRAGMA synchronous = NORMAL")
+            await self._migrate()
+        except sqlite3.Error as exc:
+            raise RelayError("storage_error", f"cannot open database {self.path}: {exc}") from None
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        assert self._db is not None, "Store.open() first"
+        return self._db
+
+    async def _migrate(self) -> None:
+        await self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        rows = await self.db.execute_fetchall("SELECT version FROM schema_version")
+        current = rows[0]["version"] if rows else 0  # type: ignore[index]
+        for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
+            await self.db.executescript(f"BEGIN IMMEDIATE; {script}; DELETE FROM schema_version; "
+                                        f"INSERT INTO schema_version VALUES ({version}); COMMIT;")
+
+    @asynccontextmanager
+    async def tx(self, op: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; any SQLite failure rolls back and becomes storage_error."""
+        async with self._write_lock:
+            async with self._tx(op) as db:
+                yield db
+
+    @asynccontextmanager
+    async def _tx(self, op: str) -> AsyncIterator[aiosqlite.Connection]:
+        try:
+            await self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            log(logger, logging.WARNING, "storage_error", during=op, error=str(exc))
+            raise RelayError("storage_error", f"{op}: {exc}") from None
+        try:
+            yield self.db
+            await self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            await self._rollback()
+            log(logger, logging.WARNING, "storage_error", during=op, error=str(exc))
+            raise RelayError("storage_error", f"{op}: {exc}") from None
+        except BaseException:
+            await self._rollback()
+            raise
+
+    async def _rollback(self) -> None:
+        try:
+            await self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # nothing was begun, or SQLite already rolled back on its own
+
+    async def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        try:
+            return list(await self.db.execute_fetchall(sql, tuple(params)))  # type: ignore[arg-type]
+        except sqlite3.Error as exc:
+            raise RelayError("storage_error", f"read failed: {exc}") from None
+
+    # ---- tokens ----------------------------------------------------------------------------
+    async def create_token(self, node_id: str | None, note: str | None) -> tuple[dict[str, Any], str]:
+        token = "crt_" + secrets.token_urlsafe(32)
+        row = {"token_id": new_id("tok"), "node_id": node_id, "note": note, "created_at": time.time()}
+        async with self.tx("create_token") as db:
+            await db.execute("INSERT INTO tokens (token_id, token_hash, node_id, note, created_at) "
+                             "VALUES (?, ?, ?, ?, ?)",
+                             (row["token_id"], hash_token(token), node_id, note, row["created_at"]))
+        return row, token
+
+    async def token_for(self, token: str) -> dict[str, Any] | None:
+        rows = await self.query("SELECT token_id, node_id, revoked_at FROM tokens WHERE token_hash = ?",
+                                (hash_token(token),))
+        return rows[0] if rows else None
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        return await self.query("SELECT token_id, node_id, note, created_at, revoked_at FROM tokens "
+                                "ORDER BY created_at")
+
+    async def revoke_token(self, token_id: str) -> bool:
+        async with self.tx("revoke_token") as db:
+            cur = await db.execute("UPDATE tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",
+                                   (time.time(), token_id))
+            return cur.rowcount == 1
+
+    # ---- nodes -----------------------------------------------------------------------------
+    async def node_online(self, node_id: str, token_id: str, version: str) -> None:
+        now = time.time()
+        async with self.tx("node_online") as db:
+            await db.execute(
+                "INSERT INTO nodes (node_id, token_id, version, first_seen, last_seen, online) "
+                "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (node_id) DO UPDATE SET token_id = excluded.token_id, "
+                "version = excluded.version, last_seen = excluded.last_seen, online = 1",
+                (node_id, token_id, version, now, now))
+
+    async def node_offline(self, node_id: str, last_seen: float) -> None:
+        async with self.tx("node_offline") as db:
+            await db.execute("UPDATE nodes SET online = 0, last_seen = ? WHERE node_id = ?", (last_seen, node_id))
+
+    async def touch_nodes(self, seen: dict[str, float]) -> None:
+        async with self.tx("touch_nodes") as db:
+            await db.executemany("UPDATE nodes SET last_seen = ? WHERE node_id = ?",
+                                 [(ts, node_id) for node_id, ts in seen.items()])
+
+    async def mark_all_offline(self) -> None:
+        # At startup nothing is connected yet, whatever the last run left behind.
+        async with self.tx("mark_all_offline") as db:
+            await db.execute("UPDATE nodes SET online = 0 WHERE online = 1")
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        return await self.query("SELECT node_id, version, first_seen, last_seen, online FROM nodes ORDER BY node_id")
+
+    # ---- chats and threads -----------------------------------------------------------------
+    async def chat(self, chat_key: str) -> dict[str, Any]:
+        rows = await self.query("SELECT node_id, model FROM chat_routes WHERE chat_key = ?", (chat_key,))
+        route = rows[0] if rows else {"node_id": None, "model": None}
+        threads = await self.query("SELECT node_id, thread_id FROM threads WHERE chat_key = ?", (chat_key,))
+        return {"chat_key": chat_key, **route, "threads": {t["node_id"]: t["thread_id"] for t in threads}}
+
+    async def update_chat(self, chat_key: str, fields: dict[str, Any]) -> None:
+        """Set the chat's node and/or model; `thread_id` (None = start fresh) applies to its node."""
+        now = time.time()
+        async with self.tx("update_chat") as db:
+            await db.execute("INSERT INTO chat_routes (chat_key, updated_at) VALUES (?, ?) "
+                             "ON CONFLICT (chat_key) DO NOTHING", (chat_key, now))
+            for column in ("node_id", "model"):
+                if column in fields:
+                    await db.execute(f"UPDATE chat_routes SET {column} = ?, updated_at = ? WHERE chat_key = ?",
+                                     (fields[column], now, chat_key))
+            if "thread_id" in fields:
+                rows = await db.execute_fetchall("SELECT node_id FROM chat_routes WHERE chat_key = ?", (chat_key,))
+                node_id = rows[0]["node_id"]  # type: ignore[index, call-overload]
+                if node_id is None:
+                    raise RelayError("invalid_request", "select a node before switching threads")
+                await self._set_thread(db, chat_key, node_id, fields["thread_id"], now)
+
+    @staticmethod
+    async def _set_thread(db: aiosqlite.Connection, chat_key: str, node_id: str,
+                          thread_id: str | None, now: float) -> None:
+        if thread_id is None:
+            await db.execute("DELETE FROM threads WHERE chat_key = ? AND node_id = ?", (chat_key, node_id))
+        else:
+            await db.execute("INSERT INTO threads VALUES (?, ?, ?, ?) ON CONFLICT (chat_key, node_id) "
+                             "DO UPDATE SET thread_id = excluded.thread_id, updated_at = excluded.updated_at",
+                             (chat_key, node_id, thread_id, now))
+
+    # ---- tasks -----------------------------------------------------------------------------
+    async def create_task(self, task: dict[str, Any]) -> None:
+        now = time.time()
+        async with self.tx("create_task") as db:
+            await db.execute(
+                "INSERT INTO tasks (task_id, trace_id, node_id, chat_key, prompt, thread_id, model, state, "
+                "created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (task["task_id"], task["trace_id"], task["node_id"], task.get("chat_key"), task["prompt"],
+                 task.get("thread_id"), task.get("model"), TaskState.QUEUED, now, now, task["deadline"]))
+
+    async def task(self, task_id: str) -> dict[str, Any] | None:
+        rows = await self.query("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+        if not rows:
+            return None
+        row = rows[0]
+        row["result"] = json.loads(row["result"]) if row["result"] else None
+        return row
+
+    async def advance_task(self, task_id: str, state: TaskState) -> bool:
+        """queued -> assigned -> running; never moves a task backwards or out of a final state."""
+        order = [TaskState.QUEUED, TaskState.ASSIGNED, TaskState.RUNNING]
+        earlier = [s.value for s in order[: order.index(state)]]
+        marks = ",".join("?" * len(earlier))
+        async with self.tx("advance_task") as db:
+            cur = await db.execute(f"UPDATE tasks SET state = ?, updated_at = ? WHERE task_id = ? "
+                                   f"AND state IN ({marks})", (state, time.time(), task_id, *earlier))
+            return cur.rowcount == 1
+
+    async def finish_task(self, task_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
+        """Record the one final state; None if the task is unknown or already final (a duplicate).
+
+        The thread a turn ran on, and the expiry of approvals the task left pending, commit with it.
+        """
+        state = TaskState.DONE if result.get("ok") else TaskState.FAILED
+        now = time.time()
+        async with self.tx("finish_task") as db:
+            rows = await db.execute_fetchall("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+            if not rows:
+                return None
+            task: dict[str, Any] = rows[0]  # type: ignore[assignment]
+            if task["state"] in FINAL_STATES:
+                return None
+            await db.execute("UPDATE tasks SET state = ?, updated_at = ?, result = ?, error_kind = ?, "
+                             "thread_id = COALESCE(?, thread_id) WHERE task_id = ?",
+                             (state, now, json.dumps(result), result.get("error_kind"),
+                              result.get("thread_id"), task_id))
+            if task["chat_key"] and result.get("thread_id"):
+                await self._set_thread(db, task["chat_key"], task["node_id"], result["thread_id"], now)
+            await db.execute("UPDATE approvals SET state = ?, decided_at = ? WHERE task_id = ? AND state = ?",
+                             (ApprovalState.EXPIRED, now, task_id, ApprovalState.PENDING))
+        return {**task, "state": state.value, "result": result}
+
+    async def open_tasks(self, node_id: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT task_id, trace_id, node_id, state, deadline FROM tasks WHERE state NOT IN ('done', 'failed')"
+        return await self.query(sql + (" AND node_id = ?" if node_id else ""), (node_id,) if node_id else ())
+
+    async def task_counts(self) -> dict[str, int]:
+        rows = await self.query("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+        return {r["state"]: r["n"] for r in rows}
+
+    # ---- approvals -------------------------------------------------------------------------
+    async def add_approval(self, approval: dict[str, Any]) -> bool:
+        async with self.tx("add_approval") as db:
+            cur = await db.execute(
+                "INSERT INTO approvals (approval_id, node_id, task_id, trace_id, payload, state, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (approval_id) DO NOTHING",
+                (approval["approval_id"], approval["node_id"], approval.get("task_id"), approval.get("trace_id"),
+                 json.dumps(approval), ApprovalState.PENDING, time.time()))
+            return cur.rowcount == 1
+
+    async def decide_approval(self, approval_id: str, state: ApprovalState, decision: str | None,
+                              decided_by: str | None) -> bool:
+        """True only for the one call that moved the approval out of pending."""
+        async with self.tx("decide_approval") as db:
+            cur = await db.execute("UPDATE approvals SET state = ?, decision = ?, decided_by = ?, decided_at = ? "
+                                   "WHERE approval_id = ? AND state = ?",
+                                   (state, decision, decided_by, time.time(), approval_id, ApprovalState.PENDING))
+            return cur.rowcount == 1
+
+    async def approval(self, approval_id: str) -> dict[str, Any] | None:
+        rows = await self.query("SELECT * FROM approvals WHERE approval_id = ?", (approval_id,))
+        return _approval_view(rows[0]) if rows else None
+
+    async def list_approvals(self, state: str | None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM approvals" + (" WHERE state = ?" if state else "") + " ORDER BY created_at"
+        return [_approval_view(r) for r in await self.query(sql, (state,) if state else ())]
+
+    # ---- users (the bot's allowlist, kept by the manager) -----------------------------------
+    async def list_users(self) -> list[dict[str, Any]]:
+        return await self.query("SELECT user_id, role FROM users ORDER BY user_id")
+
+    async def set_user(self, user_id: int, role: str | None) -> None:
+        async with self.tx("set_user") as db:
+            if role is None:
+                await db.execute("DELETE FROM users WHERE user_id = ?", (user_id,))
+            else:
+                await db.execute("INSERT INTO users VALUES (?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET "
+                                 "role = excluded.role", (user_id, role, time.time()))
+
+
+def _approval_view(row: dict[str, Any]) -> dict[str, Any]:
+    payload = json.loads(row.pop("payload"))
+    return {**payload, **row}

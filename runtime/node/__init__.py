@@ -1,0 +1,1 @@
+"""The node: one per machine, relaying between the manager and a local codex app-server."""

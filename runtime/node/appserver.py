@@ -1,0 +1,167 @@
+"""The `codex app-server` child: JSON-RPC over stdio, restarted with backoff when it dies.
+
+Requests are correlated by id, notifications and server->client requests are routed to
+callbacks, and a crash fails every call in flight with `appserver_crash`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from typing import Any
+from collections.abc import Awaitable, Callable
+
+from runtime.logfmt import log
+from runtime.node.config import NodeConfig
+from runtime.protocol import RelayError
+
+logger = logging.getLogger("codex_node")
+
+Notify = Callable[[str, dict[str, Any]], None]
+ServerRequest = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+STREAM_LIMIT = 16 << 20  # codex lines carry whole turns; the default 64 KiB readline limit is too small
+
+
+class AppServer:
+    def __init__(self, config: NodeConfig, on_notify: Notify, on_request: ServerRequest, version: str) -> None:
+        self.config = config
+        self.on_notify = on_notify
+        self.on_request = on_request
+        self.version = version
+        self.generation = 0  # bumps on every (re)start, so callers know which threads are loaded
+        self.proc: asyncio.subprocess.Process | None = None
+        self.ready = asyncio.Event()
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._next_id = 1
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name="appserver")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.proc and self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()  # codex exits on stdin EOF within ~30 ms
+            try:
+                await asyncio.wait_for(self.proc.wait(), 3)
+            except TimeoutError:
+                self.proc.kill()
+        if self._supervisor:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+
+    async def _supervise(self) -> None:
+        delay = self.config.backoff_initial
+        while not self._closing:
+            try:
+                await self._spawn()
+                delay = self.config.backoff_initial
+                assert self.proc is not None
+                code = await self.proc.wait()
+            except (TimeoutError, OSError, RelayError) as exc:
+                code = None
+                log(logger, logging.ERROR, "appserver_start_failed", node_id=self.config.node_id, error=str(exc))
+            self.ready.clear()
+            self._fail_pending(RelayError("appserver_crash", f"codex app-server exited (code {code})"))
+            if self._closing:
+                return
+            log(logger, logging.WARNING, "appserver_exited", node_id=self.config.node_id, code=code,
+                restart_in=round(delay, 2))
+            await asyncio.sleep(delay)
+            delay = min(delay * self.config.backoff_factor, self.config.backoff_max)
+
+    async def _spawn(self) -> None:
+        env = dict(os.environ)
+        if self.config.codex_home:
+            env["CODEX_HOME"] = self.config.codex_home
+        self.proc = await asyncio.create_subprocess_exec(
+            self.config.codex_bin, "app-server", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=self.config.cwd, env=env, limit=STREAM_LIMIT)
+        self.generation += 1
+        asyncio.create_task(self._read_stdout(self.proc), name="appserver-stdout")
+        asyncio.create_task(self._read_stderr(self.proc), name="appserver-stderr")
+        await self._call("initialize", {"clientInfo": {"name": f"codex_node:{self.config.node_id}",
+                                                       "title": "Codex Relay node", "version": self.version},
+                                        "capabilities": None}, timeout=30)
+        self._write({"method": "initialized"})
+        log(logger, logging.INFO, "appserver_ready", node_id=self.config.node_id, pid=self.proc.pid,
+            generation=self.generation)
+        self.ready.set()
+
+    async def request(self, method: str, params: dict[str, Any], timeout: float) -> Any:
+        """One JSON-RPC call once the child is up; the wait for readiness counts against the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        except TimeoutError:
+            raise RelayError("appserver_crash", "codex app-server is not running; the node is restarting it") from None
+        return await self._call(method, params, max(deadline - loop.time(), 0.001))
+
+    async def _call(self, method: str, params: dict[str, Any], timeout: float) -> Any:
+        request_id = self._next_id
+        self._next_id += 1
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        try:
+            self._write({"id": request_id, "method": method, "params": params})
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise RelayError("timeout", f"codex did not answer {method} within {timeout:g}s") from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def _write(self, msg: dict[str, Any]) -> None:
+        if self.proc is None or self.proc.stdin is None or self.proc.stdin.is_closing():
+            raise RelayError("appserver_crash", "codex app-server is not running")
+        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+
+    def _fail_pending(self, err: RelayError) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._pending.clear()
+
+    async def _read_stdout(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                log(logger, logging.WARNING, "appserver_bad_line", node_id=self.config.node_id, line=line[:200])
+                continue
+            if "method" in msg and "id" in msg:
+                asyncio.create_task(self._answer(proc, msg))
+            elif "method" in msg:
+                self.on_notify(msg["method"], msg.get("params") or {})
+            elif (fut := self._pending.get(msg.get("id"))) is not None and not fut.done():
+                if "error" in msg:
+                    err = msg["error"] or {}
+                    fut.set_exception(RelayError("appserver_error", f"{err.get('code')}: {err.get('message')}"))
+                else:
+                    fut.set_result(msg.get("result"))
+
+    async def _answer(self, proc: asyncio.subprocess.Process, msg: dict[str, Any]) -> None:
+        """Server->client requests (approvals) are answered on the same child that asked."""
+        try:
+            result = await self.on_request(msg["method"], msg.get("params") or {})
+            reply: dict[str, Any] = {"id": msg["id"], "result": result}
+        except RelayError as err:
+            reply = {"id": msg["id"], "error": {"code": -32603, "message": err.error}}
+        if proc is self.proc and proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.write((json.dumps(reply) + "\n").encode())
+
+    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        while line := await proc.stderr.readline():
+            log(logger, logging.DEBUG, "codex_stderr", node_id=self.config.node_id,
+                line=line.decode(errors="replace").rstrip()[:500])

@@ -1,0 +1,93 @@
+"""Node entry point: check the machine, start the codex child, and relay for the manager."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any
+
+from runtime import logfmt
+from runtime.logfmt import log
+from runtime.node import config as config_mod
+from runtime.node.appserver import AppServer
+from runtime.node.config import ConfigError, NodeConfig
+from runtime.node.link import ManagerLink
+from runtime.node.tasks import Runner
+from runtime.protocol import Msg, RelayError, message, result_fields
+
+logger = logging.getLogger("codex_node")
+VERSION = "0.1.0"
+
+
+class Node:
+    def __init__(self, config: NodeConfig, codex_version: str) -> None:
+        self.config = config
+        self.link = ManagerLink(config, VERSION, self.handle)
+        self.app = AppServer(config, self._on_notify, self._on_server_request, VERSION)
+        self.runner = Runner(config, self.link, self.app)
+        self.codex_version = codex_version
+
+    def _on_notify(self, method: str, params: dict[str, Any]) -> None:
+        self.runner.on_notify(method, params)
+
+    async def _on_server_request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        return await self.runner.on_server_request(method, params)
+
+    async def handle(self, kind: Msg, msg: dict[str, Any]) -> None:
+        if kind == Msg.TASK_ASSIGN:
+            await self.runner.on_assign(msg)
+        elif kind == Msg.TASK_SYNC:
+            await self.runner.on_sync(list(msg.get("task_ids") or []))
+        elif kind == Msg.TASK_CANCEL:
+            await self.runner.on_cancel(str(msg.get("task_id")))
+        elif kind == Msg.APPROVAL_DECISION:
+            self.runner.on_decision(str(msg.get("approval_id")), str(msg.get("decision")))
+        elif kind == Msg.APPSERVER_REQUEST:
+            await self._relay(msg)
+        else:
+            log(logger, logging.WARNING, "unexpected_message", node_id=self.config.node_id, type=kind.value)
+
+    async def _relay(self, msg: dict[str, Any]) -> None:
+        timeout = float(msg.get("timeout") or self.config.rpc_timeout)
+        try:
+            result = result_fields(True, result=await self.app.request(str(msg.get("method")),
+                                                                      msg.get("params") or {}, timeout))
+        except RelayError as err:
+            result = result_fields(False, err)
+        log(logger, logging.INFO, "appserver_call", node_id=self.config.node_id, trace_id=msg.get("trace_id"),
+            method=msg.get("method"), ok=result["ok"], error_kind=result.get("error_kind"))
+        await self.link.send(message(Msg.APPSERVER_RESPONSE, request_id=msg.get("request_id"), result=result))
+
+    async def run(self) -> None:
+        self.app.start()
+        link = asyncio.create_task(self.link.run_forever(), name="link")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log(logger, logging.INFO, "node_started", node_id=self.config.node_id, codex=self.codex_version,
+            manager_url=self.config.manager_url, max_pending=self.config.max_pending)
+        await stop.wait()
+        link.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await link
+        await self.app.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logfmt.setup("info")
+    try:
+        config = config_mod.load(argv)
+        logfmt.setup(config.log_level)
+        codex_version = config_mod.check_environment(config)
+    except ConfigError as err:
+        log(logger, logging.ERROR, "startup_failed", error_kind="invalid_request", error=err.error, fix=err.fix,
+            exit_code=err.exit_code)
+        sys.exit(err.exit_code)
+    asyncio.run(Node(config, codex_version).run())
+
+
+if __name__ == "__main__":
+    main()

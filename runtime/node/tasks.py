@@ -1,0 +1,256 @@
+"""The node's task runner: a bounded FIFO of Codex turns, one at a time per thread, each run once.
+
+A task_id seen before is never executed again: its ack and result are replayed instead.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.logfmt import log
+from runtime.node.appserver import AppServer
+from runtime.node.config import NodeConfig
+from runtime.node.link import ManagerLink
+from runtime.protocol import Decision, Msg, RelayError, TaskState, message, new_id, result_fields
+
+logger = logging.getLogger("codex_node")
+
+KNOWN_MAX = 10_000  # remembered task ids; old final ones are forgotten first
+APPROVAL_METHODS = {"item/commandExecution/requestApproval": "command", "item/fileChange/requestApproval": "file_change"}
+
+
+@dataclass
+class Turn:
+    """What one running turn has said so far; filled by app-server notifications."""
+    task_id: str
+    trace_id: str
+    chat_key: str | None
+    text: str = ""
+    messages: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    approvals_expired: int = 0
+    turn_id: str | None = None
+    last_progress: float = 0.0
+    done: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass
+class Task:
+    task_id: str
+    state: TaskState = TaskState.QUEUED
+    result: dict[str, Any] | None = None
+    runner: asyncio.Task[None] | None = None
+
+
+def classify(turn: dict[str, Any], errors: list[dict[str, Any]]) -> RelayError:
+    """Map a failed turn to an error kind: a dropped or idle upstream stream is upstream_disconnect."""
+    err = turn.get("error") or (errors[-1].get("error") if errors else None) or {}
+    text = str(err.get("message") or "the turn failed without a message")
+    info = str(err.get("codexErrorInfo") or "")
+    if "stream disconnected" in text or "idle timeout" in text or info == "responseStreamDisconnected":
+        return RelayError("upstream_disconnect", text)
+    if info in ("internalServerError", "serverOverloaded", "usageLimitExceeded") or "response.failed" in text:
+        return RelayError("upstream_error", text)
+    return RelayError("upstream_error", text) if info else RelayError("appserver_error", text)
+
+
+class Runner:
+    def __init__(self, config: NodeConfig, link: ManagerLink, app: AppServer) -> None:
+        self.config = config
+        self.link = link
+        self.app = app
+        self.tasks: OrderedDict[str, Task] = OrderedDict()
+        self.turns: dict[str, Turn] = {}             # by thread_id: one turn per thread at a time
+        self.locks: dict[str, asyncio.Lock] = {}
+        self.loaded: dict[str, int] = {}              # thread_id -> app-server generation that loaded it
+        self.approvals: dict[str, asyncio.Future[str]] = {}
+
+    def active(self) -> int:
+        return sum(1 for t in self.tasks.values() if t.state in (TaskState.QUEUED, TaskState.RUNNING))
+
+    # ---- from the manager --------------------------------------------------------------------
+    async def on_assign(self, msg: dict[str, Any]) -> None:
+        task_id = msg["task_id"]
+        if (known := self.tasks.get(task_id)) is not None:
+            log(logger, logging.INFO, "duplicate_task_ignored", node_id=self.config.node_id, task_id=task_id,
+                state=known.state.value)
+            await self._report(known)
+            return
+        task = Task(task_id)
+        self._remember(task)
+        if self.active() > self.config.max_pending:
+            self._finish(task, result_fields(False, RelayError(
+                "queue_full", f"node queue full (max={self.config.max_pending})")))
+            await self._report(task)
+            return
+        await self.link.send(message(Msg.TASK_ACK, task_id=task_id, state=task.state.value))
+        task.runner = asyncio.create_task(self._run(task, msg))
+
+    async def on_sync(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            known = self.tasks.get(task_id)
+            if known is None:
+                await self.link.send(message(Msg.TASK_STATE, task_id=task_id, state="unknown"))
+            else:
+                await self._report(known)
+
+    async def on_cancel(self, task_id: str) -> None:
+        task = self.tasks.get(task_id)
+        if task is not None and task.runner is not None and not task.runner.done():
+            task.runner.cancel()
+
+    def on_decision(self, approval_id: str, decision: str) -> None:
+        fut = self.approvals.get(approval_id)
+        if fut is not None and not fut.done():
+            fut.set_result(decision)
+
+    async def _report(self, task: Task) -> None:
+        if task.result is not None:
+            await self.link.send(message(Msg.TASK_RESULT, task_id=task.task_id, result=task.result))
+        else:
+            await self.link.send(message(Msg.TASK_STATE, task_id=task.task_id, state=task.state.value))
+
+    def _remember(self, task: Task) -> None:
+        self.tasks[task.task_id] = task
+        while len(self.tasks) > KNOWN_MAX:
+            oldest = next(iter(self.tasks))
+            if self.tasks[oldest].result is None:
+                break  # never forget an unfinished task
+            self.tasks.popitem(last=False)
+
+    def _finish(self, task: Task, result: dict[str, Any]) -> None:
+        task.result = result
+        task.state = TaskState.DONE if result["ok"] else TaskState.FAILED
+
+    # ---- running a turn ----------------------------------------------------------------------
+    async def _run(self, task: Task, msg: dict[str, Any]) -> None:
+        started = time.monotonic()
+        timeout = float(msg.get("timeout") or self.config.task_timeout)
+        turn = Turn(task.task_id, msg.get("trace_id", ""), msg.get("chat_key"))
+        try:
+            result = await asyncio.wait_for(self._turn(task, turn, msg), timeout)
+        except TimeoutError:
+            result = result_fields(False, RelayError("timeout", f"the turn did not finish within {timeout:g}s"))
+        except asyncio.CancelledError:
+            result = result_fields(False, RelayError("timeout", "cancelled by the manager after its timeout"))
+        except RelayError as err:
+            result = result_fields(False, err)
+        finally:
+            if turn.turn_id is not None and not turn.done.done():
+                await self._interrupt(msg.get("thread_id") or "", turn)
+        result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        self._finish(task, result)
+        log(logger, logging.INFO, "task_final", node_id=self.config.node_id, task_id=task.task_id,
+            trace_id=turn.trace_id, ok=result["ok"], error_kind=result.get("error_kind"),
+            duration_ms=result["duration_ms"])
+        await self._report(task)
+
+    async def _turn(self, task: Task, turn: Turn, msg: dict[str, Any]) -> dict[str, Any]:
+        thread_id: str | None = msg.get("thread_id")
+        if thread_id is None:
+            params = {"cwd": self.config.cwd, "approvalPolicy": self.config.approval_policy,
+                      "sandbox": self.config.sandbox}
+            if msg.get("model"):
+                params["model"] = msg["model"]
+            started = await self.app.request("thread/start", params, self.config.rpc_timeout)
+            thread_id = started["thread"]["id"]
+            self.loaded[thread_id] = self.app.generation
+        msg["thread_id"] = thread_id
+        async with self.locks.setdefault(thread_id, asyncio.Lock()):
+            task.state = TaskState.RUNNING
+            await self.link.send(message(Msg.TASK_STATE, task_id=task.task_id, state=task.state.value))
+            if self.loaded.get(thread_id) != self.app.generation:
+                # A restarted app-server has no threads loaded; resuming keeps the thread's history.
+                await self.app.request("thread/resume", {"threadId": thread_id}, self.config.rpc_timeout)
+                self.loaded[thread_id] = self.app.generation
+            self.turns[thread_id] = turn
+            generation = self.app.generation
+            try:
+                params: dict[str, Any] = {"threadId": thread_id, "input": [
+                    {"type": "text", "text": msg["prompt"], "text_elements": []}]}
+                if msg.get("model"):
+                    params["model"] = msg["model"]
+                started = await self.app.request("turn/start", params, self.config.rpc_timeout)
+                turn.turn_id = started["turn"]["id"]
+                done = await self._until_done(turn, generation)
+            finally:
+                self.turns.pop(thread_id, None)
+        if done.get("status") == "completed":
+            if turn.approvals_expired:
+                return result_fields(False, RelayError("approval_timeout"), thread_id=thread_id,
+                                     turn_id=turn.turn_id, text=_final_text(turn, done))
+            return result_fields(True, text=_final_text(turn, done), thread_id=thread_id, turn_id=turn.turn_id)
+        return result_fields(False, classify(done, turn.errors), thread_id=thread_id, turn_id=turn.turn_id)
+
+    async def _until_done(self, turn: Turn, generation: int) -> dict[str, Any]:
+        """Wait for turn/completed, or fail if the app-server that runs the turn dies."""
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(turn.done), 0.25)
+            except TimeoutError:
+                if self.app.generation != generation or not self.app.ready.is_set():
+                    raise RelayError("appserver_crash", "codex app-server exited during the turn; "
+                                                        "the node restarted it") from None
+
+    async def _interrupt(self, thread_id: str, turn: Turn) -> None:
+        try:
+            await self.app.request("turn/interrupt", {"threadId": thread_id, "turnId": turn.turn_id}, 2)
+        except RelayError:
+            pass  # the child is gone or the turn already ended: nothing left to stop
+
+    # ---- from the app-server -----------------------------------------------------------------
+    def on_notify(self, method: str, params: dict[str, Any]) -> None:
+        turn = self.turns.get(params.get("threadId", ""))
+        if turn is None:
+            return
+        if method == "item/agentMessage/delta":
+            turn.text += params.get("delta", "")
+            now = time.monotonic()
+            if now - turn.last_progress >= self.config.progress_interval:
+                turn.last_progress = now
+                asyncio.create_task(self.link.send(message(Msg.TASK_PROGRESS, task_id=turn.task_id,
+                                                           chat_key=turn.chat_key, text=turn.text)))
+        elif method == "item/completed" and (params.get("item") or {}).get("type") == "agentMessage":
+            turn.messages.append(params["item"].get("text", ""))
+            turn.text = ""
+        elif method == "error":
+            turn.errors.append(params)
+        elif method == "turn/completed" and not turn.done.done():
+            turn.done.set_result(params.get("turn") or {})
+
+    async def on_server_request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        if method not in APPROVAL_METHODS:
+            raise RelayError("appserver_error", f"the node does not handle {method}")
+        turn = self.turns.get(params.get("threadId", ""))
+        approval_id = new_id("appr")
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.approvals[approval_id] = fut
+        await self.link.send(message(
+            Msg.APPROVAL_REQUEST, approval_id=approval_id, kind=APPROVAL_METHODS[method],
+            task_id=turn.task_id if turn else None, trace_id=turn.trace_id if turn else None,
+            chat_key=turn.chat_key if turn else None, thread_id=params.get("threadId"),
+            command=params.get("command"), cwd=params.get("cwd"), reason=params.get("reason"),
+            changes=params.get("changes") if "changes" in params else None))
+        try:
+            decision = await asyncio.wait_for(fut, self.config.approval_timeout)
+        except TimeoutError:
+            decision = Decision.DECLINE.value
+            if turn is not None:
+                turn.approvals_expired += 1
+            log(logger, logging.WARNING, "approval_expired", node_id=self.config.node_id, approval_id=approval_id,
+                task_id=turn.task_id if turn else None)
+            await self.link.send(message(Msg.APPROVAL_EXPIRED, approval_id=approval_id))
+        finally:
+            self.approvals.pop(approval_id, None)
+        return {"decision": decision}
+
+
+def _final_text(turn: Turn, done: dict[str, Any]) -> str:
+    items = [i for i in done.get("items") or [] if i.get("type") == "agentMessage"]
+    if items:
+        return str(items[-1].get("text", ""))
+    return turn.messages[-1] if turn.messages else turn.text

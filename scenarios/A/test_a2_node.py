@@ -1,0 +1,223 @@
+"""A2: the real node with the real codex app-server against the mock upstream."""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from harness import paths
+from harness.peers import ScriptedManager
+from harness.stack import Stack, free_port
+from runtime.node.config import EXIT_CODEX, EXIT_CWD
+from runtime.protocol import Api, Event, Msg, decode
+
+pytestmark = pytest.mark.stage("A2")
+
+
+@pytest.fixture(scope="module")
+async def node(stack: Stack) -> AsyncIterator[str]:
+    """One real node shared by the cases that leave it healthy."""
+    await stack.add_node("a2n1")
+    yield "a2n1"
+
+
+async def dispatch(stack: Stack, node_id: str, prompt: str, timeout: float = 30) -> dict:
+    return await stack.result(Api.DISPATCH, {"node_id": node_id, "prompt": prompt, "timeout": timeout})
+
+
+def run_node(tmp: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "runtime.node.main", "--node-id", "bad", "--token", "t",
+            "--manager-url", "ws://127.0.0.1:9/ws/node", "--cwd", str(tmp), "--codex-bin", str(paths.codex_bin())]
+    for key, value in overrides.items():
+        argv[argv.index(f"--{key.replace('_', '-')}") + 1] = value
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def assert_structured_failure(out: subprocess.CompletedProcess[str], code: int, needle: str) -> None:
+    assert out.returncode == code, out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    line = out.stderr.strip().splitlines()[-1]
+    assert "op=startup_failed" in line and f"exit_code={code}" in line and needle in line and "fix=" in line
+
+
+@pytest.mark.case("A2-01", "F")
+def test_cwd_missing(tmp_path: Path) -> None:
+    """a missing cwd gives a structured error, a documented exit code and no traceback"""
+    assert_structured_failure(run_node(tmp_path, cwd=str(tmp_path / "nope")), EXIT_CWD, "cwd does not exist")
+
+
+@pytest.mark.case("A2-02", "F")
+def test_codex_binary_missing(tmp_path: Path) -> None:
+    """a missing codex binary gives a structured error, a documented exit code and no traceback"""
+    out = run_node(tmp_path, codex_bin=str(tmp_path / "no-codex"))
+    assert_structured_failure(out, EXIT_CODEX, "codex binary not found")
+
+
+@pytest.mark.case("A2-03", "F")
+async def test_reconnect_backoff_grows_and_caps(stack: Stack) -> None:
+    """with the manager refusing, reconnect intervals grow by the factor and stop at the cap"""
+    refusing = await ScriptedManager(accept=False).start()
+    try:
+        # Same code path as production (0.5 s x1.7 up to 10 s), scaled down 10x so the case runs in seconds.
+        await stack.add_node("a2backoff", wait=False, manager_url=f"ws://127.0.0.1:{refusing.port}{Api.NODE_WS}",
+                             backoff_initial=0.05, backoff_max=1.0, backoff_jitter=0.1)
+        deadline = time.monotonic() + 30
+        while len(refusing.connects) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        gaps = [b - a for a, b in zip(refusing.connects, refusing.connects[1:], strict=False)]
+        assert len(gaps) >= 8, gaps
+        assert gaps[3] > gaps[0] * 2, f"intervals do not grow: {gaps}"
+        assert max(gaps) < 1.0 * 1.1 + 0.3, f"intervals exceed the cap: {gaps}"
+        assert gaps[-1] > 0.8, f"intervals never reached the cap: {gaps}"
+    finally:
+        stack.procs["a2backoff"].terminate()
+        await refusing.stop()
+
+
+@pytest.mark.case("A2-04", "N")
+async def test_registers_when_manager_returns(stack: Stack) -> None:
+    """a node started with no manager registers by itself once one appears"""
+    port = free_port()
+    await stack.add_node("a2late", wait=False, manager_url=f"ws://127.0.0.1:{port}{Api.NODE_WS}",
+                         backoff_initial=0.1, backoff_max=1.0)
+    await asyncio.sleep(1.5)
+    late = await ScriptedManager().start(port)
+    try:
+        reg = await late.registered(timeout=10)
+        assert reg["node_id"] == "a2late"
+        beat = await late.expect(Msg.HEARTBEAT, timeout=5)
+        assert beat["node_id"] == "a2late"
+    finally:
+        stack.procs["a2late"].terminate()
+        await late.stop()
+
+
+@pytest.mark.case("A2-05", "F")
+async def test_queue_full(stack: Stack) -> None:
+    """max_pending=1 and two concurrent turns on one thread: the second is refused at once"""
+    await stack.add_node("a2q", max_pending=1)
+    first = await dispatch(stack, "a2q", "start a thread")
+    slow = asyncio.create_task(stack.result(Api.DISPATCH, {"node_id": "a2q", "prompt": "busy [[mock:slow=2]]",
+                                                           "thread_id": first["thread_id"], "timeout": 30}))
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    second = await stack.result(Api.DISPATCH, {"node_id": "a2q", "prompt": "second", "timeout": 30,
+                                               "thread_id": first["thread_id"]})
+    assert time.monotonic() - started < 1.5, "a full queue must answer at once"
+    assert second["ok"] is False and second["error"] == "node queue full (max=1)"
+    assert second["error_kind"] == "queue_full" and second["retriable"] is False
+    assert (await slow)["ok"] is True
+
+
+@pytest.mark.case("A2-06", "F")
+async def test_execution_timeout(stack: Stack, node: str) -> None:
+    """a long turn with a short timeout fails as timeout"""
+    result = await dispatch(stack, node, "long one [[mock:slow=5]]", timeout=1)
+    assert result["ok"] is False and result["error_kind"] == "timeout"
+
+
+@pytest.mark.case("A2-07", "N")
+async def test_startup(stack: Stack, node: str) -> None:
+    """the node starts codex app-server, connects and registers"""
+    assert node in (await stack.call(Api.SERVERS))["online"]
+    children = [c.name() for c in stack.procs[node].children()]
+    assert "codex" in children, children
+    assert "op=appserver_ready" in stack.procs[node].log_text()
+
+
+@pytest.mark.case("A2-08", "N")
+async def test_task_progress_result(stack: Stack, node: str) -> None:
+    """a task reports progress events, then its result text"""
+    assert stack._http is not None
+    ws = await stack._http.ws_connect(stack.manager_url + Api.EVENTS,
+                                      headers={"Authorization": f"Bearer {stack.control_token}"})
+    try:
+        result = await dispatch(stack, node, "tell me something [[mock:slow=0.2]]")
+        assert result["ok"] and result["text"] == "mock reply: tell me something"
+        seen: list[dict] = []
+        while not any(e["type"] == Event.TASK_RESULT and e["task_id"] == result["task_id"] for e in seen):
+            seen.append(decode((await ws.receive(timeout=5)).data))
+        progress = [e for e in seen if e["type"] == Event.TASK_PROGRESS and e["task_id"] == result["task_id"]]
+        assert progress and result["text"].startswith(progress[0]["text"])
+    finally:
+        await ws.close()
+
+
+@pytest.mark.case("A2-09", "F")
+async def test_jitter_does_not_flap(stack: Stack, node: str) -> None:
+    """latency with jitter on node<->manager: tasks complete and the node never goes offline"""
+    assert stack.toxics is not None and stack._http is not None
+    ws = await stack._http.ws_connect(stack.manager_url + Api.EVENTS,
+                                      headers={"Authorization": f"Bearer {stack.control_token}"})
+    try:
+        link = stack.manager_link(node)
+        async with stack.toxics.latency(link, 300, 200), stack.toxics.latency(link, 300, 200, stream="upstream"):
+            for i in range(3):
+                assert (await dispatch(stack, node, f"jittery {i}"))["ok"]
+            await asyncio.sleep(2)
+        offline = []
+        while (frame := await ws.receive(timeout=0.5 if not offline else 0.1)).type == aiohttp.WSMsgType.TEXT:
+            event = json.loads(frame.data)
+            if event["type"] == Event.NODE_OFFLINE and event["node_id"] == node:
+                offline.append(event)
+    except TimeoutError:
+        pass
+    finally:
+        await ws.close()
+    assert not offline, f"node flapped offline under jitter: {offline}"
+    assert node in (await stack.call(Api.SERVERS))["online"]
+
+
+@pytest.mark.case("A2-10", "F")
+async def test_approval_timeout(stack: Stack) -> None:
+    """nobody answers an approval: codex is told decline, the task fails as approval_timeout"""
+    await stack.add_node("a2appr", approval_timeout=1.0)
+    result = await dispatch(stack, "a2appr", "run something [[mock:approve]]")
+    assert result["ok"] is False and result["error_kind"] == "approval_timeout"
+    assert "rejected" in result["text"], "codex should have been told the command was declined"
+    approvals = (await stack.call(Api.APPROVALS))["approvals"]
+    mine = [a for a in approvals if a.get("task_id") == result["task_id"]]
+    assert [a["state"] for a in mine] == ["expired"]
+
+
+@pytest.mark.case("A2-11", "F")
+async def test_appserver_crash(stack: Stack, node: str) -> None:
+    """killing the codex child fails the turn as appserver_crash (retriable); the next task works"""
+    turn = asyncio.create_task(dispatch(stack, node, "crash me [[mock:slow=3]]"))
+    await asyncio.sleep(1.0)
+    [codex] = [c for c in stack.procs[node].children() if c.name() == "codex"]
+    codex.kill()
+    result = await turn
+    assert result["ok"] is False and result["error_kind"] == "appserver_crash" and result["retriable"] is True
+    after = await dispatch(stack, node, "after the crash")
+    assert after["ok"] and after["text"] == "mock reply: after the crash"
+
+
+@pytest.mark.case("A2-12", "F")
+async def test_upstream_disconnect(stack: Stack, node: str) -> None:
+    """the mock drops the SSE stream: upstream_disconnect, retriable"""
+    result = await dispatch(stack, node, "drop it [[mock:drop]]")
+    assert result["ok"] is False and result["error_kind"] == "upstream_disconnect" and result["retriable"] is True
+
+
+@pytest.mark.case("A2-13", "F")
+async def test_slow_call_does_not_block(stack: Stack, node: str) -> None:
+    """a slow turn in flight: heartbeats and other app-server calls keep flowing"""
+    turn = asyncio.create_task(dispatch(stack, node, "slow one [[mock:slow=4]]"))
+    await asyncio.sleep(0.5)
+    seen_before = next(s["last_seen"] for s in (await stack.call(Api.SERVERS))["servers"] if s["node_id"] == node)
+    started = time.monotonic()
+    listed = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "timeout": 5})
+    assert listed["ok"] and time.monotonic() - started < 2.0
+    await asyncio.sleep(1.5)
+    seen_after = next(s["last_seen"] for s in (await stack.call(Api.SERVERS))["servers"] if s["node_id"] == node)
+    assert seen_after > seen_before, "heartbeats stopped while a turn was running"
+    assert not turn.done()
+    assert (await turn)["ok"]
