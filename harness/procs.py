@@ -27,6 +27,7 @@ class Proc:
         self.cwd = cwd
         self.popen: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.stopped_by_harness = False  # a down process is a crash unless the harness stopped it
 
     def start(self) -> Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +37,7 @@ class Proc:
             self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           env=self.env, cwd=self.cwd, start_new_session=True)
         self.starts += 1
+        self.stopped_by_harness = False
         LIVE.add(self)
         return self
 
@@ -69,12 +71,14 @@ class Proc:
         """SIGKILL the whole group and reap it: a crash, not a shutdown."""
         if self.popen is None:
             return
+        self.stopped_by_harness = True
         self.signal_group(signal.SIGCONT)  # a stopped process must not linger as a zombie group
         self.signal_group(signal.SIGKILL)
         self.popen.wait(10)
         LIVE.discard(self)
 
     def terminate(self, grace: float = 5.0) -> None:
+        self.stopped_by_harness = True
         if self.popen is None or not self.alive:
             LIVE.discard(self)
             return

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import socket
 import sys
@@ -21,7 +22,7 @@ from harness import paths
 from harness.faults import FaultLog, Toxics
 from harness.procs import Proc
 from harness.upstream import prompt_key
-from runtime.protocol import Api
+from runtime.protocol import Api, new_id
 
 PY = sys.executable
 
@@ -76,6 +77,8 @@ class Stack:
         self.toxics: Toxics | None = None
         self.upstream_port = 0
         self._http: aiohttp.ClientSession | None = None
+        # Every control call made, with the ids it touched: a case's steps and log filter come from here.
+        self.trail: list[dict[str, Any]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> Stack:
@@ -211,14 +214,21 @@ class Stack:
 
     # ---- control API -----------------------------------------------------------------------
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                      token: str | None = None, timeout: float = 120.0) -> tuple[int, dict[str, Any]]:
-        """One raw control call: (HTTP status, JSON envelope)."""
+                      token: str | None = None, timeout: float = 120.0, record: bool = True) -> tuple[int, dict[str, Any]]:
+        """One raw control call: (HTTP status, JSON envelope). Recorded calls become the case's steps."""
         assert self._http is not None
-        headers = {"Authorization": f"Bearer {self.control_token if token is None else token}"}
+        trace_id = new_id("tr")
+        headers = {"Authorization": f"Bearer {self.control_token if token is None else token}", "X-Trace-Id": trace_id}
         kwargs: dict[str, Any] = {"params": body} if method == "GET" else {"json": body or {}}
+        entry: dict[str, Any] = {"start": time.time(), "call": f"{method} {path}", "trace_id": trace_id,
+                                 "body": body or {}}
+        if record:
+            self.trail.append(entry)
         async with self._http.request(method, self.manager_url + path, headers=headers,
                                       timeout=aiohttp.ClientTimeout(total=timeout), **kwargs) as resp:
-            return resp.status, await resp.json()
+            envelope = await resp.json()
+        entry.update(end=time.time(), status=resp.status, ids=_ids(body or {}, envelope))
+        return resp.status, envelope
 
     async def call(self, path: Api, body: dict[str, Any] | None = None, method: str | None = None,
                    **kw: Any) -> dict[str, Any]:
@@ -234,6 +244,17 @@ class Stack:
         assert status == 200 and env["ok"], f"POST {path} -> {status} {env}"
         return dict(env["result"])
 
+    async def metric(self, event: str) -> int:
+        """One counter from the manager's /metrics (relay_events_total{event=...})."""
+        assert self._http is not None
+        async with self._http.get(self.manager_url + Api.METRICS) as resp:
+            found = re.search(rf'relay_events_total{{event="{event}"}} (\d+)', await resp.text())
+        return int(found.group(1)) if found else 0
+
+    def note(self, *ids: str) -> None:
+        """Ids a case touched outside the control API (a scripted peer's node_id), for locating its logs."""
+        self.trail.append({"note": True, "ids": list(ids)})
+
     # ---- the mock upstream -----------------------------------------------------------------
     async def upstream(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         assert self._http is not None
@@ -248,3 +269,14 @@ class Stack:
 
 # Paths served only as GET; TOKENS and USERS take both, so callers pass method="GET" to list them.
 GET_ONLY = {Api.SERVERS, Api.APPROVALS, Api.CHAT, Api.TASKS}
+
+
+def _ids(body: dict[str, Any], envelope: dict[str, Any]) -> list[str]:
+    """The ids that locate a call in the logs: node, task, approval, token and thread ids."""
+    found: list[str] = []
+    for source in (body, envelope.get("result") or {}):
+        for key in ("node_id", "task_id", "approval_id", "token_id", "thread_id", "chat_key"):
+            value = source.get(key) if isinstance(source, dict) else None
+            if isinstance(value, str) and value not in found:
+                found.append(value)
+    return found

@@ -1,19 +1,16 @@
-"""Fixtures shared by every stage: the run's report folder, a real stack per module, case labels."""
+"""Fixtures shared by every stage: the run's report folder and a real stack per module."""
 from __future__ import annotations
 
-import os
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import allure
 import pytest
 
 from harness import paths
 from harness.procs import reap_all
+from harness.gates import Gates
+from harness.plugin import GATES_KEY, RUN_ID
 from harness.stack import Stack
-
-RUN_ID = os.environ.get("HARNESS_RUN_ID") or time.strftime("run-%Y%m%d-%H%M%S")
 
 
 @pytest.fixture(scope="session")
@@ -49,23 +46,7 @@ async def _clean_links(request: pytest.FixtureRequest) -> None:
             await s.toxics.reset()
 
 
-@pytest.fixture(autouse=True)
-def _case_labels(request: pytest.FixtureRequest) -> None:
-    case = request.node.get_closest_marker("case")
-    stage = request.node.get_closest_marker("stage")
-    if case is not None:
-        case_id, kind = case.args
-        allure.dynamic.id(case_id)
-        allure.dynamic.label("case_id", case_id)
-        allure.dynamic.label("case_kind", kind)
-        allure.dynamic.title(f"{case_id}: {request.node.function.__doc__ or request.node.name}".strip())
-    if stage is not None:
-        allure.dynamic.parent_suite(stage.args[0][0])
-        allure.dynamic.suite(stage.args[0])
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A scenario without a case id would be invisible in the report and the gates: refuse it.
-    missing = [i.nodeid for i in items if i.get_closest_marker("case") is None and "selftest" not in i.nodeid]
-    if missing:
-        raise pytest.UsageError(f"scenarios without @pytest.mark.case: {missing}")
+@pytest.fixture(scope="session")
+def gates_config(request: pytest.FixtureRequest) -> Gates:
+    """gates.yaml under the run's profile: where a case reads any limit it checks against."""
+    return request.config.stash[GATES_KEY]

@@ -76,6 +76,8 @@ async def servers(mgr: Manager, body: dict[str, Any], trace_id: str) -> dict[str
     nodes = await mgr.store.list_nodes()
     for node in nodes:
         session = mgr.hub.online(node["node_id"])
+        # `online` is the live socket; `stored_online` is what the DB says, so checks can compare them.
+        node["stored_online"] = bool(node["online"])
         node["online"] = session is not None
         if session is not None:
             node["last_seen"] = session.last_seen

@@ -70,8 +70,6 @@ class Manager:
                        thread_id: str | None = None, model: str | None = None) -> dict[str, Any]:
         """Run one prompt on a node and wait for its one final result, or fail it as timed out."""
         if task_id is not None and (existing := await self.store.task(task_id)) is not None:
-            # A repeated task_id never runs twice: answer with what the first one became.
-            self.hub.counters["duplicate_dispatch"] += 1
             return await self._await_existing(existing, timeout)
         session = self.hub.online(node_id)
         if session is None:
@@ -79,7 +77,8 @@ class Manager:
         task = {"task_id": task_id or new_id("task"), "trace_id": trace_id, "node_id": node_id,
                 "chat_key": chat_key, "prompt": prompt, "thread_id": thread_id, "model": model,
                 "deadline": time.time() + timeout}
-        await self.store.create_task(task)
+        if not await self.store.create_task(task):
+            return await self._await_existing(await self.store.task(task["task_id"]), timeout)
         waiter = self.hub.wait_task(task["task_id"])
         sent = await session.send(message(Msg.TASK_ASSIGN, **{k: v for k, v in task.items() if k != "deadline"},
                                           timeout=timeout))
@@ -89,19 +88,26 @@ class Manager:
         log(logger, logging.INFO, "task_assigned", trace_id=trace_id, node_id=node_id, task_id=task["task_id"])
         return await self._await_result(task["task_id"], waiter, timeout, session)
 
-    async def _await_existing(self, task: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _await_existing(self, task: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+        """A repeated task_id never runs twice: answer with what the first one became."""
+        if task is None:
+            raise RelayError("internal", "a task vanished between two reads")
+        self.hub.counters["duplicate_dispatch"] += 1
         if task["result"] is not None:
             return {**task["result"], "task_id": task["task_id"], "duplicate": True}
         waiter = self.hub.wait_task(task["task_id"])
-        return await self._await_result(task["task_id"], waiter, timeout, self.hub.online(task["node_id"]))
+        return await self._await_result(task["task_id"], waiter, timeout, None)
 
     async def _await_result(self, task_id: str, waiter: asyncio.Future[dict[str, Any]], timeout: float,
                             session: NodeSession | None) -> dict[str, Any]:
+        """Wait for the result; the first caller's timeout (it holds the session) fails the task."""
         try:
             result = await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
-            if session is not None:
-                await session.send(message(Msg.TASK_CANCEL, task_id=task_id))
+            if session is None:  # a repeated caller gave up waiting; the task itself goes on
+                return {**result_fields(False, RelayError("timeout", f"no result within {timeout:g}s")),
+                        "task_id": task_id}
+            await session.send(message(Msg.TASK_CANCEL, task_id=task_id))
             return await self._fail(task_id, RelayError("timeout", f"no result within {timeout:g}s"))
         return {**result, "task_id": task_id}
 
@@ -212,6 +218,6 @@ class Manager:
     async def _expire_overdue_tasks(self) -> None:
         cutoff = time.time() - self.config.result_grace
         for task in await self.store.open_tasks():
-            if task["deadline"] < cutoff and task["task_id"] not in self.hub.task_waiters:
+            if task["deadline"] < cutoff:
                 await self.accept_result(None, task["task_id"], result_fields(False, RelayError(
                     "timeout", "no result arrived before the task's deadline plus the grace period")))

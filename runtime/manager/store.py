@@ -219,14 +219,17 @@ class Store:
                              (chat_key, node_id, thread_id, now))
 
     # ---- tasks -----------------------------------------------------------------------------
-    async def create_task(self, task: dict[str, Any]) -> None:
+    async def create_task(self, task: dict[str, Any]) -> bool:
+        """False if the task_id exists already: two callers racing with one id get one task."""
         now = time.time()
         async with self.tx("create_task") as db:
-            await db.execute(
+            cur = await db.execute(
                 "INSERT INTO tasks (task_id, trace_id, node_id, chat_key, prompt, thread_id, model, state, "
-                "created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (task_id) DO NOTHING",
                 (task["task_id"], task["trace_id"], task["node_id"], task.get("chat_key"), task["prompt"],
                  task.get("thread_id"), task.get("model"), TaskState.QUEUED, now, now, task["deadline"]))
+            return cur.rowcount == 1
 
     async def task(self, task_id: str) -> dict[str, Any] | None:
         rows = await self.query("SELECT * FROM tasks WHERE task_id = ?", (task_id,))

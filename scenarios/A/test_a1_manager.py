@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -15,7 +14,6 @@ from harness.stack import Stack
 from runtime.protocol import (CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_UNAUTHORIZED, MAX_FRAME_BYTES,
                               Api, Msg, message, new_id)
 
-pytestmark = pytest.mark.stage("A1")
 # Short DB waits so a held lock surfaces as storage_error within the case, not after it.
 STACK_MANAGER_ARGS = {"busy-timeout-ms": 300, "offline-timeout": 3.0, "heartbeat-interval": 1.0}
 
@@ -26,6 +24,7 @@ async def peer(stack: Stack) -> AsyncIterator[Callable[..., ScriptedNode]]:
 
     def make(node_id: str | None = None) -> ScriptedNode:
         made.append(ScriptedNode(stack.manager_url, node_id or new_id("a1")))
+        stack.note(made[-1].node_id)
         return made[-1]
     yield make
     for p in made:
@@ -39,14 +38,7 @@ async def registered(stack: Stack, node: ScriptedNode) -> str:
     return str(token)
 
 
-async def metric(stack: Stack, name: str) -> int:
-    assert stack._http is not None
-    async with stack._http.get(stack.manager_url + Api.METRICS) as resp:
-        found = re.search(rf'relay_events_total{{event="{name}"}} (\d+)', await resp.text())
-    return int(found.group(1)) if found else 0
-
-
-@pytest.mark.case("A1-01", "F")
+@pytest.mark.case("A1-01")
 async def test_register_without_token(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """register with no token is refused and the node is not online"""
     node = await peer().connect()
@@ -56,7 +48,7 @@ async def test_register_without_token(stack: Stack, peer: Callable[..., Scripted
     assert node.node_id not in (await stack.call(Api.SERVERS))["online"]
 
 
-@pytest.mark.case("A1-02", "F")
+@pytest.mark.case("A1-02")
 async def test_register_with_wrong_token(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """register with a wrong token is refused"""
     node = await peer().connect()
@@ -66,7 +58,7 @@ async def test_register_with_wrong_token(stack: Stack, peer: Callable[..., Scrip
     assert node.node_id not in (await stack.call(Api.SERVERS))["online"]
 
 
-@pytest.mark.case("A1-03", "N")
+@pytest.mark.case("A1-03")
 async def test_register_with_valid_token(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """register with a valid token: online and in the servers list"""
     node = peer()
@@ -76,7 +68,7 @@ async def test_register_with_valid_token(stack: Stack, peer: Callable[..., Scrip
     assert any(s["node_id"] == node.node_id and s["online"] for s in servers["servers"])
 
 
-@pytest.mark.case("A1-04", "F")
+@pytest.mark.case("A1-04")
 async def test_revoked_token(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """revoking a token closes its live session, and reconnecting with it is refused"""
     node = peer()
@@ -91,7 +83,7 @@ async def test_revoked_token(stack: Stack, peer: Callable[..., ScriptedNode]) ->
     await stack.wait_online(node.node_id, online=False)
 
 
-@pytest.mark.case("A1-05", "N")
+@pytest.mark.case("A1-05")
 async def test_appserver_thread_list_relayed(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """app-server thread/list is relayed to the node and its result returned"""
     node = peer()
@@ -105,7 +97,7 @@ async def test_appserver_thread_list_relayed(stack: Stack, peer: Callable[..., S
     assert result["ok"] and result["result"]["data"] == [{"id": "t1"}]
 
 
-@pytest.mark.case("A1-06", "F")
+@pytest.mark.case("A1-06")
 async def test_thread_read_without_thread_id(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """thread/read without threadId: outer ok=true, inner failure passed through"""
     node = peer()
@@ -122,7 +114,7 @@ async def test_thread_read_without_thread_id(stack: Stack, peer: Callable[..., S
     assert "threadId" in env["result"]["error"]
 
 
-@pytest.mark.case("A1-07", "N")
+@pytest.mark.case("A1-07")
 async def test_dispatch_chain_closes(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """dispatch: the node's result comes back, and so does the node's error"""
     node = peer()
@@ -141,7 +133,7 @@ async def test_dispatch_chain_closes(stack: Stack, peer: Callable[..., ScriptedN
         assert task["state"] == ("done" if ok else "failed")
 
 
-@pytest.mark.case("A1-08", "F")
+@pytest.mark.case("A1-08")
 async def test_dispatch_timeout(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """dispatch timeout: outer ok=true, result.ok=false, error_kind=timeout, task failed once"""
     node = peer()
@@ -155,7 +147,7 @@ async def test_dispatch_timeout(stack: Stack, peer: Callable[..., ScriptedNode])
     assert task["state"] == "failed" and task["error_kind"] == "timeout"
 
 
-@pytest.mark.case("A1-09", "N")
+@pytest.mark.case("A1-09")
 async def test_same_node_reconnects(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """the same node_id reconnecting appears once in the online list"""
     first = peer()
@@ -171,7 +163,7 @@ async def test_same_node_reconnects(stack: Stack, peer: Callable[..., ScriptedNo
     assert online.count(first.node_id) == 1
 
 
-@pytest.mark.case("A1-10", "N")
+@pytest.mark.case("A1-10")
 async def test_heartbeat_and_offline_timeout(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """heartbeats update last-seen; silence past the offline timeout takes the node offline"""
     node = peer()
@@ -188,7 +180,7 @@ async def test_heartbeat_and_offline_timeout(stack: Stack, peer: Callable[..., S
     await stack.wait_online(node.node_id, online=False, timeout=10)
 
 
-@pytest.mark.case("A1-11", "N")
+@pytest.mark.case("A1-11")
 async def test_approval_request_and_decision(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """an approval is stored, its decision reaches the node, and a second decision is refused"""
     node = peer()
@@ -212,7 +204,7 @@ async def test_approval_request_and_decision(stack: Stack, peer: Callable[..., S
     assert second["ok"] is False and second["error_kind"] == "conflict" and "tester" in second["error"]
 
 
-@pytest.mark.case("A1-12", "N")
+@pytest.mark.case("A1-12")
 async def test_state_survives_restart(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """tokens, chat routes, thread ids and pending approvals read back after a manager restart"""
     node = peer()
@@ -241,7 +233,7 @@ async def test_state_survives_restart(stack: Stack, peer: Callable[..., Scripted
     await stack.call(Api.APPROVALS_DECIDE, {"approval_id": approval_id, "decision": "decline"})
 
 
-@pytest.mark.case("A1-13", "F")
+@pytest.mark.case("A1-13")
 async def test_duplicate_registration(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """two live sockets with one node_id: the newer wins, the older is closed, listed once"""
     first = peer()
@@ -254,7 +246,7 @@ async def test_duplicate_registration(stack: Stack, peer: Callable[..., Scripted
     assert (await stack.call(Api.SERVERS))["online"].count(first.node_id) == 1
 
 
-@pytest.mark.case("A1-14", "F")
+@pytest.mark.case("A1-14")
 async def test_out_of_order_messages(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """a message before register is refused with no state change; a result before its ack is accepted"""
     early = await peer().connect()
@@ -276,27 +268,27 @@ async def test_out_of_order_messages(stack: Stack, peer: Callable[..., ScriptedN
     assert task["state"] == "done"  # the late ack did not move a final task backwards
 
 
-@pytest.mark.case("A1-15", "F")
+@pytest.mark.case("A1-15")
 async def test_orphan_task_result(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """an orphan task_result is ignored, logged and counted, with no state change"""
     node = peer()
     await registered(stack, node)
     counts_before = (await stack.call(Api.TASKS))["counts"]
-    orphans_before = await metric(stack, "orphan_results")
+    orphans_before = await stack.metric("orphan_results")
     await node.send(message(Msg.TASK_RESULT, task_id="task_does_not_exist", result={"ok": True}))
     await node.send(message(Msg.HEARTBEAT, node_id=node.node_id))
     await node.expect(Msg.HEARTBEAT_ACK)  # frames are handled in order: the orphan was processed
-    assert await metric(stack, "orphan_results") == orphans_before + 1
+    assert await stack.metric("orphan_results") == orphans_before + 1
     assert (await stack.call(Api.TASKS))["counts"] == counts_before
     assert "op=orphan_result_ignored" in stack.procs["manager"].log_text()
 
 
-@pytest.mark.case("A1-16", "F")
+@pytest.mark.case("A1-16")
 async def test_rpc_timeout_with_late_reply(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """an app-server call times out as ok=true/result.ok=false; the late reply is dropped cleanly"""
     node = peer()
     await registered(stack, node)
-    late_before = await metric(stack, "late_rpc_responses")
+    late_before = await stack.metric("late_rpc_responses")
     status, env = await stack.request("POST", Api.APPSERVER, {"node_id": node.node_id, "method": "thread/list",
                                                               "timeout": 0.3})
     assert status == 200 and env["ok"] is True
@@ -305,11 +297,11 @@ async def test_rpc_timeout_with_late_reply(stack: Stack, peer: Callable[..., Scr
     await node.send(message(Msg.APPSERVER_RESPONSE, request_id=req["request_id"], result={"ok": True, "result": {}}))
     await node.send(message(Msg.HEARTBEAT, node_id=node.node_id))
     await node.expect(Msg.HEARTBEAT_ACK)
-    assert await metric(stack, "late_rpc_responses") == late_before + 1
+    assert await stack.metric("late_rpc_responses") == late_before + 1
     assert node.node_id in (await stack.call(Api.SERVERS))["online"]
 
 
-@pytest.mark.case("A1-17", "F")
+@pytest.mark.case("A1-17")
 async def test_db_lock_conflict(stack: Stack) -> None:
     """a held SQLite lock gives storage_error with nothing half-written, and the manager recovers"""
     tokens_before = len((await stack.call(Api.TOKENS, method="GET"))["tokens"])
@@ -324,7 +316,7 @@ async def test_db_lock_conflict(stack: Stack) -> None:
     assert [t["note"] for t in tokens].count("during-lock") == 0 and len(tokens) == tokens_before + 1
 
 
-@pytest.mark.case("A1-18", "F")
+@pytest.mark.case("A1-18")
 async def test_invalid_requests(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
     """malformed requests get outer ok=false/4xx/401 or a close code, and the manager stays up"""
     status, env = await stack.request("POST", Api.DISPATCH, {"prompt": "x"})

@@ -16,9 +16,8 @@ from harness import paths
 from harness.peers import ScriptedManager
 from harness.stack import Stack, free_port
 from runtime.node.config import EXIT_CODEX, EXIT_CWD
-from runtime.protocol import Api, Event, Msg, decode
+from runtime.protocol import Api, Event, Msg, decode, new_id
 
-pytestmark = pytest.mark.stage("A2")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +25,19 @@ async def node(stack: Stack) -> AsyncIterator[str]:
     """One real node shared by the cases that leave it healthy."""
     await stack.add_node("a2n1")
     yield "a2n1"
+
+
+@pytest.fixture(scope="module")
+async def queue_node(stack: Stack) -> AsyncIterator[str]:
+    await stack.add_node("a2q", max_pending=1)
+    yield "a2q"
+
+
+@pytest.fixture(scope="module")
+async def impatient_node(stack: Stack) -> AsyncIterator[str]:
+    """A node whose approvals expire after a second, for A2-10."""
+    await stack.add_node("a2appr", approval_timeout=1.0)
+    yield "a2appr"
 
 
 async def dispatch(stack: Stack, node_id: str, prompt: str, timeout: float = 30) -> dict:
@@ -47,26 +59,27 @@ def assert_structured_failure(out: subprocess.CompletedProcess[str], code: int, 
     assert "op=startup_failed" in line and f"exit_code={code}" in line and needle in line and "fix=" in line
 
 
-@pytest.mark.case("A2-01", "F")
+@pytest.mark.case("A2-01")
 def test_cwd_missing(tmp_path: Path) -> None:
     """a missing cwd gives a structured error, a documented exit code and no traceback"""
     assert_structured_failure(run_node(tmp_path, cwd=str(tmp_path / "nope")), EXIT_CWD, "cwd does not exist")
 
 
-@pytest.mark.case("A2-02", "F")
+@pytest.mark.case("A2-02")
 def test_codex_binary_missing(tmp_path: Path) -> None:
     """a missing codex binary gives a structured error, a documented exit code and no traceback"""
     out = run_node(tmp_path, codex_bin=str(tmp_path / "no-codex"))
     assert_structured_failure(out, EXIT_CODEX, "codex binary not found")
 
 
-@pytest.mark.case("A2-03", "F")
+@pytest.mark.case("A2-03")
 async def test_reconnect_backoff_grows_and_caps(stack: Stack) -> None:
     """with the manager refusing, reconnect intervals grow by the factor and stop at the cap"""
     refusing = await ScriptedManager(accept=False).start()
     try:
         # Same code path as production (0.5 s x1.7 up to 10 s), scaled down 10x so the case runs in seconds.
-        await stack.add_node("a2backoff", wait=False, manager_url=f"ws://127.0.0.1:{refusing.port}{Api.NODE_WS}",
+        node_id = new_id("a2backoff")
+        await stack.add_node(node_id, wait=False, manager_url=f"ws://127.0.0.1:{refusing.port}{Api.NODE_WS}",
                              backoff_initial=0.05, backoff_max=1.0, backoff_jitter=0.1)
         deadline = time.monotonic() + 30
         while len(refusing.connects) < 10 and time.monotonic() < deadline:
@@ -77,38 +90,37 @@ async def test_reconnect_backoff_grows_and_caps(stack: Stack) -> None:
         assert max(gaps) < 1.0 * 1.1 + 0.3, f"intervals exceed the cap: {gaps}"
         assert gaps[-1] > 0.8, f"intervals never reached the cap: {gaps}"
     finally:
-        stack.procs["a2backoff"].terminate()
+        stack.procs[node_id].terminate()
         await refusing.stop()
 
 
-@pytest.mark.case("A2-04", "N")
+@pytest.mark.case("A2-04")
 async def test_registers_when_manager_returns(stack: Stack) -> None:
     """a node started with no manager registers by itself once one appears"""
-    port = free_port()
-    await stack.add_node("a2late", wait=False, manager_url=f"ws://127.0.0.1:{port}{Api.NODE_WS}",
+    port, node_id = free_port(), new_id("a2late")
+    await stack.add_node(node_id, wait=False, manager_url=f"ws://127.0.0.1:{port}{Api.NODE_WS}",
                          backoff_initial=0.1, backoff_max=1.0)
     await asyncio.sleep(1.5)
     late = await ScriptedManager().start(port)
     try:
         reg = await late.registered(timeout=10)
-        assert reg["node_id"] == "a2late"
+        assert reg["node_id"] == node_id
         beat = await late.expect(Msg.HEARTBEAT, timeout=5)
-        assert beat["node_id"] == "a2late"
+        assert beat["node_id"] == node_id
     finally:
-        stack.procs["a2late"].terminate()
+        stack.procs[node_id].terminate()
         await late.stop()
 
 
-@pytest.mark.case("A2-05", "F")
-async def test_queue_full(stack: Stack) -> None:
+@pytest.mark.case("A2-05")
+async def test_queue_full(stack: Stack, queue_node: str) -> None:
     """max_pending=1 and two concurrent turns on one thread: the second is refused at once"""
-    await stack.add_node("a2q", max_pending=1)
-    first = await dispatch(stack, "a2q", "start a thread")
-    slow = asyncio.create_task(stack.result(Api.DISPATCH, {"node_id": "a2q", "prompt": "busy [[mock:slow=2]]",
+    first = await dispatch(stack, queue_node, "start a thread")
+    slow = asyncio.create_task(stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": "busy [[mock:slow=2]]",
                                                            "thread_id": first["thread_id"], "timeout": 30}))
     await asyncio.sleep(0.5)
     started = time.monotonic()
-    second = await stack.result(Api.DISPATCH, {"node_id": "a2q", "prompt": "second", "timeout": 30,
+    second = await stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": "second", "timeout": 30,
                                                "thread_id": first["thread_id"]})
     assert time.monotonic() - started < 1.5, "a full queue must answer at once"
     assert second["ok"] is False and second["error"] == "node queue full (max=1)"
@@ -116,14 +128,14 @@ async def test_queue_full(stack: Stack) -> None:
     assert (await slow)["ok"] is True
 
 
-@pytest.mark.case("A2-06", "F")
+@pytest.mark.case("A2-06")
 async def test_execution_timeout(stack: Stack, node: str) -> None:
     """a long turn with a short timeout fails as timeout"""
     result = await dispatch(stack, node, "long one [[mock:slow=5]]", timeout=1)
     assert result["ok"] is False and result["error_kind"] == "timeout"
 
 
-@pytest.mark.case("A2-07", "N")
+@pytest.mark.case("A2-07")
 async def test_startup(stack: Stack, node: str) -> None:
     """the node starts codex app-server, connects and registers"""
     assert node in (await stack.call(Api.SERVERS))["online"]
@@ -132,7 +144,7 @@ async def test_startup(stack: Stack, node: str) -> None:
     assert "op=appserver_ready" in stack.procs[node].log_text()
 
 
-@pytest.mark.case("A2-08", "N")
+@pytest.mark.case("A2-08")
 async def test_task_progress_result(stack: Stack, node: str) -> None:
     """a task reports progress events, then its result text"""
     assert stack._http is not None
@@ -150,7 +162,7 @@ async def test_task_progress_result(stack: Stack, node: str) -> None:
         await ws.close()
 
 
-@pytest.mark.case("A2-09", "F")
+@pytest.mark.case("A2-09")
 async def test_jitter_does_not_flap(stack: Stack, node: str) -> None:
     """latency with jitter on node<->manager: tasks complete and the node never goes offline"""
     assert stack.toxics is not None and stack._http is not None
@@ -175,11 +187,10 @@ async def test_jitter_does_not_flap(stack: Stack, node: str) -> None:
     assert node in (await stack.call(Api.SERVERS))["online"]
 
 
-@pytest.mark.case("A2-10", "F")
-async def test_approval_timeout(stack: Stack) -> None:
+@pytest.mark.case("A2-10")
+async def test_approval_timeout(stack: Stack, impatient_node: str) -> None:
     """nobody answers an approval: codex is told decline, the task fails as approval_timeout"""
-    await stack.add_node("a2appr", approval_timeout=1.0)
-    result = await dispatch(stack, "a2appr", "run something [[mock:approve]]")
+    result = await dispatch(stack, impatient_node, "run something [[mock:approve]]")
     assert result["ok"] is False and result["error_kind"] == "approval_timeout"
     assert "rejected" in result["text"], "codex should have been told the command was declined"
     approvals = (await stack.call(Api.APPROVALS))["approvals"]
@@ -187,7 +198,7 @@ async def test_approval_timeout(stack: Stack) -> None:
     assert [a["state"] for a in mine] == ["expired"]
 
 
-@pytest.mark.case("A2-11", "F")
+@pytest.mark.case("A2-11")
 async def test_appserver_crash(stack: Stack, node: str) -> None:
     """killing the codex child fails the turn as appserver_crash (retriable); the next task works"""
     turn = asyncio.create_task(dispatch(stack, node, "crash me [[mock:slow=3]]"))
@@ -200,14 +211,14 @@ async def test_appserver_crash(stack: Stack, node: str) -> None:
     assert after["ok"] and after["text"] == "mock reply: after the crash"
 
 
-@pytest.mark.case("A2-12", "F")
+@pytest.mark.case("A2-12")
 async def test_upstream_disconnect(stack: Stack, node: str) -> None:
     """the mock drops the SSE stream: upstream_disconnect, retriable"""
     result = await dispatch(stack, node, "drop it [[mock:drop]]")
     assert result["ok"] is False and result["error_kind"] == "upstream_disconnect" and result["retriable"] is True
 
 
-@pytest.mark.case("A2-13", "F")
+@pytest.mark.case("A2-13")
 async def test_slow_call_does_not_block(stack: Stack, node: str) -> None:
     """a slow turn in flight: heartbeats and other app-server calls keep flowing"""
     turn = asyncio.create_task(dispatch(stack, node, "slow one [[mock:slow=4]]"))
