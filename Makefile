@@ -8,8 +8,8 @@ setup:
 
 # pytest's exit 5 means it collected nothing: that must fail loudly, not pass as "no failures".
 test: setup
-	@echo "+ $(PY) -m pytest scenarios --alluredir reports/allure-results --clean-alluredir"
-	@$(PY) -m pytest scenarios --alluredir reports/allure-results --clean-alluredir; rc=$$?; \
+	@echo "+ $(PY) -m pytest scenarios tests --profile ci --alluredir reports/allure-results --clean-alluredir"
+	@$(PY) -m pytest scenarios tests --profile ci --alluredir reports/allure-results --clean-alluredir; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests under scenarios/" >&2; fi; \
 	exit $$rc
 

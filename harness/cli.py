@@ -27,7 +27,8 @@ def _stages(selected: list[str]) -> list[str]:
         elif name in gates.STAGES:
             wanted.add(name)
         else:
-            raise SystemExit(f"harness gate: unknown stage {name!r}: use A, B, C, D, all or one of {', '.join(gates.STAGES)}")
+            raise SystemExit(f"harness gate: unknown stage {name!r}: "
+                             f"use A, B, C, D, all or one of {', '.join(gates.STAGES)}")
     return [s for s in gates.STAGES if s in wanted]
 
 

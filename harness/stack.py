@@ -6,6 +6,7 @@ link can be faulted. Every process logs to a file under the stack's directory in
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
@@ -21,10 +22,14 @@ import aiohttp
 from harness import paths
 from harness.faults import FaultLog, Toxics
 from harness.procs import Proc
+from harness.telegram import FakeTelegram
 from harness.upstream import prompt_key
 from runtime.protocol import Api, new_id
 
 PY = sys.executable
+# Run the gates against another node configuration, e.g. '{"rpc_timeout": 0.001}': the self-test uses it
+# to prove a broken build fails the right gate, without touching code.
+NODE_OVERRIDES: dict[str, Any] = json.loads(os.environ.get("HARNESS_NODE_OVERRIDES") or "{}")
 
 CODEX_CONFIG = """\
 model = "gpt-5.5"
@@ -79,6 +84,7 @@ class Stack:
         self._http: aiohttp.ClientSession | None = None
         # Every control call made, with the ids it touched: a case's steps and log filter come from here.
         self.trail: list[dict[str, Any]] = []
+        self.telegram: FakeTelegram | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> Stack:
@@ -173,7 +179,7 @@ class Stack:
         self.node_settings[node_id] = {
             "node_id": node_id, "token": token, "manager_url": f"ws://127.0.0.1:{mgr_port}{Api.NODE_WS}",
             "cwd": str(cwd), "codex_bin": str(paths.codex_bin()), "codex_home": str(home),
-            "heartbeat_interval": 1.0, "manager_silence": 4.0, **settings}
+            "heartbeat_interval": 1.0, "manager_silence": 4.0, **settings, **NODE_OVERRIDES}
         proc = self._proc(node_id, self.node_argv(node_id))
         proc.start()
         if wait:
@@ -211,6 +217,41 @@ class Stack:
                 raise RuntimeError(f"node {node_id} exited with {proc.returncode}; see {proc.log_path}")
             await asyncio.sleep(0.1)
         raise TimeoutError(f"node {node_id} not {'online' if online else 'offline'} within {timeout}s")
+
+    # ---- the bot and its fake Telegram ------------------------------------------------------
+    BOT_TOKEN = "123456:relay-test"
+    ADMIN, USER, STRANGER = 1001, 1002, 1666
+
+    async def start_bot(self, **settings: Any) -> FakeTelegram:
+        """The fake Bot API and the real bot; bot->manager and bot->Telegram go through Toxiproxy."""
+        assert self.toxics is not None and self._http is not None
+        ready = self.root / "telegram.ready"
+        ready.unlink(missing_ok=True)
+        tg = self._proc("telegram", [PY, "-m", "harness.fake_telegram", "--host", "127.0.0.1", "--port", "0",
+                                     "--token", self.BOT_TOKEN, "--ready-file", str(ready)]).start()
+        tg_port = int((await tg.wait_ready_file(ready))["port"])
+        to_tg, to_mgr = free_port(), free_port()
+        await self.toxics.create(self.bot_telegram_link, to_tg, tg_port)
+        await self.toxics.create(self.bot_manager_link, to_mgr, self.manager_port)
+        options = {"telegram_token": self.BOT_TOKEN, "telegram_base_url": f"http://127.0.0.1:{to_tg}/bot",
+                   "manager_url": f"http://127.0.0.1:{to_mgr}", "control_token": self.control_token,
+                   "allowed_users": f"{self.ADMIN},{self.USER}", "admin_users": str(self.ADMIN),
+                   "poll_timeout": 5, "progress_interval": 1.0, **settings}
+        argv = [PY, "-m", "runtime.bot.main"]
+        for key, value in options.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        self._proc("bot", argv).start()
+        self.telegram = FakeTelegram(self._http, tg_port)
+        await self.telegram.wait_call("getUpdates", None, 0, 20)
+        return self.telegram
+
+    @property
+    def bot_telegram_link(self) -> str:
+        return f"{self.root.name}_bot_to_telegram"
+
+    @property
+    def bot_manager_link(self) -> str:
+        return f"{self.root.name}_bot_to_manager"
 
     # ---- control API -----------------------------------------------------------------------
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None,

@@ -102,7 +102,8 @@ class AppServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            await asyncio.wait_for(self.ready.wait(), timeout)
+            if not self.ready.is_set():  # wait_for on a set event can still time out when timeout is tiny
+                await asyncio.wait_for(self.ready.wait(), timeout)
         except TimeoutError:
             raise RelayError("appserver_crash", "codex app-server is not running; the node is restarting it") from None
         return await self._call(method, params, max(deadline - loop.time(), 0.001))

@@ -1,0 +1,109 @@
+"""A test's hands and eyes on the fake Bot API: inject what a user types or taps, read what the bot sent.
+
+Every read waits on the fake's long-poll (`wait=`), so no scenario sleeps to see a reply.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+
+
+class TelegramUser:
+    """One user in one private chat with the bot."""
+
+    def __init__(self, tg: FakeTelegram, user_id: int, chat_id: int | None = None) -> None:
+        self.tg, self.user_id, self.chat_id = tg, user_id, chat_id or user_id
+
+    async def say(self, text: str) -> int:
+        """Type a message; returns the call sequence number to read replies after."""
+        since = await self.tg.last_seq()
+        await self.tg.post("message", {"chat_id": self.chat_id, "user_id": self.user_id, "text": text})
+        return since
+
+    async def tap(self, message_id: int, data: str) -> int:
+        since = await self.tg.last_seq()
+        await self.tg.post("callback", {"chat_id": self.chat_id, "user_id": self.user_id, "data": data,
+                                        "message_id": message_id})
+        return since
+
+    async def reply(self, since: int, timeout: float = 15.0) -> dict[str, Any]:
+        """The first message the bot sent to this chat after `since`."""
+        return (await self.tg.wait_call("sendMessage", self.chat_id, since, timeout))["params"]
+
+    async def alert(self, since: int, timeout: float = 15.0) -> dict[str, Any]:
+        return (await self.tg.wait_call("answerCallbackQuery", None, since, timeout))["params"]
+
+    async def messages(self) -> list[dict[str, Any]]:
+        """The chat as the user sees it now: every bot message with its latest text and buttons."""
+        return list((await self.tg.get(f"chat/{self.chat_id}"))["messages"])
+
+    async def shown(self, message_id: int) -> dict[str, Any]:
+        return next(m for m in await self.messages() if m["message_id"] == message_id)
+
+    async def until_shown(self, predicate: Any, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until some bot message in the chat satisfies `predicate` (edits included)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for m in await self.messages():
+                if m.get("from_bot") and predicate(m):
+                    return m
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no bot message matched in chat {self.chat_id}: {await self.messages()}")
+            await self.tg.wait_call(None, self.chat_id, await self.tg.last_seq(), 1.0, required=False)
+
+
+class FakeTelegram:
+    def __init__(self, http: aiohttp.ClientSession, port: int) -> None:
+        self.http, self.base = http, f"http://127.0.0.1:{port}/_fake/"
+
+    def user(self, user_id: int, chat_id: int | None = None) -> TelegramUser:
+        return TelegramUser(self, user_id, chat_id)
+
+    async def post(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with self.http.post(self.base + action, json=body) as resp:
+            data = await resp.json()
+            assert resp.status == 200, f"fake telegram {action}: {resp.status} {data}"
+            return dict(data)
+
+    async def get(self, action: str, **params: Any) -> dict[str, Any]:
+        async with self.http.get(self.base + action, params={k: str(v) for k, v in params.items()},
+                                 timeout=aiohttp.ClientTimeout(total=70)) as resp:
+            return dict(await resp.json())
+
+    async def last_seq(self) -> int:
+        return int((await self.get("calls", since=10**12))["last_seq"])
+
+    async def calls(self, method: str | None = None, chat_id: int | None = None, since: int = 0) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"since": since}
+        if method:
+            params["method"] = method
+        if chat_id is not None:
+            params["chat_id"] = chat_id
+        return list((await self.get("calls", **params))["calls"])
+
+    async def wait_call(self, method: str | None, chat_id: int | None, since: int, timeout: float,
+                        required: bool = True) -> dict[str, Any]:
+        """The first successful call of `method` (to `chat_id`) after `since`."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            params: dict[str, Any] = {"since": since, "wait": round(min(left, 60), 2)}
+            if method:
+                params["method"] = method
+            if chat_id is not None:
+                params["chat_id"] = chat_id
+            for call in (await self.get("calls", **params))["calls"]:
+                since = max(since, call["seq"])
+                if call["status"] == 200:
+                    return dict(call)
+        if required:
+            raise TimeoutError(f"the bot made no successful {method or 'call'} to chat {chat_id} within {timeout}s")
+        return {}
+
+    async def fault(self, method: str, **fault: Any) -> None:
+        await self.post("faults", {"method": method, **fault})
+
+    async def clear_faults(self) -> None:
+        async with self.http.delete(self.base + "faults"):
+            pass
