@@ -12,6 +12,9 @@ import aiohttp
 from harness.stack import Stack
 from runtime.protocol import Api
 
+# The words a broken invariant fails with; the report files such failures under their own category.
+INVARIANT_BROKEN = "broke a gate A invariant"
+
 
 def crashed(stack: Stack) -> list[str]:
     """A process that is down without the harness having stopped it has crashed."""

@@ -92,28 +92,28 @@ async def _case_invariants(request: pytest.FixtureRequest) -> AsyncIterator[None
     if problems:
         case, run = case_of(request.node), getattr(request.node, "callspec", None)
         label = f"{case.id} {run.id if run else 'run1'}"
-        pytest.fail(f"{label} broke a gate A invariant: " + "; ".join(problems), pytrace=False)
+        pytest.fail(f"{label} {checks.INVARIANT_BROKEN}: " + "; ".join(problems), pytrace=False)
 
 
-@pytest.fixture(autouse=True)
-def _case_report(request: pytest.FixtureRequest) -> Generator[None, None, None]:
-    """The case's Allure entry: id, title, record fields; then its calls as steps and its located logs."""
-    if not _is_scenario(request.node):
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    """The case's Allure entry. Set during the call: allure-pytest overwrites titles set by setup fixtures.
+
+    After the body: the control calls and faults it made become steps, and its ids locate its log lines.
+    """
+    if not _is_scenario(item):
         yield
         return
-    case, started = case_of(request.node), time.time()
-    allure.dynamic.id(case.id)
+    case, started = case_of(item), time.time()
     allure.dynamic.title(f"{case.id}: {case.case}")
-    allure.dynamic.description(f"**Preconditions:** {_preconditions(request.node)}\n\n"
+    allure.dynamic.description(f"**Preconditions:** {_preconditions(item)}\n\n"
                                f"**Stage** {case.stage}, kind {case.kind}\n\n**Expected:** {case.expected}")
-    allure.dynamic.label("case_id", case.id)
-    allure.dynamic.parent_suite(case.gate)
-    allure.dynamic.suite(case.stage)
-    allure.dynamic.tag(case.kind)
-    first = len(_trail(request.node))
+    for name, value in (("ALLURE_ID", case.id), ("case_id", case.id), ("parentSuite", case.gate),
+                        ("suite", case.stage), ("tag", case.kind)):
+        allure.dynamic.label(name, value)
+    first = len(_trail(item))
     yield
-    trail = _trail(request.node)[first:]
-    stack = _stack(request.node)
+    trail, stack = _trail(item)[first:], _stack(item)
     for step in records.summarize(trail):
         with allure.step(step):
             pass

@@ -5,15 +5,17 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from harness import paths
 
 
-def test_broken_node_config_fails_gate_a2_and_stops_the_run() -> None:
+def test_broken_node_config_fails_gate_a2_and_stops_the_run(tmp_path: Path) -> None:
     run_id = f"selftest-broken-{os.getpid()}"
     env = {**os.environ, "HARNESS_RUN_ID": run_id,
            # Every app-server call times out at once: registration still works, every turn fails.
-           "HARNESS_NODE_OVERRIDES": json.dumps({"rpc_timeout": 0.001})}
+           "HARNESS_NODE_OVERRIDES": json.dumps({"rpc_timeout": 0.001}),
+           "HARNESS_HISTORY": str(tmp_path / "history.jsonl")}  # keep the real trend clean
     out = subprocess.run([sys.executable, "-m", "harness.cli", "gate", "A", "--profile", "ci"], cwd=paths.REPO_ROOT,
                          env=env, capture_output=True, text=True, timeout=900, check=False)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
