@@ -1,0 +1,119 @@
+"""Approval prompts: post them where they belong, decide them once, and show the outcome on every copy.
+
+The `/approve` command and the buttons both go through `decide`, so they cannot behave differently.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.bot import render
+from runtime.bot.access import Access
+from runtime.bot.context import Reply, Req, chat_id_of
+from runtime.bot.delivery import Delivery
+from runtime.bot.manager_client import ManagerClient
+from runtime.logfmt import log
+from runtime.protocol import Api, ApprovalState, Decision, RelayError
+
+logger = logging.getLogger("codex_bot.approvals")
+
+KEEP = 500  # approvals remembered for editing; older resolved ones are forgotten
+
+
+@dataclass
+class Posted:
+    approval: dict[str, Any]
+    text: str = ""
+    messages: list[tuple[int, int]] = field(default_factory=list)  # (chat_id, message_id)
+    resolved: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Approvals:
+    def __init__(self, manager: ManagerClient, delivery: Delivery, access: Access) -> None:
+        self.manager = manager
+        self.delivery = delivery
+        self.access = access
+        self._posted: OrderedDict[str, Posted] = OrderedDict()
+
+    async def on_requested(self, approval: dict[str, Any], trace_id: str) -> None:
+        """Post one prompt per target chat; a repeat of the same approval_id posts nothing."""
+        aid = str(approval.get("approval_id") or "")
+        if not aid or aid in self._posted:
+            return
+        entry = self._posted[aid] = Posted(approval)  # registered before any await, so a resolve can find it
+        self._forget_old()
+        async with entry.lock:
+            chat = chat_id_of(approval.get("chat_key"))
+            targets = [chat] if chat is not None else sorted(await self.access.admin_ids(trace_id))
+            entry.text, markup = render.approval(approval)
+            for target in targets:
+                sent = await self.delivery.send(target, entry.text, markup, trace_id=approval.get("trace_id"))
+                if sent is not None:
+                    entry.messages.append((target, sent.message_id))
+            log(logger, logging.INFO, "approval_posted", approval_id=aid, node_id=approval.get("node_id"),
+                task_id=approval.get("task_id"), trace_id=approval.get("trace_id"),
+                chats=",".join(str(c) for c, _ in entry.messages) or "none")
+
+    async def on_resolved(self, approval_id: str, state: str, decided_by: str | None) -> None:
+        """Edit every copy to show the outcome and who decided, without buttons. Done once."""
+        entry = self._posted.get(approval_id)
+        if entry is None:
+            return
+        async with entry.lock:
+            if entry.resolved:
+                return
+            entry.resolved = True
+            text = render.approval_outcome(entry.text, state, decided_by)
+            for chat_id, message_id in entry.messages:
+                await self.delivery.edit(chat_id, message_id, text, None, trace_id=entry.approval.get("trace_id"))
+        log(logger, logging.INFO, "approval_shown_resolved", approval_id=approval_id, state=state,
+            decided_by=decided_by)
+
+    async def decide(self, req: Req, approval_id: str, decision: Decision) -> str:
+        """Decide via the manager; a second decision is refused politely (the manager answers conflict)."""
+        try:
+            result = await self.manager.post(Api.APPROVALS_DECIDE, req.trace_id, {
+                "approval_id": approval_id, "decision": decision.value, "decided_by": req.user_label})
+        except RelayError as err:
+            log(logger, logging.INFO, "approval_decide_refused", approval_id=approval_id, chat_id=req.chat_id,
+                user_id=req.user_id, trace_id=req.trace_id, error_kind=err.kind)
+            if err.kind != "conflict":
+                raise
+            await self.resync(req.trace_id, only=approval_id)
+            raise Reply(render.already_decided(approval_id, err.error)) from None
+        log(logger, logging.INFO, "approval_decided", approval_id=approval_id, decision=decision.value,
+            chat_id=req.chat_id, user_id=req.user_id, trace_id=req.trace_id, delivered=result.get("delivered"))
+        await self.on_resolved(approval_id, str(result.get("state")), str(result.get("decided_by")))
+        verb = "Approved" if result.get("state") == ApprovalState.APPROVED else "Declined"
+        scope = " for the session" if decision == Decision.ACCEPT_FOR_SESSION else ""
+        return f"{verb}{scope}: {approval_id}."
+
+    async def resync(self, trace_id: str, only: str | None = None) -> None:
+        """After the event stream (re)connects: post what was missed, and close prompts decided meanwhile."""
+        try:
+            if only is None:
+                pending = (await self.manager.get(Api.APPROVALS, trace_id, state=ApprovalState.PENDING.value))
+                for a in pending.get("approvals") or []:
+                    await self.on_requested(a, trace_id)
+                pending_ids = {a.get("approval_id") for a in pending.get("approvals") or []}
+                stale = {aid for aid, p in self._posted.items() if not p.resolved and aid not in pending_ids}
+            else:
+                stale = {only}
+            if stale:  # only then is the whole history worth reading
+                for a in (await self.manager.get(Api.APPROVALS, trace_id)).get("approvals") or []:
+                    if a.get("approval_id") in stale and a.get("state") != ApprovalState.PENDING:
+                        await self.on_resolved(a["approval_id"], str(a.get("state")), a.get("decided_by"))
+        except RelayError as err:
+            log(logger, logging.WARNING, "approvals_resync_failed", trace_id=trace_id, error_kind=err.kind)
+
+    def _forget_old(self) -> None:
+        if len(self._posted) <= KEEP:
+            return
+        for aid in [a for a, p in self._posted.items() if p.resolved][: len(self._posted) - KEEP]:
+            del self._posted[aid]
+        while len(self._posted) > 2 * KEEP:  # pending ones too, past a hard bound
+            self._posted.popitem(last=False)

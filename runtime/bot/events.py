@@ -1,0 +1,100 @@
+"""The manager's event stream, kept open for the bot's whole life: reconnects with capped, jittered backoff.
+
+Each event is handled in its own task so a slow Telegram call never stalls the stream (the manager cuts
+off subscribers that fall behind); per-approval and per-turn locks keep the order that matters.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+
+from runtime.bot.manager_client import ManagerClient
+from runtime.logfmt import log
+from runtime.protocol import Api, Event, new_id
+
+logger = logging.getLogger("codex_bot.events")
+
+BACKOFF_FIRST, BACKOFF_FACTOR, BACKOFF_CAP = 0.5, 1.7, 10.0
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class EventStream:
+    def __init__(self, manager: ManagerClient, handlers: Mapping[str, EventHandler],
+                 on_connect: Callable[[str], Awaitable[None]]) -> None:
+        self.manager = manager
+        self.handlers = handlers
+        self.on_connect = on_connect
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run_forever(self) -> None:
+        delay, failures = BACKOFF_FIRST, 0
+        while True:
+            trace_id = new_id("tr")
+            try:
+                if await self._listen(trace_id):
+                    delay, failures = BACKOFF_FIRST, 0
+                    log(logger, logging.WARNING, "events_disconnected", trace_id=trace_id, reason="closed by manager")
+            except aiohttp.WSServerHandshakeError as exc:
+                failures += 1
+                level = (logging.ERROR if exc.status == 401 else logging.WARNING) if failures == 1 else logging.DEBUG
+                log(logger, level, "events_refused", trace_id=trace_id, status=exc.status,
+                    fix="set --control-token to the manager's control token" if exc.status == 401 else None)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                failures += 1
+                # The first failure in a row is a warning; the rest repeat it quietly until the manager is back.
+                log(logger, logging.WARNING if failures == 1 else logging.DEBUG, "events_unavailable",
+                    trace_id=trace_id, error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2))
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * BACKOFF_FACTOR, BACKOFF_CAP)
+
+    async def _listen(self, trace_id: str) -> bool:
+        """One connection; True if it got as far as the manager's hello (so the backoff starts over)."""
+        hello = False
+        async with self.manager.session.ws_connect(self.manager.url(Api.EVENTS), heartbeat=20.0,
+                                                   headers={"X-Trace-Id": trace_id},
+                                                   timeout=aiohttp.ClientWSTimeout(ws_close=5.0)) as ws:
+            async for frame in ws:
+                if frame.type != aiohttp.WSMsgType.TEXT:
+                    break
+                event = self._decode(frame.data)
+                if event is None:
+                    continue
+                if event.get("type") == Event.HELLO and not hello:
+                    hello = True
+                    log(logger, logging.INFO, "events_connected", trace_id=trace_id, online=event.get("online"))
+                    self._spawn(self.on_connect(trace_id))
+                    continue
+                handler = self.handlers.get(event["type"])  # StrEnum keys match the wire string
+                if handler is not None:
+                    self._spawn(handler(event))
+        return hello
+
+    @staticmethod
+    def _decode(raw: str) -> dict[str, Any] | None:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            log(logger, logging.WARNING, "event_not_json", frame=raw[:200])
+            return None
+        return event if isinstance(event, dict) and isinstance(event.get("type"), str) else None
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log(logger, logging.ERROR, "event_handler_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

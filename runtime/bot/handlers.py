@@ -1,0 +1,111 @@
+"""PTB glue: every update is authorised, traced, logged, and answered even when something fails.
+
+Commands and buttons share one guard, so "unauthorized", prompts and failures read the same everywhere.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from collections.abc import Awaitable, Callable
+
+from telegram import Update
+from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
+
+from runtime.bot import render
+from runtime.bot.access import ADMIN
+from runtime.bot.commands import BUTTONS, COMMANDS, Command
+from runtime.bot.context import Relay, Reply, Req
+from runtime.logfmt import log
+from runtime.protocol import RelayError
+
+logger = logging.getLogger("codex_bot.handlers")
+
+Work = Callable[[Req], Awaitable[str | None]]  # returns a toast text for buttons, None for messages
+
+
+async def _guarded(relay: Relay, update: Update, op: str, admin: bool, what: str, work: Work) -> None:
+    """Authorise, run, and turn every outcome into one answer: a message, or a callback answer."""
+    req = Req.of(update)
+    started = time.monotonic()
+    fields = {"cmd": what, "chat_id": req.chat_id, "user_id": req.user_id, "trace_id": req.trace_id}
+    toast: str | None = None
+    alert = False
+    try:
+        role = await relay.access.role(req.user_id, req.trace_id)
+        if role is None or (admin and role != ADMIN):
+            log(logger, logging.WARNING, "unauthorized", **fields, role=role)
+            toast, alert = render.unauthorized(req.user_id, admin_only=role is not None), True
+        else:
+            toast = await work(req)
+            log(logger, logging.INFO, op, **fields, outcome="ok", ms=round((time.monotonic() - started) * 1000))
+    except Reply as prompt:
+        log(logger, logging.INFO, op, **fields, outcome="prompt", ms=round((time.monotonic() - started) * 1000))
+        toast, alert = prompt.text, True
+    except RelayError as err:
+        log(logger, logging.WARNING, op, **fields, outcome="failed", error_kind=err.kind, error=err.error,
+            ms=round((time.monotonic() - started) * 1000))
+        toast, alert = render.failure(what, err.kind, err.error), True
+    except Exception:  # a bug: logged with its traceback, while the user still gets an answer
+        logger.exception("handler failed", extra={"kv": {"op": "handler_crashed", **fields}})
+        toast, alert = render.failure(what, "internal", f"trace_id={req.trace_id}"), True
+    # `alert`: a prompt or failure, shown as an alert on a button and as a reply to a message.
+    if req.query_id is not None:
+        await relay.delivery.answer(req.query_id, toast, alert, chat_id=req.chat_id, trace_id=req.trace_id)
+    elif toast is not None and alert:
+        await relay.say(req, toast)
+
+
+def _command_handler(relay: Relay, cmd: Command) -> CommandHandler[ContextTypes.DEFAULT_TYPE, None]:
+    async def handle(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        text = update.effective_message.text if update.effective_message else ""
+        parts = (text or "").split(maxsplit=1)
+        args = parts[1].strip() if len(parts) > 1 else ""  # the raw rest keeps JSON and notes intact
+
+        async def work(req: Req) -> None:
+            await cmd.fn(relay, req, args)
+        await _guarded(relay, update, "command", cmd.admin, f"/{cmd.name}", work)
+    return CommandHandler(cmd.name, handle)
+
+
+async def _button(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    data = update.callback_query.data if update.callback_query else None
+    prefix, _, arg = (data or "").partition(":")
+    fn = BUTTONS.get(prefix)
+
+    async def work(req: Req) -> str:
+        if fn is None or not arg:
+            raise Reply("This button is no longer valid. Send the command again.")
+        return await fn(relay, req, arg)
+    await _guarded(relay, update, "button", False, f"button {prefix or '?'}", work)
+
+
+async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    text = update.effective_message.text if update.effective_message else None
+
+    async def work(req: Req) -> None:
+        node_id, _ = await relay.selected_node(req)
+        await relay.turns.start(req, node_id, text or "")
+    await _guarded(relay, update, "text", False, "Sending to Codex", work)
+
+
+async def _unknown(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    async def work(req: Req) -> None:
+        raise Reply("Unknown command. /help lists what I can do.")
+    await _guarded(relay, update, "command", False, "unknown command", work)
+
+
+async def _on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+    # Reached only by bugs: _guarded answers every expected failure itself.
+    exc = context.error
+    log(logger, logging.ERROR, "handler_crashed", error=f"{type(exc).__name__}: {exc}",
+        update_id=update.update_id if isinstance(update, Update) else None)
+
+
+def install(app: Application, relay: Relay) -> None:  # type: ignore[type-arg]
+    for cmd in COMMANDS.values():
+        app.add_handler(_command_handler(relay, cmd))
+    app.add_handler(CallbackQueryHandler(partial(_button, relay)))
+    app.add_handler(MessageHandler(filters.COMMAND, partial(_unknown, relay)))
+    app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, partial(_text, relay)))
+    app.add_error_handler(_on_error)

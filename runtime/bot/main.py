@@ -1,0 +1,150 @@
+"""Bot entry point (`codex-relay-bot`, `python -m runtime.bot.main`): wires PTB, the manager client and the event stream.
+
+PTB runs inside our own loop (initialize, start polling, start) so the event stream and the manager
+session share it, and shutdown happens in reverse order on SIGTERM/SIGINT.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from telegram import BotCommand, Update
+from telegram.error import InvalidToken, NetworkError, TelegramError
+from telegram.ext import Application, ApplicationBuilder
+
+from runtime import logfmt
+from runtime.bot import config as config_mod
+from runtime.bot import handlers
+from runtime.bot.access import Access
+from runtime.bot.approvals import Approvals
+from runtime.bot.commands import COMMANDS
+from runtime.bot.config import EXIT_CONFIG, EXIT_TELEGRAM, BotConfig, ConfigError
+from runtime.bot.context import Relay
+from runtime.bot.delivery import Delivery
+from runtime.bot.events import EventStream
+from runtime.bot.manager_client import ManagerClient
+from runtime.bot.turns import Turns
+from runtime.logfmt import log
+from runtime.protocol import Event
+
+logger = logging.getLogger("codex_bot")
+
+UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]  # edits, channel posts and the rest are not commands
+
+
+def build(config: BotConfig) -> tuple[Application, Relay, EventStream]:  # type: ignore[type-arg]
+    base = config.telegram_base_url
+    app = (ApplicationBuilder().token(config.telegram_token).base_url(base)
+           .base_file_url(base.removesuffix("bot") + "file/bot" if base.endswith("bot") else base)
+           .concurrent_updates(64)  # a turn or a slow manager call must not hold up other chats or approval buttons
+           .read_timeout(config.telegram_timeout).write_timeout(config.telegram_timeout)
+           .connect_timeout(5.0).pool_timeout(5.0)
+           .build())
+    manager = ManagerClient(config.manager_url, config.control_token, config.request_timeout)
+    delivery = Delivery(app.bot, config.send_attempts)
+    access = Access(config, manager)
+    relay = Relay(config, manager, access, delivery, Approvals(manager, delivery, access),
+                  Turns(config, manager, delivery))
+    handlers.install(app, relay)
+
+    async def resolved(e: dict) -> None:  # type: ignore[type-arg]
+        await relay.approvals.on_resolved(str(e.get("approval_id")), str(e.get("state")), e.get("decided_by"))
+
+    async def requested(e: dict) -> None:  # type: ignore[type-arg]
+        await relay.approvals.on_requested(e.get("approval") or {}, str(e.get("trace_id") or ""))
+
+    events = EventStream(manager, {Event.APPROVAL_REQUESTED: requested, Event.APPROVAL_RESOLVED: resolved,
+                                   Event.TASK_PROGRESS: relay.turns.on_progress, Event.TASK_RESULT: relay.turns.on_result},
+                         on_connect=relay.approvals.resync)
+    return app, relay, events
+
+
+async def _initialize(app: Application) -> None:  # type: ignore[type-arg]
+    """getMe until Telegram answers: a bot started before its network is up waits instead of dying."""
+    delay = 1.0
+    while True:
+        try:
+            await app.initialize()
+            return
+        except InvalidToken:
+            raise
+        except NetworkError as exc:
+            log(logger, logging.WARNING, "telegram_unreachable", error=f"{type(exc).__name__}: {exc.message}",
+                retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+async def run(config: BotConfig) -> int:
+    app, relay, events = build(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await _initialize(app)
+    except InvalidToken as exc:
+        log(logger, logging.ERROR, "startup_failed", error=f"Telegram refused the bot token: {exc.message}",
+            fix="set --telegram-token (CODEX_RELAY_BOT_TELEGRAM_TOKEN) to the token from @BotFather",
+            exit_code=EXIT_TELEGRAM)
+        await relay.manager.close()
+        return EXIT_TELEGRAM
+    with contextlib.suppress(TelegramError):
+        await app.bot.set_my_commands([BotCommand(name, name.replace("_", " ")) for name in COMMANDS])
+
+    def polling_error(exc: TelegramError) -> None:
+        log(logger, logging.WARNING, "telegram_poll_failed", error=f"{type(exc).__name__}: {exc.message}")
+
+    if config.webhook_url:
+        try:
+            await app.updater.start_webhook(listen=config.webhook_listen, port=config.webhook_port,  # type: ignore[union-attr]
+                                            url_path="telegram", webhook_url=config.webhook_url,
+                                            secret_token=config.webhook_secret or None, allowed_updates=UPDATES)
+        except RuntimeError as exc:  # the webhooks extra (tornado) is not installed
+            log(logger, logging.ERROR, "startup_failed", error=str(exc), exit_code=EXIT_CONFIG,
+                fix='install "python-telegram-bot[webhooks]" or drop --webhook-url to use long polling')
+            await app.shutdown()
+            await relay.manager.close()
+            return EXIT_CONFIG
+    else:
+        await app.updater.start_polling(timeout=int(config.poll_timeout), allowed_updates=UPDATES,  # type: ignore[union-attr]
+                                        error_callback=polling_error)
+    await app.start()
+    stream = asyncio.create_task(events.run_forever(), name="events")
+    log(logger, logging.INFO, "bot_ready", username=app.bot.username, manager_url=config.manager_url,
+        mode="webhook" if config.webhook_url else "polling", allowed=len(config.allowed_users),
+        admins=len(config.admin_users))
+    await stop.wait()
+    log(logger, logging.INFO, "bot_stopping")
+    stream.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stream
+    await events.close()
+    await relay.turns.close()
+    await app.updater.stop()  # type: ignore[union-attr]
+    await app.stop()
+    await app.shutdown()
+    await relay.manager.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    # Opt in to PTB's timedelta durations now, instead of a deprecation warning on every RetryAfter.
+    os.environ.setdefault("PTB_TIMEDELTA", "true")
+    try:
+        config = config_mod.parse(argv)
+    except ConfigError as err:
+        logfmt.setup()
+        log(logger, logging.ERROR, "startup_failed", error=err.error, fix=err.fix, exit_code=EXIT_CONFIG)
+        sys.exit(EXIT_CONFIG)
+    logfmt.setup(config.log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per Bot API call otherwise
+    sys.exit(asyncio.run(run(config)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Plain text as a Codex turn: a placeholder at once, throttled progress edits, then the one final answer.
+
+The bot picks the task_id, so progress and result events can be matched to the placeholder, and a dispatch
+whose answer was lost (manager restart mid-turn) can be asked again safely: the manager never runs a
+task_id twice, it answers with what the first run became.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.bot import render
+from runtime.bot.config import BotConfig
+from runtime.bot.context import Req, chat_id_of, chat_key
+from runtime.bot.delivery import Delivery
+from runtime.bot.manager_client import ManagerClient, MaybeDelivered
+from runtime.logfmt import log
+from runtime.protocol import Api, RelayError, new_id
+
+logger = logging.getLogger("codex_bot.turns")
+
+HTTP_MARGIN = 10.0      # the HTTP wait outlives the manager's own deadline, so the manager reports the timeout
+RETRY_FIRST, RETRY_CAP = 1.0, 10.0
+FINISHED_KEEP = 1000
+LOST_NOTE = "\n\n(The connection to the manager was lost; the answer will follow once it is back.)"
+
+
+@dataclass
+class Turn:
+    task_id: str
+    chat_id: int
+    user_id: int
+    node_id: str
+    trace_id: str
+    message_id: int | None
+    started: float = field(default_factory=time.monotonic)
+    last_edit: float = field(default_factory=time.monotonic)
+    shown: str = ""
+    done: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Turns:
+    def __init__(self, config: BotConfig, manager: ManagerClient, delivery: Delivery) -> None:
+        self.config = config
+        self.manager = manager
+        self.delivery = delivery
+        self.active: dict[str, Turn] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._finished: OrderedDict[str, None] = OrderedDict()  # recent task_ids, so a late event is not shown twice
+
+    async def start(self, req: Req, node_id: str, text: str) -> None:
+        """Answer with the placeholder now; the turn itself runs in the background."""
+        asked = time.monotonic()
+        sent = await self.delivery.send(req.chat_id, render.placeholder(node_id), trace_id=req.trace_id)
+        turn = Turn(new_id("task"), req.chat_id, req.user_id, node_id, req.trace_id, sent.message_id if sent else None)
+        turn.shown = render.placeholder(node_id)
+        self.active[turn.task_id] = turn
+        log(logger, logging.INFO, "turn_started", chat_id=req.chat_id, user_id=req.user_id, node_id=node_id,
+            task_id=turn.task_id, trace_id=req.trace_id, placeholder_ms=round((turn.started - asked) * 1000))
+        task = asyncio.create_task(self._run(turn, text), name=f"turn:{turn.task_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, turn: Turn, text: str) -> None:
+        deadline = turn.started + self.config.turn_timeout
+        body = {"chat_key": chat_key(turn.chat_id), "text": text, "node_id": turn.node_id, "task_id": turn.task_id}
+        lost, delay = False, RETRY_FIRST
+        while not turn.done:
+            remaining = deadline - time.monotonic()
+            try:
+                result = await self.manager.post(Api.DISPATCH_TEXT, turn.trace_id, {**body, "timeout": max(remaining, 1)},
+                                                 timeout=max(remaining, 1) + HTTP_MARGIN)
+                await self.finish(turn, result)
+            except RelayError as err:
+                # Once a dispatch may have reached the manager, only the deadline ends the wait for its result.
+                lost = lost or isinstance(err, MaybeDelivered)
+                if not lost or err.kind not in ("manager_unavailable", "timeout") or remaining <= 0:
+                    await self.fail(turn, err)
+                    return
+                await self._note_lost(turn)
+                await asyncio.sleep(min(delay, max(remaining, 0.1)) * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, RETRY_CAP)
+
+    async def _note_lost(self, turn: Turn) -> None:
+        async with turn.lock:
+            if turn.done or turn.message_id is None or turn.shown.endswith(LOST_NOTE):
+                return
+            turn.shown += LOST_NOTE
+            await self.delivery.edit(turn.chat_id, turn.message_id, turn.shown, trace_id=turn.trace_id)
+        log(logger, logging.WARNING, "turn_waiting_for_manager", chat_id=turn.chat_id, task_id=turn.task_id,
+            trace_id=turn.trace_id)
+
+    async def on_progress(self, event: dict[str, Any]) -> None:
+        turn = self.active.get(str(event.get("task_id")))
+        if turn is None or turn.message_id is None:
+            return
+        async with turn.lock:
+            text = render.progress(turn.node_id, str(event.get("text") or ""))
+            # Throttled: skipped progress is not lost, the next event or the final answer carries it.
+            if turn.done or text == turn.shown or time.monotonic() - turn.last_edit < self.config.progress_interval:
+                return
+            turn.last_edit, turn.shown = time.monotonic(), text
+            await self.delivery.edit(turn.chat_id, turn.message_id, text, trace_id=turn.trace_id)
+
+    async def on_result(self, event: dict[str, Any]) -> None:
+        """A result event: the same answer the dispatch call gives, and the only one after a lost call."""
+        task_id, result = str(event.get("task_id")), event.get("result") or {}
+        turn = self.active.get(task_id)
+        if turn is None:
+            await self._orphan(task_id, chat_id_of(event.get("chat_key")), result)
+            return
+        if result.get("ok"):
+            await self.finish(turn, result)
+        else:
+            await self.fail(turn, RelayError(str(result.get("error_kind") or "internal"), result.get("error")))
+
+    async def _orphan(self, task_id: str, chat_id: int | None, result: dict[str, Any]) -> None:
+        """A chat's turn that an earlier bot process started: its placeholder is unknown, so the answer is sent."""
+        if chat_id is None or task_id in self._finished:
+            return
+        self._remember(task_id)
+        parts = (render.chunks(str(result.get("text") or "")) if result.get("ok") else
+                 [render.failure("Codex turn", str(result.get("error_kind") or "internal"), result.get("error"))])
+        for part in parts:
+            await self.delivery.send(chat_id, part)
+        log(logger, logging.INFO, "turn_final_orphan", chat_id=chat_id, task_id=task_id, ok=bool(result.get("ok")))
+
+    def _remember(self, task_id: str) -> None:
+        self._finished[task_id] = None
+        while len(self._finished) > FINISHED_KEEP:
+            self._finished.popitem(last=False)
+
+    async def finish(self, turn: Turn, result: dict[str, Any]) -> None:
+        await self._final(turn, render.chunks(str(result.get("text") or "")), ok=True)
+
+    async def fail(self, turn: Turn, err: RelayError) -> None:
+        await self._final(turn, [render.failure("Codex turn", err.kind, err.error)], ok=False, error_kind=err.kind)
+
+    async def _final(self, turn: Turn, parts: list[str], ok: bool, error_kind: str | None = None) -> None:
+        """Show the outcome exactly once: edited into the placeholder, the rest (or all, without one) sent."""
+        async with turn.lock:
+            if turn.done:
+                return
+            turn.done = True
+            self._remember(turn.task_id)  # before leaving `active`: its result event must not look orphaned
+            self.active.pop(turn.task_id, None)
+            first, rest = parts[0], parts[1:]
+            if turn.message_id is None or not await self.delivery.edit(turn.chat_id, turn.message_id, first,
+                                                                       trace_id=turn.trace_id):
+                rest = parts
+            for part in rest:
+                await self.delivery.send(turn.chat_id, part, trace_id=turn.trace_id)
+        log(logger, logging.INFO, "turn_final", chat_id=turn.chat_id, user_id=turn.user_id, node_id=turn.node_id,
+            task_id=turn.task_id, trace_id=turn.trace_id, ok=ok, error_kind=error_kind,
+            ms=round((time.monotonic() - turn.started) * 1000))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
