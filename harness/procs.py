@@ -102,6 +102,15 @@ class Proc:
         lines = self.log_text().splitlines()
         return [ln for ln in lines if op is None or f" op={op} " in ln + " "]
 
+    async def wait_log(self, op: str, timeout: float = 15.0) -> str:
+        """The first log line with `op=<op>`, waiting for it to appear."""
+        deadline = time.monotonic() + timeout
+        while not (lines := self.log_lines(op)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} logged no op={op} within {timeout}s; see {self.log_path}")
+            await asyncio.sleep(0.1)
+        return lines[0]
+
     async def wait_ready_file(self, path: Path, timeout: float = 20.0) -> dict[str, int]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -32,6 +32,10 @@ class TelegramUser:
         """The first message the bot sent to this chat after `since`."""
         return (await self.tg.wait_call("sendMessage", self.chat_id, since, timeout))["params"]
 
+    async def sent(self, since: int, timeout: float = 15.0) -> dict[str, Any]:
+        """The Message the bot's first sendMessage after `since` created (message_id, text, reply_markup)."""
+        return dict((await self.tg.wait_call("sendMessage", self.chat_id, since, timeout))["response"]["result"])
+
     async def alert(self, since: int, timeout: float = 15.0) -> dict[str, Any]:
         return (await self.tg.wait_call("answerCallbackQuery", None, since, timeout))["params"]
 
