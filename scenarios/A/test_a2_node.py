@@ -87,7 +87,7 @@ async def test_reconnect_backoff_grows_and_caps(stack: Stack) -> None:
         gaps = [b - a for a, b in zip(refusing.connects, refusing.connects[1:], strict=False)]
         assert len(gaps) >= 8, gaps
         assert gaps[3] > gaps[0] * 2, f"intervals do not grow: {gaps}"
-        assert max(gaps) < 1.0 * 1.1 + 0.3, f"intervals exceed the cap: {gaps}"
+        assert max(gaps) < 1.0 * 1.1 + 0.5, f"intervals exceed the cap: {gaps}"  # cap + jitter + a slow start
         assert gaps[-1] > 0.8, f"intervals never reached the cap: {gaps}"
     finally:
         stack.procs[node_id].terminate()
@@ -119,10 +119,9 @@ async def test_queue_full(stack: Stack, queue_node: str) -> None:
     slow = asyncio.create_task(stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": "busy [[mock:slow=2]]",
                                                            "thread_id": first["thread_id"], "timeout": 30}))
     await asyncio.sleep(0.5)
-    started = time.monotonic()
     second = await stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": "second", "timeout": 30,
                                                "thread_id": first["thread_id"]})
-    assert time.monotonic() - started < 1.5, "a full queue must answer at once"
+    assert not slow.done(), "a full queue must answer at once, not after the running turn"
     assert second["ok"] is False and second["error"] == "node queue full (max=1)"
     assert second["error_kind"] == "queue_full" and second["retriable"] is False
     assert (await slow)["ok"] is True
@@ -224,9 +223,8 @@ async def test_slow_call_does_not_block(stack: Stack, node: str) -> None:
     turn = asyncio.create_task(dispatch(stack, node, "slow one [[mock:slow=4]]"))
     await asyncio.sleep(0.5)
     seen_before = next(s["last_seen"] for s in (await stack.call(Api.SERVERS))["servers"] if s["node_id"] == node)
-    started = time.monotonic()
     listed = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "timeout": 5})
-    assert listed["ok"] and time.monotonic() - started < 2.0
+    assert listed["ok"] and not turn.done(), "the relayed call waited for the turn"
     await asyncio.sleep(1.5)
     seen_after = next(s["last_seen"] for s in (await stack.call(Api.SERVERS))["servers"] if s["node_id"] == node)
     assert seen_after > seen_before, "heartbeats stopped while a turn was running"
