@@ -21,7 +21,7 @@ from runtime.protocol import (Api, ApprovalState, Decision, Event, RelayError, b
 logger = logging.getLogger("codex_manager.control")
 
 Handler = Callable[[Manager, dict[str, Any], str], Awaitable[dict[str, Any]]]
-TYPES = {"string": str, "number": (int, float), "integer": int, "object": dict, "boolean": bool}
+TYPES = {"string": str, "number": (int, float), "integer": int, "object": dict, "boolean": bool, "any": object}
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,8 @@ async def status(mgr: Manager, body: dict[str, Any], trace_id: str) -> dict[str,
         raise RelayError("not_found", f"unknown node {body['node_id']!r}: see /api/servers")
     session = mgr.hub.online(node["node_id"])
     open_tasks = await mgr.store.open_tasks(node["node_id"])
-    return business_ok(**node, online=session is not None, open_tasks=len(open_tasks),
-                       last_seen=session.last_seen if session else node["last_seen"])
+    return business_ok(**{**node, "online": session is not None, "open_tasks": len(open_tasks),
+                          "last_seen": session.last_seen if session else node["last_seen"]})
 
 
 @route("POST", Api.DISPATCH, "Run one prompt on a node and wait for its result",

@@ -45,7 +45,7 @@ class Hub:
     def __init__(self) -> None:
         self.sessions: dict[str, NodeSession] = {}
         self.task_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.rpc_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.rpc_waiters: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}  # request_id -> node_id, future
         self.subscribers: set[asyncio.Queue[str | None]] = set()
         self.counters: Counter[str] = Counter()
 
@@ -70,17 +70,27 @@ class Hub:
         if fut is not None and not fut.done():
             fut.set_result(result)
 
-    def wait_rpc(self, request_id: str) -> asyncio.Future[dict[str, Any]]:
+    def wait_rpc(self, node_id: str, request_id: str) -> asyncio.Future[dict[str, Any]]:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.rpc_waiters[request_id] = fut
+        self.rpc_waiters[request_id] = (node_id, fut)
         return fut
 
-    def resolve_rpc(self, request_id: str, response: dict[str, Any]) -> bool:
-        fut = self.rpc_waiters.pop(request_id, None)
-        if fut is None or fut.done():
+    def resolve_rpc(self, node_id: str, request_id: str, response: dict[str, Any]) -> bool:
+        """Only the node the call went to may answer it; anything else is a late or stray reply."""
+        waiter = self.rpc_waiters.get(request_id)
+        if waiter is None or waiter[0] != node_id or waiter[1].done():
             return False
-        fut.set_result(response)
+        del self.rpc_waiters[request_id]
+        waiter[1].set_result(response)
         return True
+
+    def fail_rpcs(self, node_id: str, response: dict[str, Any]) -> None:
+        """A node's replies die with its socket: its callers learn now rather than at their timeout."""
+        for request_id, (owner, fut) in list(self.rpc_waiters.items()):
+            if owner == node_id:
+                del self.rpc_waiters[request_id]
+                if not fut.done():
+                    fut.set_result(response)
 
     # ---- events -----------------------------------------------------------------------------
     def subscribe(self) -> asyncio.Queue[str | None]:
@@ -90,6 +100,16 @@ class Hub:
 
     def unsubscribe(self, queue: asyncio.Queue[str | None]) -> None:
         self.subscribers.discard(queue)
+
+    def close_subscribers(self) -> None:
+        """Tell every event-stream writer to finish, so a shutdown does not wait on idle listeners."""
+        for queue in list(self.subscribers):
+            self.subscribers.discard(queue)
+            try:
+                queue.put_nowait(None)
+            except asyncio.QueueFull:
+                queue.get_nowait()
+                queue.put_nowait(None)
 
     def publish(self, event: Event, **fields: Any) -> None:
         frame = encode(message(event, ts=time.time(), **fields))

@@ -16,7 +16,7 @@ from runtime.manager.config import ManagerConfig
 from runtime.manager.control import add_routes, openapi
 from runtime.manager.node_ws import node_socket
 from runtime.manager.service import Manager
-from runtime.protocol import Api, RelayError, encode
+from runtime.protocol import CLOSE_SHUTDOWN, Api, RelayError, encode
 
 logger = logging.getLogger("codex_manager")
 
@@ -63,11 +63,16 @@ def build_app(config: ManagerConfig) -> web.Application:
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await mgr.start()
         yield
-        for session in list(mgr.hub.sessions.values()):
-            await session.ws.close(code=1001, message=b"manager shutting down")
         await mgr.stop()
 
+    async def close_sockets(app: web.Application) -> None:
+        # aiohttp waits for open handlers before cleanup: long-lived sockets must be told to end first.
+        mgr.hub.close_subscribers()
+        for session in list(mgr.hub.sessions.values()):
+            await session.ws.close(code=CLOSE_SHUTDOWN, message=b"manager shutting down")
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_sockets)
     return app
 
 

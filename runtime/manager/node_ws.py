@@ -146,7 +146,7 @@ async def _handle(mgr: Manager, session: NodeSession, kind: Msg, msg: dict[str, 
         await mgr.accept_task_state(session.node_id, require(msg, "task_id"), require(msg, "state"))
     elif kind == Msg.APPSERVER_RESPONSE:
         request_id = require(msg, "request_id")
-        if not mgr.hub.resolve_rpc(request_id, msg.get("result") or {}):
+        if not mgr.hub.resolve_rpc(session.node_id, request_id, msg.get("result") or {}):
             mgr.hub.counters["late_rpc_responses"] += 1
             log(logger, logging.INFO, "late_rpc_response_dropped", node_id=session.node_id, request_id=request_id)
     elif kind == Msg.APPROVAL_REQUEST:

@@ -49,6 +49,8 @@ class Manager:
         if self.hub.sessions.get(session.node_id) is not session:
             return  # a newer session replaced this one; the node stays online
         del self.hub.sessions[session.node_id]
+        self.hub.fail_rpcs(session.node_id, result_fields(False, RelayError(
+            "node_offline", f"node {session.node_id} disconnected before it answered")))
         log(logger, logging.INFO, "node_offline", node_id=session.node_id, session_id=session.session_id)
         self.hub.publish(Event.NODE_OFFLINE, node_id=session.node_id)
         with contextlib.suppress(RelayError):
@@ -134,6 +136,9 @@ class Manager:
         self.hub.counters[f"tasks_{finished['state']}"] += 1
         log(logger, logging.INFO, "task_final", trace_id=task["trace_id"], node_id=task["node_id"], task_id=task_id,
             state=finished["state"], error_kind=clean.get("error_kind"))
+        for approval_id in finished["expired_approvals"]:
+            self.hub.publish(Event.APPROVAL_RESOLVED, approval_id=approval_id, state=ApprovalState.EXPIRED.value,
+                             decision="decline", decided_by="task_ended")
         self.hub.resolve_task(task_id, clean)
         self.hub.publish(Event.TASK_RESULT, task_id=task_id, node_id=task["node_id"], chat_key=task["chat_key"],
                          trace_id=task["trace_id"], result=clean)
@@ -155,7 +160,7 @@ class Manager:
         if session is None:
             raise RelayError("node_offline", f"node {node_id!r} is offline: wait for it or pick another node")
         request_id = new_id("rpc")
-        waiter = self.hub.wait_rpc(request_id)
+        waiter = self.hub.wait_rpc(node_id, request_id)
         await session.send(message(Msg.APPSERVER_REQUEST, request_id=request_id, trace_id=trace_id, method=method,
                                    params=params, timeout=timeout))
         try:

@@ -269,9 +269,13 @@ class Store:
                               result.get("thread_id"), task_id))
             if task["chat_key"] and result.get("thread_id"):
                 await self._set_thread(db, task["chat_key"], task["node_id"], result["thread_id"], now)
-            await db.execute("UPDATE approvals SET state = ?, decided_at = ? WHERE task_id = ? AND state = ?",
+            expired = await db.execute_fetchall("SELECT approval_id FROM approvals WHERE task_id = ? AND state = ?",
+                                                (task_id, ApprovalState.PENDING))
+            await db.execute("UPDATE approvals SET state = ?, decision = 'decline', decided_by = 'task_ended', "
+                             "decided_at = ? WHERE task_id = ? AND state = ?",
                              (ApprovalState.EXPIRED, now, task_id, ApprovalState.PENDING))
-        return {**task, "state": state.value, "result": result}
+        return {**task, "state": state.value, "result": result,
+                "expired_approvals": [r["approval_id"] for r in expired]}  # type: ignore[call-overload]
 
     async def open_tasks(self, node_id: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT task_id, trace_id, node_id, state, deadline FROM tasks WHERE state NOT IN ('done', 'failed')"
