@@ -1,0 +1,256 @@
+"""A3: the real bot against the fake Bot API, with the real manager and one real node (real codex, mock model)."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.procs import Proc
+from harness.stack import Stack
+from harness.telegram import FakeTelegram, TelegramUser
+from runtime.protocol import Api, new_id
+
+NODE = "a3n1"
+_chats = itertools.count(300_001)  # every run talks in a chat of its own, so no run sees another's state
+KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+@pytest.fixture(scope="module")
+async def tg(stack: Stack) -> AsyncIterator[FakeTelegram]:
+    await stack.add_node(NODE)
+    # One finished turn, so /thread has a real thread to list and its button has one to pick.
+    assert (await stack.result(Api.DISPATCH_TEXT, {"chat_key": new_id("a3seed"), "node_id": NODE,
+                                                   "text": "seed a thread"}))["ok"]
+    yield await stack.start_bot()
+
+
+def fresh(tg: FakeTelegram, user_id: int) -> TelegramUser:
+    return tg.user(user_id, next(_chats))
+
+
+async def ask(user: TelegramUser, text: str) -> dict[str, Any]:
+    """Type `text`; the message the bot answered with (message_id, text, reply_markup)."""
+    return await user.sent(await user.say(text))
+
+
+def button(message: dict[str, Any], item: str) -> tuple[str, str]:
+    """The (label, callback data) of the button that picks `item` (a node, model or thread id)."""
+    for row in (message.get("reply_markup") or {}).get("inline_keyboard", []):
+        for b in row:
+            if str(b["callback_data"]).endswith(f":{item}"):
+                return str(b["text"]), str(b["callback_data"])
+    raise AssertionError(f"no button for {item!r} under {message['text']!r}")
+
+
+def listed(text: str) -> list[str]:
+    """The ids of a listing's bullet lines (`• <id>: ...`), in order."""
+    return [ln[2:].split(":", 1)[0].removesuffix(" ← selected") for ln in text.splitlines() if ln.startswith("• ")]
+
+
+async def chat_route(stack: Stack, user: TelegramUser) -> dict[str, Any]:
+    return await stack.call(Api.CHAT, {"chat_key": f"tg:{user.chat_id}"})
+
+
+async def token_ids(stack: Stack) -> list[str]:
+    return [t["token_id"] for t in (await stack.call(Api.TOKENS, method="GET"))["tokens"]]
+
+
+async def logged(proc: Proc, op: str, timeout: float = 10.0, **fields: object) -> dict[str, str]:
+    """The first `op` line in `proc`'s log carrying `fields`; a handler logs its outcome after it replies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in proc.log_lines(op):
+            kv = {k: v[1:-1] if v.startswith('"') else v for k, v in KV.findall(line)}
+            if all(kv.get(k) == str(v) for k, v in fields.items()):
+                return kv
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{proc.name} logged no op={op} with {fields} within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def manager_paths(stack: Stack, user: TelegramUser, cmd: str) -> set[str]:
+    """The control paths the bot called while serving `cmd` in this chat, joined by the command's trace_id."""
+    bot = stack.procs["bot"]
+    trace_id = (await logged(bot, "command", cmd=cmd, chat_id=user.chat_id))["trace_id"]
+    return {dict(KV.findall(ln))["path"] for ln in bot.log_lines("manager_call") if f"trace_id={trace_id} " in ln}
+
+
+@pytest.mark.case("A3-01")
+async def test_unauthorised_token(stack: Stack, tg: FakeTelegram) -> None:
+    """/token from a stranger, and from an allowed non-admin, is refused: `unauthorized`; no token is created"""
+    before = await token_ids(stack)
+    stranger = await ask(fresh(tg, Stack.STRANGER), f"/token generate note={new_id('a301')}")
+    assert stranger["text"].startswith("unauthorized:") and str(Stack.STRANGER) in stranger["text"]
+    user = await ask(fresh(tg, Stack.USER), f"/token generate note={new_id('a301')}")
+    assert user["text"].startswith("unauthorized:") and "for admins" in user["text"]
+    assert await token_ids(stack) == before
+
+
+@pytest.mark.case("A3-02")
+async def test_token_without_arguments(stack: Stack, tg: FakeTelegram) -> None:
+    """/token with no (or an unknown) subcommand answers the usage text and changes nothing"""
+    before = await token_ids(stack)
+    admin = fresh(tg, Stack.ADMIN)
+    for text in ("/token", "/token frobnicate"):
+        usage = (await ask(admin, text))["text"]
+        assert usage.startswith("Usage:"), usage
+        assert all(sub in usage for sub in ("/token generate", "/token list", "/token revoke")), usage
+    assert await token_ids(stack) == before
+
+
+@pytest.mark.case("A3-03")
+async def test_approve_without_arguments(stack: Stack, tg: FakeTelegram) -> None:
+    """/approve with no (or too many) arguments answers the usage text and decides nothing"""
+    before = (await stack.call(Api.APPROVALS))["approvals"]
+    user = fresh(tg, Stack.USER)
+    for text in ("/approve", "/approve a b c"):
+        usage = (await ask(user, text))["text"]
+        assert usage.startswith("Usage: /approve <approval_id>"), usage
+    assert (await stack.call(Api.APPROVALS))["approvals"] == before
+
+
+@pytest.mark.case("A3-04")
+async def test_callback_selects_offline_node(stack: Stack, tg: FakeTelegram) -> None:
+    """a node button tapped after its node went offline: the alert contains `offline` and nothing is selected"""
+    assert stack.toxics is not None
+    user = fresh(tg, Stack.USER)
+    listing = await ask(user, "/node")
+    label, data = button(listing, NODE)
+    assert label.endswith("(online)"), label
+    async with stack.toxics.link_down(stack.manager_link(NODE)):
+        await stack.wait_online(NODE, online=False, timeout=10)
+        alert = await user.alert(await user.tap(listing["message_id"], data))
+        assert "offline" in alert["text"] and NODE in alert["text"] and alert["show_alert"], alert
+        assert (await chat_route(stack, user))["node_id"] is None
+    await stack.wait_online(NODE)
+
+
+@pytest.mark.case("A3-05")
+async def test_token_generate(stack: Stack, tg: FakeTelegram) -> None:
+    """/token generate answers `token created` and the token_id, which the manager holds for that node"""
+    node_id, note = new_id("a305"), new_id("note")
+    text = (await ask(fresh(tg, Stack.ADMIN), f"/token generate node={node_id} note={note}"))["text"]
+    assert text.startswith("token created"), text
+    token_id = re.search(r"^token_id: (\S+)$", text, re.M)
+    assert token_id is not None, text
+    stored = [t for t in (await stack.call(Api.TOKENS, method="GET"))["tokens"] if t["token_id"] == token_id[1]]
+    assert len(stored) == 1 and stored[0]["node_id"] == node_id and stored[0]["note"] == note, stored
+    assert stored[0]["revoked_at"] is None and f"node: {node_id}" in text and re.search(r"^token: \S+$", text, re.M)
+    await stack.call(Api.TOKENS_REVOKE, {"token_id": token_id[1]})
+
+
+@pytest.mark.case("A3-06")
+async def test_command_routing(stack: Stack, tg: FakeTelegram) -> None:
+    """/node /status /model /thread /token /approve each reach their manager capability, and show what it answered"""
+    user = fresh(tg, Stack.ADMIN)
+    servers = await stack.call(Api.SERVERS)
+    assert sorted(listed((await ask(user, "/node"))["text"])) == sorted(s["node_id"] for s in servers["servers"])
+
+    assert (await ask(user, f"/node {NODE}"))["text"] == f"Node {NODE} selected for this chat."
+    assert (await chat_route(stack, user))["node_id"] == NODE
+
+    status = (await ask(user, "/status"))["text"]
+    state = await stack.call(Api.STATUS, {"node_id": NODE})
+    assert status.startswith(f"Node {NODE}: online") and f"open tasks: {state['open_tasks']}" in status, status
+
+    models = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "model/list"})
+    assert listed((await ask(user, "/model"))["text"]) == [m["id"] for m in models["result"]["data"]]
+
+    threads = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "thread/list"})
+    shown = listed((await ask(user, "/thread"))["text"])
+    assert shown and shown == [t["id"] for t in threads["result"]["data"]][:20]
+
+    assert listed((await ask(user, "/token list"))["text"]) == await token_ids(stack)
+
+    approval_id = new_id("appr")
+    refused = (await ask(user, f"/approve {approval_id}"))["text"]
+    assert "kind=not_found" in refused and approval_id in refused, refused
+
+    for cmd, path in (("/node", Api.SERVERS), ("/status", Api.STATUS), ("/model", Api.APPSERVER),
+                      ("/thread", Api.APPSERVER), ("/token", Api.TOKENS), ("/approve", Api.APPROVALS_DECIDE)):
+        assert path.value in await manager_paths(stack, user, cmd), f"{cmd} never called {path.value}"
+
+
+@pytest.mark.case("A3-07")
+async def test_buttons_match_commands(stack: Stack, tg: FakeTelegram) -> None:
+    """node, model and thread buttons give the same answer and the same manager state as their text commands"""
+    by_button, by_text = fresh(tg, Stack.USER), fresh(tg, Stack.USER)
+
+    async def tap(command: str, item: str) -> str:
+        listing = await ask(by_button, command)
+        _, data = button(listing, item)
+        return str((await by_button.alert(await by_button.tap(listing["message_id"], data)))["text"])
+
+    toast = await tap("/node", NODE)
+    assert toast == (await ask(by_text, f"/node {NODE}"))["text"] == f"Node {NODE} selected for this chat."
+    shown = await by_button.until_shown(lambda m: "← selected" in m["text"])
+    assert f"• {NODE}: online ← selected" in shown["text"]
+
+    models = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "model/list"})
+    model = models["result"]["data"][-1]["id"]  # not the default one, so the pick shows in the route
+    toast = await tap("/model", model)
+    assert toast == (await ask(by_text, f"/model {model}"))["text"] and model in toast
+
+    threads = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "thread/list"})
+    thread_id = threads["result"]["data"][0]["id"]
+    toast = await tap("/thread", thread_id)
+    assert toast == (await ask(by_text, f"/thread {thread_id}"))["text"] and thread_id in toast
+
+    pressed, typed = await chat_route(stack, by_button), await chat_route(stack, by_text)
+    assert pressed["node_id"] == typed["node_id"] == NODE
+    assert pressed["model"] == typed["model"] == model
+    assert pressed["threads"][NODE] == typed["threads"][NODE] == thread_id
+
+
+@pytest.mark.case("A3-08")
+async def test_config_value_write_invalid_json(stack: Stack, tg: FakeTelegram) -> None:
+    """/config_value_write with invalid JSON, or JSON of the wrong shape, gets a clear error; nothing is written"""
+    config = Path(stack.node_settings[NODE]["codex_home"]) / "config.toml"
+    before = config.read_text()
+    user = fresh(tg, Stack.USER)
+    bad = (await ask(user, '/config_value_write {"key_path": "model", "value": }'))["text"]
+    assert bad.startswith("Invalid JSON:") and "line 1, column" in bad and '"key_path"' in bad, bad
+    wrong = (await ask(user, '/config_value_write ["model", "gpt-5.5"]'))["text"]
+    assert wrong.startswith("Invalid request:") and '"key_path"' in wrong, wrong
+    assert config.read_text() == before
+
+
+@pytest.mark.case("A3-09")
+async def test_manager_unavailable(stack: Stack, tg: FakeTelegram) -> None:
+    """with the manager unreachable the bot answers a clear `manager unavailable`, stays up and recovers"""
+    assert stack.toxics is not None
+    bot, user = stack.procs["bot"], fresh(tg, Stack.USER)
+    starts = bot.starts
+    async with stack.toxics.link_down(stack.bot_manager_link):
+        down = (await ask(user, "/node"))["text"]
+        assert "manager unavailable" in down and "kind=manager_unavailable" in down, down
+        assert bot.alive
+    back = (await ask(user, "/node"))["text"]
+    assert NODE in listed(back), back
+    assert bot.alive and bot.starts == starts
+
+
+@pytest.mark.case("A3-10")
+async def test_telegram_transient_failure(stack: Stack, tg: FakeTelegram) -> None:
+    """sendMessage answered 429 (retry_after=1), then 502: retried after the wait, and shown exactly once"""
+    user = fresh(tg, Stack.USER)
+    since = await tg.last_seq()
+    await tg.fault("sendMessage", status=429, retry_after=1)
+    await tg.fault("sendMessage", status=502)
+    try:
+        shown = await ask(user, "/help")
+        await logged(stack.procs["bot"], "command", cmd="/help", chat_id=user.chat_id, outcome="ok")
+    finally:
+        await tg.clear_faults()
+    attempts = await tg.calls("sendMessage", user.chat_id, since)
+    assert [c["status"] for c in attempts] == [429, 502, 200], attempts
+    assert attempts[1]["time"] - attempts[0]["time"] >= 1.0, "the retry did not wait for retry_after"
+    from_bot = [m for m in await user.messages() if m["from_bot"]]
+    assert [m["message_id"] for m in from_bot] == [shown["message_id"]], from_bot
+    assert shown["text"].startswith("Codex Relay:")
