@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 # Documented exit codes (README, "Running a node").
@@ -90,6 +91,9 @@ def load(argv: list[str] | None = None) -> NodeConfig:
         if not getattr(config, name):
             raise ConfigError(EXIT_CONFIG, f"missing required setting `{name}`",
                               f"set {_where(name)}")
+    # The codex child runs in `cwd`: a relative binary path must not be resolved from there.
+    codex_bin = config.codex_bin if os.sep not in config.codex_bin else os.path.abspath(config.codex_bin)
+    config = replace(config, codex_bin=shutil.which(codex_bin) or codex_bin)
     if config.max_pending < 1:
         raise ConfigError(EXIT_CONFIG, "max_pending must be at least 1", "set max_pending to 1 or more")
     return config
