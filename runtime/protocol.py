@@ -194,7 +194,7 @@ def encode(msg: Mapping[str, Any]) -> str:
 
 def decode(raw: str | bytes) -> dict[str, Any]:
     """Parse one frame; anything but a JSON object with a known `type` is invalid_request."""
-    if isinstance(raw, bytes) and len(raw) > MAX_FRAME_BYTES or isinstance(raw, str) and len(raw) > MAX_FRAME_BYTES:
+    if len(raw) > MAX_FRAME_BYTES:
         raise RelayError("invalid_request", f"frame larger than {MAX_FRAME_BYTES} bytes")
     try:
         msg = json.loads(raw)
@@ -212,13 +212,13 @@ def parse_msg_type(msg: Mapping[str, Any]) -> Msg:
         raise RelayError("invalid_request", f"unknown message type {msg['type']!r}") from None
 
 
-def require(msg: Mapping[str, Any], field: str, typ: type | tuple[type, ...] = str) -> Any:
-    """A required field of a message or request body, or invalid_request naming it."""
+def require(msg: Mapping[str, Any], field: str) -> str:
+    """A required string field of a message, or invalid_request naming it."""
     value = msg.get(field)
     if value is None or value == "":
         raise RelayError("invalid_request", f"missing field `{field}`")
-    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
-        raise RelayError("invalid_request", f"field `{field}` has the wrong type")
+    if not isinstance(value, str):
+        raise RelayError("invalid_request", f"field `{field}` must be a string")
     return value
 
 
