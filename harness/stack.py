@@ -218,6 +218,20 @@ class Stack:
             await asyncio.sleep(0.1)
         raise TimeoutError(f"node {node_id} not {'online' if online else 'offline'} within {timeout}s")
 
+    async def wait_heartbeat(self, node_id: str, after: float, timeout: float = 30.0) -> None:
+        """Online with a heartbeat newer than `after`: the link works again, not merely not yet reaped.
+
+        After a fault that held data, a node can look online for a few seconds before either side gives
+        up on the old socket; this waits for proof that frames flow again.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            servers = (await self.call(Api.SERVERS, record=False))["servers"]
+            if any(s["node_id"] == node_id and s["online"] and s["last_seen"] > after for s in servers):
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"node {node_id} sent no heartbeat after {after:.3f} within {timeout}s")
+
     # ---- the bot and its fake Telegram ------------------------------------------------------
     BOT_TOKEN = "123456:relay-test"
     ADMIN, USER, STRANGER = 1001, 1002, 1666
