@@ -100,7 +100,7 @@ async def test_registers_when_manager_returns(stack: Stack) -> None:
     port, node_id = free_port(), new_id("a2late")
     await stack.add_node(node_id, wait=False, manager_url=f"ws://127.0.0.1:{port}{Api.NODE_WS}",
                          backoff_initial=0.1, backoff_max=1.0)
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(0.8)  # a few refused attempts first
     late = await ScriptedManager().start(port)
     try:
         reg = await late.registered(timeout=10)
@@ -170,9 +170,9 @@ async def test_jitter_does_not_flap(stack: Stack, node: str) -> None:
     try:
         link = stack.manager_link(node)
         async with stack.toxics.latency(link, 300, 200), stack.toxics.latency(link, 300, 200, stream="upstream"):
-            for i in range(3):
+            for i in range(2):
                 assert (await dispatch(stack, node, f"jittery {i}"))["ok"]
-            await asyncio.sleep(2)
+            await asyncio.sleep(1.5)  # past a heartbeat interval, so a flap would show
         offline = []
         while (frame := await ws.receive(timeout=0.5 if not offline else 0.1)).type == aiohttp.WSMsgType.TEXT:
             event = json.loads(frame.data)
@@ -220,7 +220,7 @@ async def test_upstream_disconnect(stack: Stack, node: str) -> None:
 @pytest.mark.case("A2-13")
 async def test_slow_call_does_not_block(stack: Stack, node: str) -> None:
     """a slow turn in flight: heartbeats and other app-server calls keep flowing"""
-    turn = asyncio.create_task(dispatch(stack, node, "slow one [[mock:slow=4]]"))
+    turn = asyncio.create_task(dispatch(stack, node, "slow one [[mock:slow=3]]"))
     await asyncio.sleep(0.5)
     seen_before = next(s["last_seen"] for s in (await stack.call(Api.SERVERS))["servers"] if s["node_id"] == node)
     listed = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "timeout": 5})
