@@ -4,8 +4,11 @@ plan's fixed order, stops at the first that fails, prints the gate table and wri
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -42,7 +45,13 @@ def _run_stage(stage: str, g: gates.Gates, run_id: str, run_dir: Path) -> gates.
             f"--alluredir={run_dir / 'allure-results'}", "-q", "-p", "no:cacheprovider"]
     print(f"\n== gate {stage}: {' '.join(argv[2:])}", flush=True)
     env = {**os.environ, "HARNESS_RUN_ID": run_id}
-    code = subprocess.call(argv, cwd=paths.REPO_ROOT, env=env)
+    # Ctrl-C reaches pytest too, which winds down (a soak still judges what ran): wait for its verdict.
+    # A handler, not SIG_IGN: an ignored signal would stay ignored in the child across exec.
+    previous = signal.signal(signal.SIGINT, lambda *_: None)
+    try:
+        code = subprocess.call(argv, cwd=paths.REPO_ROOT, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     verdict_file = run_dir / f"gate-{stage}.json"
     if not verdict_file.exists():
         return gates.Verdict(stage, False, [gates.Criterion("pytest ran the stage", False, f"pytest exited {code}")],
@@ -96,6 +105,52 @@ def _report(run_dir: Path, summary: dict[str, object]) -> Path | None:
         return None
 
 
+def soak(args: argparse.Namespace) -> int:
+    """A soak outside pytest: progress in the terminal; Ctrl-C stops it and still judges what ran."""
+    from harness import soak as soak_mod  # the soak pulls in the stack and the plotting stack
+
+    try:
+        g = gates.load(args.profile)
+    except gates.GatesError as exc:
+        print(f"harness soak: {exc}", file=sys.stderr)
+        return 2
+    settings = soak_mod.SoakSettings.from_gates(g)
+    changes = {k: v for k, v in (("duration_s", args.duration), ("seed", args.seed),
+                                 ("fault_interval_s", args.fault_interval)) if v is not None}
+    if args.no_faults:
+        changes["faults"] = False
+    settings = dataclasses.replace(settings, **changes)
+    run_dir = paths.REPORTS_DIR / (os.environ.get("HARNESS_RUN_ID") or time.strftime("soak-%Y%m%d-%H%M%S"))
+    return asyncio.run(soak_mod.main(g, settings, run_dir))
+
+
+def burst(args: argparse.Namespace) -> int:
+    from harness.load import burst as burst_mod  # Locust itself only ever runs in its own subprocesses
+
+    try:
+        g = gates.load(args.profile)
+    except gates.GatesError as exc:
+        print(f"harness burst: {exc}", file=sys.stderr)
+        return 2
+    run_dir = paths.REPORTS_DIR / (os.environ.get("HARNESS_RUN_ID") or time.strftime("burst-%Y%m%d-%H%M%S"))
+    settings = burst_mod.BurstSettings.from_gates(g, users=args.users, duration_s=args.duration, workers=args.workers)
+    if args.web:
+        return asyncio.run(burst_mod.web(g, settings, run_dir, args.port, args.max_time))
+    return asyncio.run(burst_mod.main(g, settings, run_dir))
+
+
+def check(args: argparse.Namespace) -> int:
+    """Judge a recorded soak again, offline: the checkers are pure functions of its files."""
+    from harness import soak as soak_mod
+
+    try:
+        g = gates.load(args.profile)
+    except gates.GatesError as exc:
+        print(f"harness check: {exc}", file=sys.stderr)
+        return 2
+    return soak_mod.recheck(g, Path(args.run_dir))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="harness", description="Codex Relay test harness")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +159,32 @@ def main(argv: list[str] | None = None) -> None:
     p_gate.add_argument("--profile", default="quick", choices=gates.PROFILES,
                         help="quick (default), ci, or full (the user's numbers and durations)")
     p_gate.set_defaults(func=gate)
+
+    p_soak = sub.add_parser("soak", help="boot a stack and soak it under load and seeded faults; Ctrl-C stops early")
+    p_soak.add_argument("--profile", default="full", choices=gates.PROFILES,
+                        help="whose durations, rates and thresholds (default full: the user's 2-4 h)")
+    p_soak.add_argument("--duration", type=float, help="seconds, instead of the profile's gates.D.soak.duration_s")
+    p_soak.add_argument("--seed", type=int, help="another fault schedule; the same seed replays the same one")
+    p_soak.add_argument("--fault-interval", type=float, help="mean seconds between faults")
+    p_soak.add_argument("--no-faults", action="store_true", help="load only: a baseline for the resource trends")
+    p_soak.set_defaults(func=soak)
+
+    p_burst = sub.add_parser("burst", help="boot a stack and hit it with a Locust burst (headless, or --web)")
+    p_burst.add_argument("--profile", default="quick", choices=gates.PROFILES)
+    p_burst.add_argument("--users", type=int, help="Locust users, instead of gates.D.burst.users")
+    p_burst.add_argument("--duration", type=float, help="seconds, instead of gates.D.burst.duration_s")
+    p_burst.add_argument("--workers", type=int, default=0,
+                         help="distributed: a master and this many local workers (default 0: one process)")
+    p_burst.add_argument("--web", action="store_true", help="open Locust's web UI on 127.0.0.1 instead of running")
+    p_burst.add_argument("--port", type=int, default=8089, help="the web UI's port (with --web)")
+    p_burst.add_argument("--max-time", type=float, default=3600,
+                         help="with --web: tear the stack down after this many seconds (default 3600)")
+    p_burst.set_defaults(func=burst)
+
+    p_check = sub.add_parser("check", help="run the checkers again on a recorded soak's folder")
+    p_check.add_argument("run_dir", help="a soak's folder: history.jsonl, resources.jsonl, evidence.json")
+    p_check.add_argument("--profile", default="full", choices=gates.PROFILES)
+    p_check.set_defaults(func=check)
     args = parser.parse_args(argv)
     sys.exit(args.func(args))
 

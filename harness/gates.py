@@ -4,7 +4,10 @@ A bad file fails with the key that is wrong; no threshold is written anywhere bu
 """
 from __future__ import annotations
 
+import json
 import math
+import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,9 +88,207 @@ def load(profile: str = "full", path: Path = GATES_FILE) -> Gates:
         _get(doc, key, (int, float), lambda v: v > 0)
     for case_id in ("B1-03", "B1-04"):
         _get(doc, f"cases.{case_id}.thread_list_timeout_s", (int, float), lambda v: v > 0)
+    for name in PROFILES:  # every profile's D, overrides applied, so a typo in an override fails here too
+        _check_d(Gates(doc, name))
     if profile not in PROFILES:
         raise GatesError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
     return Gates(doc, profile)
+
+
+# ---- gate D: its settings and its thresholds ---------------------------------------------------
+
+NUMBER = (int, float)
+D_SETTINGS: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool]]] = {
+    "nodes": (int, lambda v: 1 <= v <= 8),
+    "soak.duration_s": (NUMBER, lambda v: v > 0),
+    "soak.warmup_s": (NUMBER, lambda v: v >= 0),
+    "soak.rate_per_s": (NUMBER, lambda v: 0 < v <= 50),
+    "soak.mix": (dict, lambda v: v and all(isinstance(w, NUMBER) and w >= 0 for w in v.values()) and sum(v.values()) > 0),
+    "soak.op_timeout_s": (NUMBER, lambda v: v > 0),
+    "soak.max_inflight": (int, lambda v: v >= 1),
+    "soak.chats_per_node": (int, lambda v: v >= 1),
+    "soak.sample_interval_s": (NUMBER, lambda v: v > 0),
+    "soak.progress_interval_s": (NUMBER, lambda v: v > 0),
+    "faults.seed": (int, lambda v: True),
+    "faults.interval_s": (NUMBER, lambda v: v > 0),
+    "faults.duration_s": (list, lambda v: len(v) == 2 and all(isinstance(x, NUMBER) for x in v) and 0 < v[0] <= v[1]),
+    "faults.recovery_timeout_s": (NUMBER, lambda v: v > 0),
+    "faults.probe_interval_s": (NUMBER, lambda v: v > 0),
+    "faults.kinds": (list, lambda v: len(v) > 0),
+    "burst.users": (int, lambda v: v >= 1),
+    "burst.spawn_rate": (NUMBER, lambda v: v > 0),
+    "burst.duration_s": (NUMBER, lambda v: v > 0),
+    "trend.alpha": (float, lambda v: 0 < v < 1),
+    "trend.min_samples": (int, lambda v: v >= 3),
+}
+MIX_KINDS = ("dispatch_text", "appserver", "approval")
+
+
+def _check_d(g: Gates) -> None:
+    overrides = g.raw["profiles"][g.profile].get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise GatesError(f"gates.yaml: `profiles.{g.profile}.overrides` must be a mapping of dotted keys")
+    for key in overrides:
+        node: Any = g.raw
+        for part in str(key).split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise GatesError(f"gates.yaml: `profiles.{g.profile}.overrides` names `{key}`, which is not a setting")
+            node = node[part]
+    where = f" (profile {g.profile})" if overrides else ""
+    for key, (kind, check) in D_SETTINGS.items():
+        path = f"gates.D.{key}"
+        try:
+            value = g.setting(path)
+        except (KeyError, TypeError):
+            raise GatesError(f"gates.yaml: missing key `{path}`") from None
+        if not isinstance(value, kind) or isinstance(value, bool) or not check(value):
+            raise GatesError(f"gates.yaml: `{path}`{where} is out of range or of the wrong type: {value!r}")
+    unknown_mix = sorted(set(g.setting("gates.D.soak.mix")) - set(MIX_KINDS))
+    if unknown_mix:
+        raise GatesError(f"gates.yaml: `gates.D.soak.mix` has unknown kinds {unknown_mix}: use {', '.join(MIX_KINDS)}")
+    from harness.nemesis import KINDS  # the nemesis is where fault kinds are defined
+
+    unknown = sorted(set(g.setting("gates.D.faults.kinds")) - set(KINDS))
+    if unknown:
+        raise GatesError(f"gates.yaml: `gates.D.faults.kinds` has unknown kinds {unknown}: use {', '.join(KINDS)}")
+    for section in SECTIONS:
+        thresholds(g, section)
+
+
+# A threshold reads like k6's: `p(95) < 1500`, `rate >= 0.995`, `rto p(95) < 5s`, `rss_slope < 2%/h`.
+_EXPR = re.compile(r"^\s*(?P<metric>rto\s+p\(\s*(?P<rq>\d+(?:\.\d+)?)\s*\)|rto\s+max"
+                   r"|p\(\s*(?P<q>\d+(?:\.\d+)?)\s*\)|[a-z_][a-z0-9_]*)"
+                   r"\s*(?P<op><=|>=|==|<|>)\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|%/h|%|MB/h|/h)?\s*$")
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+    "==": lambda a, b: a == b}
+# metric -> its unit: ms for times (a bare number is ms, as in k6), a fraction for rates, %/h for slopes.
+METRIC_UNITS = {"p": "ms", "rto p": "ms", "rto max": "ms", "rate": "fraction", "rate_all": "fraction",
+                "rss_slope": "%/h", "fd_slope": "%/h", "threads_slope": "%/h", "duplicates": "count", "lost": "count",
+                "dropped": "count"}
+# What each part of D measures: a burst has no faults and is too short for a trend.
+SECTIONS = {"soak": tuple(METRIC_UNITS), "burst": ("p", "rate", "rate_all", "duplicates", "lost", "dropped")}
+
+
+@dataclass(frozen=True)
+class Threshold:
+    key: str            # the dotted key in gates.yaml, for messages
+    expr: str
+    metric: str         # a key of METRIC_UNITS
+    q: float | None     # the percentile, for p and rto p
+    op: str
+    limit: float        # in the metric's unit
+    per_hour: str = ""  # a slope: "%/h" relative to the series' median, or "MB/h", "/h" absolute
+
+    @property
+    def label(self) -> str:
+        """What the checker is asked for; a slope's unit is part of it, since both kinds are measured."""
+        if self.q is not None:
+            return f"{self.metric}({self.q:g})"
+        return f"{self.metric} {self.per_hour}" if self.per_hour else self.metric
+
+    def holds(self, value: float | None) -> bool:
+        return value is not None and not math.isnan(value) and _OPS[self.op](value, self.limit)
+
+    def show(self, value: float | None) -> str:
+        unit = METRIC_UNITS[self.metric]
+        if value is None:
+            return "not measured"
+        if math.isinf(value):
+            return "never"
+        if unit == "ms":
+            return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
+        if unit == "fraction":
+            return f"{value:.2%}"
+        if unit == "%/h":
+            return f"{value:+.2f}{self.per_hour}"
+        return f"{value:g}"
+
+
+def parse_threshold(key: str, expr: Any) -> Threshold:
+    """One expression; anything malformed fails naming its key, with an example of what it should say."""
+    m = _EXPR.match(expr) if isinstance(expr, str) else None
+    if m is None:
+        raise GatesError(f"gates.yaml: `{key}` is not a threshold: {expr!r}; write `<metric> <op> <value>`, "
+                         "e.g. `p(95) < 1500`, `rate >= 0.995`, `rto p(95) < 5s`, `rss_slope < 2%/h`")
+    metric = re.sub(r"\s+", " ", m["metric"])
+    q = m["q"] or m["rq"]
+    metric = "rto p" if m["rq"] else "p" if m["q"] else metric
+    if metric not in METRIC_UNITS:
+        raise GatesError(f"gates.yaml: `{key}`: unknown metric {m['metric']!r}; use p(N), rto p(N), rto max, "
+                         f"{', '.join(k for k in METRIC_UNITS if '(' not in k and ' ' not in k and k != 'p')}")
+    if q is not None and not 0 <= float(q) <= 100:
+        raise GatesError(f"gates.yaml: `{key}`: percentile {q} must be between 0 and 100")
+    value, unit, kind = float(m["num"]), m["unit"], METRIC_UNITS[metric]
+    slope_units = ("%/h", "MB/h") if metric == "rss_slope" else ("%/h", "/h")
+    allowed = {"ms": (None, "ms", "s"), "fraction": (None, "%"), "%/h": slope_units, "count": (None,)}[kind]
+    if unit not in allowed:
+        want = {"ms": "ms or s", "fraction": "a fraction like 0.995, or 99.5%",
+                "%/h": f"a slope per hour: {' or '.join(slope_units)}, e.g. 2{slope_units[0]}",
+                "count": "a plain count"}[kind]
+        raise GatesError(f"gates.yaml: `{key}`: {metric} takes {want}, not {unit or 'a bare number'!r}")
+    if unit == "s":
+        value *= 1000
+    elif unit == "%":
+        value /= 100
+    if kind == "fraction" and not 0 <= value <= 1:
+        raise GatesError(f"gates.yaml: `{key}`: a rate is between 0 and 1 (or 0% and 100%), got {expr!r}")
+    return Threshold(key, expr.strip(), metric, None if q is None else float(q), m["op"], value,
+                     unit if kind == "%/h" else "")
+
+
+def thresholds(g: Gates, section: str) -> list[Threshold]:
+    base = f"gates.D.thresholds.{section}"
+    try:
+        raw = g.setting(base)
+    except (KeyError, TypeError):
+        raise GatesError(f"gates.yaml: missing key `{base}`") from None
+    if not isinstance(raw, dict) or not raw:
+        raise GatesError(f"gates.yaml: `{base}` must map names to threshold expressions")
+    out = []
+    for name in raw:
+        t = parse_threshold(f"{base}.{name}", g.setting(f"{base}.{name}"))  # a profile may override one threshold
+        if t.metric not in SECTIONS[section]:
+            raise GatesError(f"gates.yaml: `{base}.{name}`: a {section} does not measure {t.metric}; "
+                             f"use {', '.join(SECTIONS[section])}")
+        out.append(t)
+    return out
+
+
+Lookup = Callable[[str, float | None, str], tuple[float | None, str]]
+
+
+def measure(g: Gates, section: str, lookup: Lookup) -> dict[str, tuple[float | None, str]]:
+    """The value of every threshold's metric, by its label, from a checker's lookup(metric, q, per_hour)."""
+    return {t.label: lookup(t.metric, t.q, t.per_hour) for t in thresholds(g, section)}
+
+
+def judge(g: Gates, section: str, measured: dict[str, Any]) -> list[Criterion]:
+    """One criterion per threshold: the expression, and what was measured against it."""
+    out = []
+    for t in thresholds(g, section):
+        value, how = measured.get(t.label, (None, "not measured: its scenario did not run"))
+        value = None if value is None else float(value)
+        name = t.metric if t.per_hour else t.label
+        out.append(Criterion(f"{section}: {t.expr}", t.holds(value), f"{name} = {t.show(value)}; {how}"))
+    return out
+
+
+MEASURES_FILE = "D-measures.json"
+
+
+def record_measures(run_dir: Path, section: str, measured: dict[str, tuple[float | None, str]]) -> None:
+    """A D scenario leaves what it measured for the gate, which judges it when the session ends."""
+    path = run_dir / MEASURES_FILE
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    doc[section] = {label: list(v) for label, v in measured.items()}
+    path.write_text(json.dumps(doc, indent=2))
+
+
+def _measured_d(g: Gates, run_dir: Path | None) -> list[Criterion]:
+    path = run_dir / MEASURES_FILE if run_dir is not None else None
+    doc = json.loads(path.read_text()) if path is not None and path.exists() else {}
+    return [c for section in SECTIONS for c in judge(g, section, doc.get(section, {}))]
 
 
 # ---- verdicts ----------------------------------------------------------------------------------
@@ -128,7 +329,8 @@ class CaseRuns:
         return best
 
 
-def evaluate(stage: str, runs: dict[str, CaseRuns], gates: Gates, complete: bool, seconds: float) -> Verdict:
+def evaluate(stage: str, runs: dict[str, CaseRuns], gates: Gates, complete: bool, seconds: float,
+             run_dir: Path | None = None) -> Verdict:
     expected = {c.id for c in stage_cases(stage)}
     ran = {cid for cid in runs if cid in expected}
     criteria = []
@@ -145,6 +347,14 @@ def evaluate(stage: str, runs: dict[str, CaseRuns], gates: Gates, complete: bool
             if r.failures:
                 detail += f"; first failure: {r.failures[0]}"
             criteria.append(Criterion(f"{cid} passes {need}x in a row", r.streak >= need, detail))
+    elif gate == "D":
+        # D's cases measure; its thresholds judge what they measured, one criterion each.
+        rs = [runs[c] for c in sorted(ran)]
+        failed = [r.case.id for r in rs if not (r.outcomes and all(r.outcomes))]
+        criteria.append(Criterion("every case of the stage passes", bool(rs) and not failed,
+                                  f"{len(rs) - len(failed)}/{len(rs)} passed" +
+                                  (f"; failed: {', '.join(failed)}" if failed else "")))
+        criteria += _measured_d(gates, run_dir)
     else:
         criteria += _rates(gate, [runs[c] for c in sorted(ran)], gates)
     passed = bool(criteria) and all(c.passed for c in criteria)

@@ -194,7 +194,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     g = session.config.stash[GATES_KEY]
     complete = not (session.config.option.keyword or session.config.option.markexpr or
                     any("::" in a for a in session.config.args))
-    verdicts = [gates.evaluate(stage, runs, g, complete, state["stage_time"].get(stage, 0.0))
+    verdicts = [gates.evaluate(stage, runs, g, complete, state["stage_time"].get(stage, 0.0), state["run_dir"])
                 for stage, runs in sorted(state["runs"].items(), key=lambda kv: gates.STAGES.index(kv[0]))]
     state["verdicts"] = verdicts
     for v in verdicts:

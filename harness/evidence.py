@@ -1,0 +1,94 @@
+"""Gathers the evidence the exactly-once checker needs from a live stack, once the faults have cleared:
+the mock model's serve count per prompt, the manager's DB row per task, its `task_final` log lines.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+
+from harness.checkers import Evidence
+from harness.history import History, Op, Resolution
+from harness.load.steady import Client
+from harness.stack import Stack
+from runtime.protocol import Api
+
+FINAL_LINE = re.compile(r"\btask_id=(\S+)")
+LOOKUPS_IN_FLIGHT = 8
+
+
+async def settle(client: Client, timeout_s: float) -> list[str]:
+    """Wait until the manager holds no open task (bounded); returns those still open at the end."""
+    deadline = time.monotonic() + timeout_s
+    still: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            _, env = await client.call("GET", Api.TASKS, {}, 10)
+            still = [t["task_id"] for t in env["result"]["open"]]
+            if not still:
+                return []
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
+            pass  # the manager is still coming back
+        await asyncio.sleep(0.5)
+    return still
+
+
+async def gather(stack: Stack, client: Client, ops: list[Op]) -> Evidence:
+    stats = await stack.upstream("GET", "/_mock/stats")
+    sem = asyncio.Semaphore(LOOKUPS_IN_FLIGHT)
+
+    async def row(task_id: str) -> tuple[str, dict[str, object] | None]:
+        async with sem:
+            _, env = await client.call("GET", Api.TASKS, {"task_id": task_id}, 30)
+        result = env.get("result") or {}
+        if not result.get("ok"):
+            return task_id, None  # not_found: the manager never stored it
+        task = result["task"]
+        return task_id, {"state": task["state"], "error_kind": task.get("error_kind"), "at": task.get("updated_at"),
+                         "text": (task.get("result") or {}).get("text")}
+
+    ids = sorted({o.task_id for o in ops if o.task_id})
+    rows = dict(await asyncio.gather(*(row(t) for t in ids)))
+    finals: dict[str, int] = {}
+    for line in stack.procs["manager"].log_lines("task_final"):
+        if m := FINAL_LINE.search(line):
+            finals[m.group(1)] = finals.get(m.group(1), 0) + 1
+    return Evidence(serves={k: int(v) for k, v in stats["serves"].items()},
+                    tasks={k: v for k, v in rows.items() if v is not None},
+                    finals={t: finals.get(t, 0) for t in ids}, node_ok=node_ok(stack, set(ids)))
+
+
+def node_ok(stack: Stack, ids: set[str]) -> dict[str, float]:
+    """When each node logged a task finished ok: a node's word that the work was done."""
+    out: dict[str, float] = {}
+    nodes = {o for o in stack.node_settings}
+    for name in nodes:
+        for line in stack.procs[name].log_lines("task_final"):
+            m = FINAL_LINE.search(line)
+            if m and m.group(1) in ids and " ok=True" in line and line.startswith("ts="):
+                stamp = line[3:].split(" ", 1)[0].replace("Z", "+00:00")
+                out[m.group(1)] = datetime.fromisoformat(stamp).timestamp()
+    return out
+
+
+def resolve(history: History, ev: Evidence) -> None:
+    """Settle every unknown op in the history from the DB: Jepsen's `info`, completed after recovery."""
+    for op in history.ops:
+        if op.outcome == "unknown" and op.task_id:
+            row = ev.tasks.get(op.task_id)
+            history.add(Resolution(op.op_id, op.task_id, row["state"] if row else "absent",
+                                   row.get("error_kind") if row else None))
+
+
+def save(ev: Evidence, path: Path) -> None:
+    path.write_text(json.dumps(asdict(ev)))
+
+
+def load(path: Path) -> Evidence:
+    return Evidence(**json.loads(path.read_text()))

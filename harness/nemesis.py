@@ -1,0 +1,185 @@
+"""The nemesis: a seeded schedule of faults, played one at a time against a live stack.
+
+The same seed and settings give the same schedule (kinds, targets, times, durations, parameters), so a
+failing soak can be replayed. After each fault, recovery probes run through its path until one
+succeeds, so every fault gets a measured RTO before the next one starts.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from harness import faults
+from harness.faults import FaultWindow
+from harness.history import Fault, History
+from harness.load.steady import Operations
+from harness.stack import Stack
+
+KINDS = ("manager_kill", "node_kill", "node_stop", "codex_stop", "latency", "reset_peer", "link_down",
+         "upstream_drop", "db_lock")
+MAX_FAULTS = 10_000
+LATENCIES_MS = (300, 1000, 2000)
+
+
+@dataclass(frozen=True)
+class Planned:
+    at_s: float          # seconds after the soak's start
+    kind: str
+    target: str          # manager, upstream, or a node_id
+    duration_s: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scope(self) -> str:
+        return "all" if self.target in ("manager", "upstream") else self.target
+
+
+def schedule(seed: int, nodes: list[str], kinds: list[str], start_s: float, end_s: float, interval_s: float,
+             duration_s: tuple[float, float]) -> list[Planned]:
+    """Faults between start_s and end_s, about interval_s apart; kinds come in seeded shuffled rounds, so a
+    short run still sees every kind once before any kind repeats."""
+    rng = random.Random(seed)
+    out: list[Planned] = []
+    t, deck = start_s, []
+    while len(out) < MAX_FAULTS:
+        t += rng.uniform(0.5, 1.5) * interval_s
+        length = round(rng.uniform(*duration_s), 2)
+        if t + length > end_s:
+            break
+        if not deck:
+            deck = list(kinds)
+            rng.shuffle(deck)
+        kind = deck.pop()
+        target = "manager" if kind in ("manager_kill", "db_lock") else "upstream" if kind == "upstream_drop" \
+            else rng.choice(nodes)
+        params: dict[str, Any] = {}
+        if kind == "latency":
+            ms = rng.choice(LATENCIES_MS)
+            params = {"latency_ms": ms, "jitter_ms": ms // 2}
+        out.append(Planned(round(t, 2), kind, target, length, params))
+        t += length
+    return out
+
+
+class Nemesis:
+    def __init__(self, stack: Stack, history: History, ops: Operations, nodes: list[str],
+                 recovery_timeout_s: float, probe_interval_s: float) -> None:
+        self.stack, self.history, self.ops, self.nodes = stack, history, ops, nodes
+        self.recovery_timeout_s, self.probe_interval_s = recovery_timeout_s, probe_interval_s
+        self.last: str = "none yet"
+        self.done: list[Fault] = []
+        self.skipped: list[str] = []
+
+    async def run(self, plan: list[Planned], t0: float, stop: asyncio.Event, until: float) -> None:
+        for p in plan:
+            if stop.is_set() or not await _sleep(stop, t0 + p.at_s - time.time()):
+                return
+            if time.time() + p.duration_s + self.recovery_timeout_s > until:
+                self.skipped.append(f"{p.kind} on {p.target}: no time left to recover before the end")
+                continue
+            await self.play(p, stop)
+
+    async def play(self, p: Planned, stop: asyncio.Event) -> None:
+        self.last = f"{p.kind} on {p.target} for {p.duration_s:.1f}s (now)"
+        async with AsyncExitStack() as scope:
+            window = await scope.enter_async_context(self._fault(p))
+            if window is None:
+                self.skipped.append(f"{p.kind} on {p.target}: nothing to fault right now")
+                return
+            await _sleep(stop, p.duration_s)
+        assert window.end is not None
+        fault = Fault(p.kind, p.target, p.scope, window.start, window.end, p.params)
+        self.history.add(fault)
+        self.done.append(fault)
+        if p.kind == "manager_kill":
+            await self.stack.wait_manager(timeout=30)
+        rto = await self.recover(p.scope, fault.end)
+        self.last = f"{p.kind} on {p.target} ({p.duration_s:.1f}s), " + \
+            (f"recovered in {rto:.1f}s" if rto is not None else "NOT recovered")
+
+    async def recover(self, scope: str, since: float) -> float | None:
+        """Probe each node in the fault's scope until a turn succeeds there; the slowest is the RTO."""
+        nodes = self.nodes if scope == "all" else [scope]
+        results = await asyncio.gather(*(self._probe(n, since) for n in nodes))
+        return None if None in results else max(r for r in results if r is not None)
+
+    async def _probe(self, node: str, since: float) -> float | None:
+        deadline = since + self.recovery_timeout_s
+        while time.time() < deadline:
+            op = await self.ops.run("probe", node, self.ops.chat(node, -1),
+                                    timeout=max(1.0, min(10.0, deadline - time.time())))
+            if op.outcome == "ok" and op.end is not None:
+                return op.end - since
+            await asyncio.sleep(self.probe_interval_s)
+        return None
+
+    @asynccontextmanager
+    async def _fault(self, p: Planned) -> AsyncIterator[FaultWindow | None]:
+        s, log = self.stack, self.stack.faults
+        assert s.toxics is not None
+        if p.kind == "manager_kill":
+            async with faults.killed(s.procs["manager"], log) as w:
+                yield w
+        elif p.kind == "node_kill":
+            async with faults.killed(s.procs[p.target], log) as w:
+                yield w
+        elif p.kind == "node_stop":
+            async with faults.stopped(s.procs[p.target].pid, p.target, log) as w:
+                yield w
+        elif p.kind == "codex_stop":
+            codex = [c.pid for c in s.procs[p.target].children() if "codex" in _name(c)]
+            if not codex:
+                yield None
+                return
+            async with faults.stopped(codex[0], f"{p.target}/codex", log) as w:
+                yield w
+        elif p.kind == "latency":
+            link = s.manager_link(p.target)
+            async with s.toxics.latency(link, p.params["latency_ms"], p.params["jitter_ms"]) as w, \
+                    s.toxics.latency(link, p.params["latency_ms"], p.params["jitter_ms"], stream="upstream"):
+                yield w
+        elif p.kind == "reset_peer":
+            async with s.toxics.reset_peer(s.manager_link(p.target)) as w:
+                yield w
+        elif p.kind == "link_down":
+            async with s.toxics.link_down(s.manager_link(p.target)) as w:
+                yield w
+        elif p.kind == "upstream_drop":
+            async with log.window("upstream_drop", "upstream") as w:
+                await s.upstream("POST", "/_mock/mode", {"behavior": "drop"})
+                try:
+                    yield w
+                finally:
+                    await s.upstream("POST", "/_mock/mode", {"behavior": None})
+        elif p.kind == "db_lock":
+            async with faults.db_locked(s.db_path, log) as w:
+                yield w
+        else:
+            raise ValueError(f"unknown fault kind {p.kind!r}: use one of {', '.join(KINDS)}")
+
+
+def _name(proc: Any) -> str:
+    try:
+        return str(proc.name())
+    except Exception:  # noqa: BLE001 - it exited between listing and naming
+        return ""
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep, or wake early when the run is stopped; True if the full time passed."""
+    if seconds <= 0:
+        return not stop.is_set()
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        return True
+    return False
+
+
+def plan_json(plan: list[Planned]) -> list[dict[str, Any]]:
+    return [asdict(p) for p in plan]
