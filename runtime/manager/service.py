@@ -30,6 +30,7 @@ class Manager:
         self.hub = Hub()
         self._loops: list[asyncio.Task[None]] = []
         self.started_at = time.time()
+        self.unstored: dict[str, tuple[str | None, dict[str, Any]]] = {}  # results that met a locked DB
 
     async def start(self) -> None:
         await self.store.open()
@@ -128,7 +129,15 @@ class Manager:
         clean = {k: v for k, v in result.items() if k in ("ok", "text", "thread_id", "turn_id", "error",
                                                            "error_kind", "retriable", "duration_ms")}
         clean["ok"] = bool(clean.get("ok"))
-        finished = await self.store.finish_task(task_id, clean)
+        try:
+            finished = await self.store.finish_task(task_id, clean)
+        except RelayError:
+            # The node counts this result as delivered: keep it and store it once the DB answers again.
+            self.unstored[task_id] = (node_id, clean)
+            self.hub.counters["results_deferred"] += 1
+            log(logger, logging.WARNING, "result_deferred", node_id=node_id, task_id=task_id, reason="storage_error")
+            return None
+        self.unstored.pop(task_id, None)
         if finished is None:
             self.hub.counters["duplicate_results"] += 1
             log(logger, logging.INFO, "duplicate_result_ignored", node_id=node_id, task_id=task_id)
@@ -204,6 +213,8 @@ class Manager:
             await asyncio.sleep(self.config.sweep_interval)
             try:
                 await self._reap_silent_nodes()
+                for task_id, (node_id, result) in list(self.unstored.items()):
+                    await self.accept_result(node_id, task_id, result)
                 await self._expire_overdue_tasks()
                 if time.time() - last_flush > 10 and self.hub.sessions:
                     await self.store.touch_nodes({s.node_id: s.last_seen for s in self.hub.sessions.values()})

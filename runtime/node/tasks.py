@@ -19,7 +19,9 @@ from runtime.protocol import Decision, Msg, RelayError, TaskState, message, new_
 
 logger = logging.getLogger("codex_node")
 
-KNOWN_MAX = 10_000  # remembered task ids; old final ones are forgotten first
+# Finished tasks remembered for replays (task_sync after a reconnect, a repeated assign); the manager's DB
+# is the lasting record, so a small window suffices, and keeps the node's memory flat.
+KNOWN_MAX = 1_000
 APPROVAL_METHODS = {"item/commandExecution/requestApproval": "command", "item/fileChange/requestApproval": "file_change"}
 
 
