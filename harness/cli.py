@@ -65,17 +65,20 @@ def _run_stage(stage: str, g: gates.Gates, run_id: str, run_dir: Path) -> gates.
     return verdict
 
 
-def gate(args: argparse.Namespace) -> int:
-    try:
-        g = gates.load(args.profile)
-    except gates.GatesError as exc:
-        print(f"harness gate: {exc}", file=sys.stderr)
-        return 2
-    run_id = os.environ.get("HARNESS_RUN_ID") or time.strftime("gate-%Y%m%d-%H%M%S")
-    run_dir = paths.REPORTS_DIR / run_id
+def _run_dir(kind: str) -> Path:
+    """reports/<run>: HARNESS_RUN_ID names it, so a caller can find what a run wrote."""
+    run_dir = paths.REPORTS_DIR / (os.environ.get("HARNESS_RUN_ID") or time.strftime(f"{kind}-%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def gate(args: argparse.Namespace) -> int:
+    g: gates.Gates = args.gates
+    stages = _stages(args.stages)
+    run_dir = _run_dir("gate")
+    run_id = run_dir.name
     verdicts: list[gates.Verdict] = []
-    for stage in _stages(args.stages):
+    for stage in stages:
         verdicts.append(_run_stage(stage, g, run_id, run_dir))
         if not verdicts[-1].passed:
             print(f"\ngate {stage} FAILED: later stages do not run (the plan's order is fixed)", flush=True)
@@ -109,30 +112,22 @@ def soak(args: argparse.Namespace) -> int:
     """A soak outside pytest: progress in the terminal; Ctrl-C stops it and still judges what ran."""
     from harness import soak as soak_mod  # the soak pulls in the stack and the plotting stack
 
-    try:
-        g = gates.load(args.profile)
-    except gates.GatesError as exc:
-        print(f"harness soak: {exc}", file=sys.stderr)
-        return 2
+    g: gates.Gates = args.gates
     settings = soak_mod.SoakSettings.from_gates(g)
     changes = {k: v for k, v in (("duration_s", args.duration), ("seed", args.seed),
                                  ("fault_interval_s", args.fault_interval)) if v is not None}
     if args.no_faults:
         changes["faults"] = False
     settings = dataclasses.replace(settings, **changes)
-    run_dir = paths.REPORTS_DIR / (os.environ.get("HARNESS_RUN_ID") or time.strftime("soak-%Y%m%d-%H%M%S"))
+    run_dir = _run_dir("soak")
     return asyncio.run(soak_mod.main(g, settings, run_dir))
 
 
 def burst(args: argparse.Namespace) -> int:
     from harness.load import burst as burst_mod  # Locust itself only ever runs in its own subprocesses
 
-    try:
-        g = gates.load(args.profile)
-    except gates.GatesError as exc:
-        print(f"harness burst: {exc}", file=sys.stderr)
-        return 2
-    run_dir = paths.REPORTS_DIR / (os.environ.get("HARNESS_RUN_ID") or time.strftime("burst-%Y%m%d-%H%M%S"))
+    g: gates.Gates = args.gates
+    run_dir = _run_dir("burst")
     settings = burst_mod.BurstSettings.from_gates(g, users=args.users, duration_s=args.duration, workers=args.workers)
     if args.web:
         return asyncio.run(burst_mod.web(g, settings, run_dir, args.port, args.max_time))
@@ -143,11 +138,7 @@ def check(args: argparse.Namespace) -> int:
     """Judge a recorded soak again, offline: the checkers are pure functions of its files."""
     from harness import soak as soak_mod
 
-    try:
-        g = gates.load(args.profile)
-    except gates.GatesError as exc:
-        print(f"harness check: {exc}", file=sys.stderr)
-        return 2
+    g: gates.Gates = args.gates
     return soak_mod.recheck(g, Path(args.run_dir))
 
 
@@ -186,6 +177,11 @@ def main(argv: list[str] | None = None) -> None:
     p_check.add_argument("--profile", default="full", choices=gates.PROFILES)
     p_check.set_defaults(func=check)
     args = parser.parse_args(argv)
+    try:
+        args.gates = gates.load(args.profile)
+    except gates.GatesError as exc:
+        print(f"harness {args.command}: {exc}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(args.func(args))
 
 
