@@ -34,12 +34,11 @@ async def test_sequential_turns_healthy_then_upstream_faulted(stack: Stack, run_
         after = await ops.run("dispatch_text", "d1", ops.chat("d1", 0))
         ev = await evidence.gather(stack, client, history.ops)
 
-    p95 = checkers.percentile(checkers.latencies_ms(healthy), 95)
+    # Latency is judged by gate D's thresholds on the soak's history, not here: this case reports it.
     allure.attach(checkers.report(checkers.summarize(history.ops, [], ev, [], 0, 0.05, 3)), name="D-01 figures",
                   attachment_type=allure.attachment_type.TEXT)
     allure.attach.file(history.path, name="history", attachment_type=allure.attachment_type.TEXT)
     assert [o.outcome for o in healthy] == ["ok"] * TURNS, [(o.outcome, o.error_kind, o.detail) for o in healthy]
-    assert p95 is not None and p95 < 30_000, f"healthy P95 {p95} ms (the seed saw 56 s)"
     for op in faulted:
         assert (op.outcome, op.error_kind, op.retriable) == ("fail", "upstream_disconnect", True), \
             (op.outcome, op.error_kind, op.retriable, op.detail)
