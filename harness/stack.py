@@ -13,6 +13,8 @@ import secrets
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -217,6 +219,15 @@ class Stack:
                 raise RuntimeError(f"node {node_id} exited with {proc.returncode}; see {proc.log_path}")
             await asyncio.sleep(0.1)
         raise TimeoutError(f"node {node_id} not {'online' if online else 'offline'} within {timeout}s")
+
+    @asynccontextmanager
+    async def node_cut_off(self, node_id: str) -> AsyncIterator[None]:
+        """The node's link to the manager is down and the manager has noticed; back online on exit."""
+        assert self.toxics is not None
+        async with self.toxics.link_down(self.manager_link(node_id)):
+            await self.wait_online(node_id, online=False, timeout=10)
+            yield
+        await self.wait_online(node_id)
 
     async def wait_heartbeat(self, node_id: str, after: float, timeout: float = 30.0) -> None:
         """Online with a heartbeat newer than `after`: the link works again, not merely not yet reaped.

@@ -114,12 +114,16 @@ async def model(relay: Relay, req: Req, args: str) -> None:
     await relay.say(req, *render.models(list(listed.get("data") or []), chat.get("model")))
 
 
-@button(Cb.MODEL)
-async def model_button(relay: Relay, req: Req, name: str) -> str:
-    text = await _select_model(relay, req, name)
+async def _replace_listing(relay: Relay, req: Req, text: str) -> str:
+    """A picked button's listing becomes the outcome, so a stale list cannot be tapped again."""
     if req.message_id is not None:
         await relay.delivery.edit(req.chat_id, req.message_id, text, None, trace_id=req.trace_id)
     return text
+
+
+@button(Cb.MODEL)
+async def model_button(relay: Relay, req: Req, name: str) -> str:
+    return await _replace_listing(relay, req, await _select_model(relay, req, name))
 
 
 async def _select_thread(relay: Relay, req: Req, thread_id: str) -> str:
@@ -144,10 +148,7 @@ async def thread(relay: Relay, req: Req, args: str) -> None:
 
 @button(Cb.THREAD)
 async def thread_button(relay: Relay, req: Req, thread_id: str) -> str:
-    text = await _select_thread(relay, req, thread_id)
-    if req.message_id is not None:
-        await relay.delivery.edit(req.chat_id, req.message_id, text, None, trace_id=req.trace_id)
-    return text
+    return await _replace_listing(relay, req, await _select_thread(relay, req, thread_id))
 
 
 # ---- tokens (admins) -----------------------------------------------------------------------------

@@ -118,17 +118,14 @@ async def test_approve_without_arguments(stack: Stack, tg: FakeTelegram) -> None
 @pytest.mark.case("A3-04")
 async def test_callback_selects_offline_node(stack: Stack, tg: FakeTelegram) -> None:
     """a node button tapped after its node went offline: the alert contains `offline` and nothing is selected"""
-    assert stack.toxics is not None
     user = fresh(tg, Stack.USER)
     listing = await ask(user, "/node")
     label, data = button(listing, NODE)
     assert label.endswith("(online)"), label
-    async with stack.toxics.link_down(stack.manager_link(NODE)):
-        await stack.wait_online(NODE, online=False, timeout=10)
+    async with stack.node_cut_off(NODE):
         alert = await user.alert(await user.tap(listing["message_id"], data))
         assert "offline" in alert["text"] and NODE in alert["text"] and alert["show_alert"], alert
         assert (await chat_route(stack, user))["node_id"] is None
-    await stack.wait_online(NODE)
 
 
 @pytest.mark.case("A3-05")

@@ -77,14 +77,11 @@ async def test_status_no_node_selected(stack: Stack, tg: FakeTelegram) -> None:
 @pytest.mark.case("B2-03")
 async def test_status_selected_node_offline(stack: Stack, tg: FakeTelegram) -> None:
     """/status with the chat's node offline says it is offline and what to do; online again once it is back"""
-    assert stack.toxics is not None
     user = await chat_with_node(tg)
-    async with stack.toxics.link_down(stack.manager_link(NODE)):
-        await stack.wait_online(NODE, online=False, timeout=10)
+    async with stack.node_cut_off(NODE):
         text = await ask(user, "/status")
         assert not (await stack.call(Api.STATUS, {"node_id": NODE}))["online"]
         assert text.startswith(f"Node {NODE} is offline (last seen ") and "pick another node with /node" in text, text
-    await stack.wait_online(NODE)
     assert (await ask(user, "/status")).startswith(f"Node {NODE}: online")
 
 
@@ -171,17 +168,14 @@ async def test_commands_match_backend(stack: Stack, tg: FakeTelegram) -> None:
 @pytest.mark.case("B2-08")
 async def test_no_node_online(stack: Stack, tg: FakeTelegram) -> None:
     """with no node online, /node says so and a message for Codex gets a clear node_offline reply"""
-    assert stack.toxics is not None
     user = await chat_with_node(tg)
-    async with stack.toxics.link_down(stack.manager_link(NODE)):
-        await stack.wait_online(NODE, online=False, timeout=10)
+    async with stack.node_cut_off(NODE):
         assert (await stack.call(Api.SERVERS))["online"] == []
         listing = await ask(user, "/node")
         assert "No node is online right now" in listing and node_states(listing)[NODE] == "offline", listing
         await user.say("hello while nothing is online")
         failed = await user.until_shown(lambda m: "⏳" not in m["text"] and "Codex turn" in m["text"], timeout=15)
         assert "kind=node_offline" in failed["text"] and "pick another node with /node" in failed["text"], failed
-    await stack.wait_online(NODE)
     assert node_states(await ask(user, "/node"))[NODE] == "online"
 
 
