@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from aiohttp import web
 from harness import paths
 from harness.procs import Proc
 from harness.stack import Stack
+from runtime import eventloop
 from runtime.protocol import Api, Msg, decode, encode, message
 
 SOCKETS: dict[str, web.WebSocketResponse] = {}
@@ -71,7 +73,8 @@ def main() -> None:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--ready-file", type=Path, required=True)
     a = p.parse_args()
-    asyncio.run(serve(a.port, a.ready_file))
+    # The manager's loop, whichever it is: the baseline must differ from the manager only in its logic.
+    eventloop.run(serve(a.port, a.ready_file), os.environ.get("CODEX_RELAY_EVENT_LOOP", eventloop.DEFAULT))
 
 
 async def start(s: Stack) -> int:

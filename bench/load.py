@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from runtime import eventloop
 from runtime.protocol import Api, encode
 
 OK_PREFIX = b'{"ok":true,"result":{"ok":true'
@@ -91,7 +92,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     a = p.parse_args()
-    print(json.dumps(asyncio.run(run(a.port, a.token, a.nodes.split(","), a.concurrency, a.seconds, a.warmup))))
+    print(json.dumps(eventloop.run(run(a.port, a.token, a.nodes.split(","), a.concurrency, a.seconds, a.warmup))))
 
 
 if __name__ == "__main__":

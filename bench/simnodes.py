@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import paths
-from runtime import logfmt
+from runtime import eventloop, logfmt
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
 from runtime.protocol import Msg, message, result_fields
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     raise_fd_limit()
     logfmt.setup("error")  # a fleet's routine reconnect lines would drown the log; losses are counted instead
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    asyncio.run(_worker(a))
+    eventloop.run(_worker(a))  # the load side stays on one loop whatever the servers use
     os._exit(0)  # thousands of sockets: let the kernel close them instead of a slow graceful close
 
 

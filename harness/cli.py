@@ -35,7 +35,7 @@ def _stages(selected: list[str]) -> list[str]:
     return [s for s in gates.STAGES if s in wanted]
 
 
-def _run_stage(stage: str, g: gates.Gates, run_id: str, run_dir: Path) -> gates.Verdict:
+def _run_stage(stage: str, g: gates.Gates, run_id: str, run_dir: Path, workers: int) -> gates.Verdict:
     target = g.stage_path(stage)
     started = time.monotonic()
     if not target.exists():
@@ -43,6 +43,10 @@ def _run_stage(stage: str, g: gates.Gates, run_id: str, run_dir: Path) -> gates.
                                                             f"{target.relative_to(paths.REPO_ROOT)} does not exist")])
     argv = [sys.executable, "-m", "pytest", str(target), f"--profile={g.profile}",
             f"--alluredir={run_dir / 'allure-results'}", "-q", "-p", "no:cacheprovider"]
+    if workers > 1:  # pytest-xdist: a stack per worker; the controller still judges the whole gate
+        # worksteal: a case's runs sit next to each other, so plain `load` can hand one worker all the
+        # runs of the slowest case; an idle worker steals instead.
+        argv += ["-n", str(workers), "--dist", "worksteal"]
     print(f"\n== gate {stage}: {' '.join(argv[2:])}", flush=True)
     env = {**os.environ, "HARNESS_RUN_ID": run_id}
     # Ctrl-C reaches pytest too, which winds down (a soak still judges what ran): wait for its verdict.
@@ -79,7 +83,7 @@ def gate(args: argparse.Namespace) -> int:
     run_id = run_dir.name
     verdicts: list[gates.Verdict] = []
     for stage in stages:
-        verdicts.append(_run_stage(stage, g, run_id, run_dir))
+        verdicts.append(_run_stage(stage, g, run_id, run_dir, args.workers or g.workers(stage)))
         if not verdicts[-1].passed:
             print(f"\ngate {stage} FAILED: later stages do not run (the plan's order is fixed)", flush=True)
             break
@@ -149,6 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     p_gate.add_argument("stages", nargs="*", default=["all"], help="A, B, C, D, all, or single stages like A2")
     p_gate.add_argument("--profile", default="quick", choices=gates.PROFILES,
                         help="quick (default), ci, or full (the user's numbers and durations)")
+    p_gate.add_argument("--workers", type=int, choices=range(1, 17), metavar="N",
+                        help="pytest-xdist workers for every stage, each with its own stacks "
+                             "(default: gates.yaml `workers`; 1 runs each stage in one process)")
     p_gate.set_defaults(func=gate)
 
     p_soak = sub.add_parser("soak", help="boot a stack and soak it under load and seeded faults; Ctrl-C stops early")

@@ -127,6 +127,7 @@ class FakeTelegram:
         self.next_mid: dict[int, int] = {}  # survives reset so a bot holding old ids never hits a reused one
         self.commands: list[Json] = []
         self.closing = False
+        self.polls_waiting = 0  # getUpdates requests being held open: the bot is listening
         self.changed = asyncio.Condition()  # wakes long polls: new update, new call, newer poll, shutdown
         self.handlers = {n.lower(): n for n in TRUE_METHODS + (
             "getMe", "deleteWebhook", "getUpdates", "sendMessage", "editMessageText", "editMessageReplyMarkup",
@@ -235,8 +236,12 @@ class FakeTelegram:
             self.updates = [u for u in self.updates if u["update_id"] >= offset]
         self.poll_gen += 1
         gen = self.poll_gen
-        await self._notify()  # an older poll still waiting gets 409, as from Telegram
-        await self._wait(lambda: bool(self.updates) or gen != self.poll_gen, float(p.get("timeout") or 0))
+        self.polls_waiting += 1
+        try:
+            await self._notify()  # an older poll still waiting gets 409, as from Telegram
+            await self._wait(lambda: bool(self.updates) or gen != self.poll_gen, float(p.get("timeout") or 0))
+        finally:
+            self.polls_waiting -= 1
         if gen != self.poll_gen:
             raise TgError(409, "Conflict: terminated by other getUpdates request; "
                                "make sure that only one bot instance is running")
@@ -380,6 +385,9 @@ class FakeTelegram:
                 result = {"ok": True, "last_seq": self.seq}
             elif route == ("GET", "updates/pending"):
                 result = {"pending": len(self.updates)}
+            elif route == ("GET", "polling"):  # `wait` long-polls until the bot holds a getUpdates open
+                await self._wait(lambda: self.polls_waiting > 0, min(float(q.get("wait", 0)), 60.0))
+                result = {"polling": self.polls_waiting > 0}
             elif route[0] == "GET" and route[1].startswith("chat/"):
                 result = self.c_chat(int(route[1].removeprefix("chat/")))
             else:

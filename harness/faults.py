@@ -58,8 +58,11 @@ class FaultLog:
 class Toxics:
     """The one wrapper around toxiproxy-python for a run's Toxiproxy server."""
 
-    def __init__(self, host: str, port: int, log: FaultLog) -> None:
+    def __init__(self, host: str, port: int, log: FaultLog, shared_prefix: str | None = None) -> None:
         self.host, self.port, self.log = host, port, log
+        # On a Toxiproxy shared with other stacks (TOXIPROXY_URL, parallel workers), only proxies named
+        # with this prefix are ours to reset.
+        self.shared_prefix = shared_prefix
         self._server = toxiproxy.Toxiproxy()
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -77,7 +80,17 @@ class Toxics:
 
     async def reset(self) -> None:
         """Every proxy enabled, every toxic gone: the clean state between cases."""
-        await self._call(self._server.reset)
+        if self.shared_prefix is None:
+            await self._call(self._server.reset)
+            return
+
+        def ours() -> None:
+            for name, proxy in self._server.proxies().items():
+                if name.startswith(self.shared_prefix or ""):
+                    for toxic in proxy.toxics():
+                        proxy.destroy_toxic(toxic)
+                    proxy.enable()
+        await self._call(ours)
 
     async def _proxy(self, name: str) -> Any:
         proxy = await self._call(self._server.get_proxy, name)

@@ -4,6 +4,7 @@ A bad file fails with the key that is wrong; no threshold is written anywhere bu
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import re
@@ -61,6 +62,10 @@ class Gates:
             node = node[part]
         return node
 
+    def workers(self, stage: str) -> int:
+        """pytest-xdist workers for the stage under `harness gate`; 1 means one process, no xdist."""
+        return int(self.raw["workers"][stage])
+
     def required_passes(self, kind: str) -> int:
         full = int(self.raw["gates"]["A"]["consecutive_passes"].get(kind, 1))
         return max(1, math.ceil(full * float(self.raw["profiles"][self.profile]["repeat_scale"])))
@@ -77,6 +82,7 @@ def load(profile: str = "full", path: Path = GATES_FILE) -> Gates:
         raise GatesError(f"gates.yaml: `order` must be {list(STAGES)}: the plan's order is fixed")
     for stage in STAGES:
         _get(doc, f"stages.{stage}", str)
+        _get(doc, f"workers.{stage}", int, lambda v: 1 <= v <= 16)
     for name in PROFILES:
         _get(doc, f"profiles.{name}.repeat_scale", (int, float), lambda v: 0 < v <= 1)
         _get(doc, f"profiles.{name}", dict)
@@ -280,9 +286,12 @@ MEASURES_FILE = "D-measures.json"
 def record_measures(run_dir: Path, section: str, measured: dict[str, tuple[float | None, str]]) -> None:
     """A D scenario leaves what it measured for the gate, which judges it when the session ends."""
     path = run_dir / MEASURES_FILE
-    doc = json.loads(path.read_text()) if path.exists() else {}
-    doc[section] = {label: list(v) for label, v in measured.items()}
-    path.write_text(json.dumps(doc, indent=2))
+    # Locked: under xdist the soak and the burst may finish on two workers at once.
+    with open(run_dir / (MEASURES_FILE + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        doc[section] = {label: list(v) for label, v in measured.items()}
+        path.write_text(json.dumps(doc, indent=2))
 
 
 def _measured_d(g: Gates, run_dir: Path | None) -> list[Criterion]:

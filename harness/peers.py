@@ -24,6 +24,7 @@ class ScriptedNode:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None
+        self.close_frame_code: int | None = None  # the code in the manager's close frame, if one arrived
 
     async def connect(self) -> ScriptedNode:
         self.ws = await self.http.ws_connect(self.url, max_msg_size=0)
@@ -57,16 +58,24 @@ class ScriptedNode:
                 return msg
 
     async def closed(self, timeout: float = 10.0) -> int | None:
-        """Wait for the manager to close this socket; returns the close code."""
+        """Wait for the manager to close this socket; returns the code the manager closed it with."""
         assert self._reader is not None and self.ws is not None
         await asyncio.wait_for(asyncio.shield(self._reader), timeout)
-        return self.ws.close_code
+        return self.close_frame_code if self.close_frame_code is not None else self.ws.close_code
 
     async def _read(self) -> None:
         assert self.ws is not None
-        async for frame in self.ws:
+        while True:
+            frame = await self.ws.receive()
             if frame.type == aiohttp.WSMsgType.TEXT:
                 await self.inbox.put(decode(frame.data))
+            elif frame.type == aiohttp.WSMsgType.CLOSE:
+                # Kept apart from ws.close_code, which aiohttp turns into 1006 when its own closing reply
+                # fails: a manager that refuses an oversized frame closes (and resets) while we still write.
+                self.close_frame_code = int(frame.data)
+                return
+            elif frame.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                return
 
     async def close(self) -> None:
         if self.ws is not None:

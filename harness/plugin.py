@@ -2,9 +2,14 @@
 run, fill each run's record, and evaluate the stage's gate when the session ends.
 
 So `pytest scenarios/A` evaluates gate A, and fails if it fails.
+
+Under pytest-xdist (`-n N`) each worker runs cases on stacks of its own and sends every run's record
+with its teardown report; the controller alone writes cases.jsonl and judges the gates, from the
+records of every worker, so each run counts exactly once.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -15,11 +20,10 @@ from typing import Any
 import allure
 import pytest
 
-from harness import checks, gates, records
+from harness import checks, gates, paths, records
 from harness.cases import Case, catalogue
 from harness.stack import Stack
 
-RUN_ID = os.environ.get("HARNESS_RUN_ID") or time.strftime("run-%Y%m%d-%H%M%S")
 GATES_KEY = pytest.StashKey[gates.Gates]()
 STATE_KEY = pytest.StashKey[dict[str, Any]]()
 
@@ -34,9 +38,25 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[GATES_KEY] = gates.load(config.getoption("profile"))
     except gates.GatesError as exc:
         raise pytest.UsageError(str(exc)) from None
-    run_dir = Path(config.rootpath) / "reports" / RUN_ID
+    if is_worker(config):  # the controller named the run's folder; a worker's own clock may disagree
+        run_dir = Path(config.workerinput["harness_run_dir"])  # type: ignore[attr-defined]
+    else:
+        run_dir = paths.REPORTS_DIR / (os.environ.get("HARNESS_RUN_ID") or time.strftime("run-%Y%m%d-%H%M%S"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    config.stash[STATE_KEY] = {"run_dir": run_dir, "runs": {}, "records": [], "started": {}, "stage_time": {}}
+    config.stash[STATE_KEY] = {"run_dir": run_dir, "runs": {}, "started": {}, "stage_time": {}}
+    if not is_worker(config):
+        config.pluginmanager.register(_Tally(config.stash[STATE_KEY]), "harness-tally")
+
+
+def is_worker(config: pytest.Config) -> bool:
+    """An xdist worker: it runs cases, the controller records and judges them."""
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist, on the controller: every worker writes into this run's folder."""
+    node.workerinput["harness_run_dir"] = str(node.config.stash[STATE_KEY]["run_dir"])
 
 
 def case_of(item: pytest.Item) -> Case:
@@ -146,7 +166,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and info["failed"] is None:
         info["failed"] = _first_line(report)
     if report.when == "teardown":
-        _record(item, state, state["started"].pop(item.nodeid))
+        # On the report, not in this process's state: under xdist it travels to the controller with it.
+        report.harness_record = dataclasses.asdict(_record(item, state["started"].pop(item.nodeid)))  # type: ignore[attr-defined]
 
 
 def _stack(item: pytest.Item) -> Stack | None:
@@ -165,14 +186,14 @@ def _first_line(report: pytest.TestReport) -> str:
     return errors[0].removeprefix("E ").strip()[:400]
 
 
-def _record(item: pytest.Item, state: dict[str, Any], info: dict[str, Any]) -> None:
-    """Fill the seed's record for this run and count it toward its case's gate."""
+def _record(item: pytest.Item, info: dict[str, Any]) -> records.CaseRecord:
+    """Fill the seed's record for this run."""
     case, end, stack = case_of(item), time.time(), _stack(item)
     run = int(item.callspec.params.get("gate_run", 1)) if hasattr(item, "callspec") else 1
     trail = _trail(item)[info["trail_from"]:]
     ids = sorted({i for e in trail for i in e.get("ids", [])})
     passed = info["failed"] is None
-    rec = records.CaseRecord(
+    return records.CaseRecord(
         case_id=case.id, run=run, stage=case.stage, kind=case.kind, title=case.case,
         preconditions=_preconditions(item), steps=records.summarize(trail),
         expected=case.expected, actual="as expected" if passed else info["failed"],
@@ -180,21 +201,45 @@ def _record(item: pytest.Item, state: dict[str, Any], info: dict[str, Any]) -> N
         logs=records.located_logs(list(stack.procs.values()) if stack else [], ids, info["start"], end), ids=ids,
         root_cause=None if passed else info["failed"], fix_commit=None if passed else records.head_commit(),
         seconds=round(end - info["start"], 3))
-    state["records"].append(rec)
-    records.append(state["run_dir"] / "cases.jsonl", rec)
-    runs = state["runs"].setdefault(case.stage, {}).setdefault(case.id, gates.CaseRuns(case))
-    runs.outcomes.append(passed)
-    if not passed:
-        runs.failures.append(f"run{run}: {info['failed']}")
-    state["stage_time"][case.stage] = state["stage_time"].get(case.stage, 0.0) + rec.seconds
+
+
+class _Tally:
+    """Counts each run's record toward its case's gate, in the one process that judges (under xdist, the
+    controller: the record arrives with the worker's teardown report)."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, "harness_record", None)
+        if data is None or report.when != "teardown":
+            return
+        rec = records.CaseRecord(**data)
+        records.append(self.state["run_dir"] / "cases.jsonl", rec)
+        runs = self.state["runs"].setdefault(rec.stage, {}).setdefault(rec.case_id, [])
+        runs.append((rec.run, rec.result == "PASS", rec.root_cause))
+        self.state["stage_time"][rec.stage] = self.state["stage_time"].get(rec.stage, 0.0) + rec.seconds
+
+
+def _case_runs(case_id: str, runs: list[tuple[int, bool, str | None]]) -> gates.CaseRuns:
+    """A case's runs in run order: workers finish them in any order, and the gate counts passes in a row."""
+    out = gates.CaseRuns(catalogue()[case_id])
+    for run, passed, failure in sorted(runs, key=lambda r: r[0]):
+        out.outcomes.append(passed)
+        if not passed:
+            out.failures.append(f"run{run}: {failure}")
+    return out
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if is_worker(session.config):
+        return  # a worker saw only its share of the runs: the controller judges
     state = session.config.stash[STATE_KEY]
     g = session.config.stash[GATES_KEY]
     complete = not (session.config.option.keyword or session.config.option.markexpr or
                     any("::" in a for a in session.config.args))
-    verdicts = [gates.evaluate(stage, runs, g, complete, state["stage_time"].get(stage, 0.0), state["run_dir"])
+    verdicts = [gates.evaluate(stage, {cid: _case_runs(cid, rs) for cid, rs in runs.items()}, g, complete,
+                               state["stage_time"].get(stage, 0.0), state["run_dir"])
                 for stage, runs in sorted(state["runs"].items(), key=lambda kv: gates.STAGES.index(kv[0]))]
     state["verdicts"] = verdicts
     for v in verdicts:

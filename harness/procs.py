@@ -60,6 +60,18 @@ class Proc:
         except psutil.NoSuchProcess:
             return []
 
+    def children_named(self, name: str) -> list[psutil.Process]:
+        """Live descendants called `name`. One that exits while being looked at (a codex helper, a
+        command it ran) is skipped, not an error."""
+        found = []
+        for child in self.children():
+            try:
+                if child.name() == name:
+                    found.append(child)
+            except psutil.NoSuchProcess:
+                continue
+        return found
+
     def signal_group(self, sig: signal.Signals) -> None:
         if self.popen is not None:
             try:

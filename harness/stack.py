@@ -50,6 +50,7 @@ metrics_exporter = "none"
 [features]
 plugins = false          # otherwise codex syncs plugins from the internet at startup
 remote_plugin = false
+shell_snapshot = false   # else each new thread runs a login shell: the machine's ~/.bashrc (pyenv here), per turn
 apps = false
 [model_providers.mock]
 name = "mock"
@@ -112,7 +113,8 @@ class Stack:
             # A Toxiproxy the user already runs (Docker, Homebrew): share it, with our own proxy names.
             parsed = urlsplit(url)
             await self._wait_http(f"{url.rstrip('/')}/version", "toxiproxy")
-            self.toxics = Toxics(parsed.hostname or "127.0.0.1", parsed.port or 8474, self.faults)
+            self.toxics = Toxics(parsed.hostname or "127.0.0.1", parsed.port or 8474, self.faults,
+                                 shared_prefix=f"{self.root.name}_")
             return
         port = free_port()
         self._proc("toxiproxy", [str(paths.toxiproxy_server()), "-host", "127.0.0.1", "-port", str(port)]).start()
@@ -181,7 +183,9 @@ class Stack:
         self.node_settings[node_id] = {
             "node_id": node_id, "token": token, "manager_url": f"ws://127.0.0.1:{mgr_port}{Api.NODE_WS}",
             "cwd": str(cwd), "codex_bin": str(paths.codex_bin()), "codex_home": str(home),
-            "heartbeat_interval": 1.0, "manager_silence": 4.0, **settings, **NODE_OVERRIDES}
+            # Heartbeats every 0.5 s: cases that wait for one (or for proof there was none) wait less. The
+            # silence limit stays above the longest request a case holds in a link (B2's 2 s app-server call).
+            "heartbeat_interval": 0.5, "manager_silence": 4.0, **settings, **NODE_OVERRIDES}
         proc = self._proc(node_id, self.node_argv(node_id))
         proc.start()
         if wait:
@@ -267,7 +271,7 @@ class Stack:
             argv += [f"--{key.replace('_', '-')}", str(value)]
         self._proc("bot", argv).start()
         self.telegram = FakeTelegram(self._http, tg_port)
-        await self.telegram.wait_call("getUpdates", None, 0, 20)
+        await self.telegram.wait_polling(20)
         return self.telegram
 
     @property

@@ -105,6 +105,15 @@ class FakeTelegram:
             raise TimeoutError(f"the bot made no successful {method or 'call'} to chat {chat_id} within {timeout}s")
         return {}
 
+    async def wait_polling(self, timeout: float) -> None:
+        """Until the bot holds a getUpdates open: it is listening. (A long poll is recorded as a call only
+        when it answers, up to the bot's poll timeout later.)"""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if (await self.get("polling", wait=round(min(left, 60), 2)))["polling"]:
+                return
+        raise TimeoutError(f"the bot did not poll for updates within {timeout}s")
+
     async def fault(self, method: str, **fault: Any) -> None:
         await self.post("faults", {"method": method, **fault})
 

@@ -1,29 +1,38 @@
 """Fixtures shared by every stage: the run's report folder and a real stack per module."""
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from harness import paths
-from harness.procs import reap_all
 from harness.gates import Gates
-from harness.plugin import GATES_KEY, RUN_ID
+from harness.plugin import GATES_KEY, STATE_KEY
+from harness.procs import reap_all
 from harness.stack import Stack
 
 
 @pytest.fixture(scope="session")
-def run_dir() -> Iterator[Path]:
-    path = paths.REPORTS_DIR / RUN_ID
-    path.mkdir(parents=True, exist_ok=True)
+def run_dir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    path: Path = request.config.stash[STATE_KEY]["run_dir"]
     yield path
     leaked = reap_all()
     assert not leaked, f"processes outlived their fixtures: {leaked}"
 
 
 def _module_dir(run_dir: Path, request: pytest.FixtureRequest) -> Path:
-    return run_dir / "stacks" / request.module.__name__.rsplit(".", 1)[-1]
+    """A fresh folder (DB, logs, Toxiproxy proxy names) for each stack: each xdist worker boots its own, and
+    one that comes back to a module after another boots a new one."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+        name = f"{name}-{worker}"
+    path = run_dir / "stacks" / name
+    for n in range(2, 1000):
+        if not path.exists():
+            break
+        path = run_dir / "stacks" / f"{name}-{n}"
+    return path
 
 
 @pytest.fixture(scope="module")

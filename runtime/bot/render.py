@@ -93,17 +93,30 @@ def offline(node_id: str, last_seen: float | None) -> str:
             "Wait for it to reconnect, or pick another node with /node.")
 
 
+MAX_LISTED = 20  # a fleet of thousands would pass Telegram's 4096 characters and its keyboard limits
+
+
+def _rank(node: dict[str, Any], selected: str | None) -> tuple[bool, bool, float, str]:
+    """The selected node first, then online ones by node_id, then offline ones most recently seen first."""
+    online = bool(node.get("online"))
+    return node["node_id"] != selected, not online, 0.0 if online else -float(node.get("last_seen") or 0), node["node_id"]
+
+
 def nodes(servers: list[dict[str, Any]], selected: str | None) -> tuple[str, InlineKeyboardMarkup | None]:
     if not servers:
         return NO_NODES, None
     lines, rows = ["Nodes (tap one to use it in this chat):"], []
-    for n in servers:
+    for n in sorted(servers, key=lambda n: _rank(n, selected))[:MAX_LISTED]:
         state = "online" if n.get("online") else f"offline, last seen {ago(n.get('last_seen'))}"
         mark = " ← selected" if n["node_id"] == selected else ""
         lines.append(f"• {n['node_id']}: {state}{mark}")
         if fits(Cb.NODE, n["node_id"]):
             label = f"{'✅ ' if mark else ''}{n['node_id']} ({'online' if n.get('online') else 'offline'})"
             rows.append([(label, callback(Cb.NODE, n["node_id"]))])
+    if len(servers) > MAX_LISTED:
+        online = sum(1 for n in servers if n.get("online"))
+        lines.append(f"…and {len(servers) - MAX_LISTED} more ({len(servers)} nodes, {online} online). "
+                     "Pick any by name: /node <node_id>")
     if not any(n.get("online") for n in servers):
         lines.append("No node is online right now: start one, or wait for it to reconnect.")
     return "\n".join(lines), keyboard(rows)

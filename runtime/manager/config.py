@@ -5,6 +5,8 @@ import argparse
 import os
 from dataclasses import dataclass
 
+from runtime import eventloop
+
 
 @dataclass(frozen=True)
 class ManagerConfig:
@@ -20,6 +22,9 @@ class ManagerConfig:
     result_grace: float = 120.0
     sweep_interval: float = 1.0
     log_level: str = "info"
+    event_loop: str = eventloop.DEFAULT
+    # Seconds between scheduled full GC passes (runtime/manager/collector.py); 0 keeps CPython's schedule.
+    gc_interval: float = 300.0
 
 
 ENV_PREFIX = "CODEX_RELAY_"
@@ -41,9 +46,17 @@ def parse(argv: list[str] | None = None) -> ManagerConfig:
     p.add_argument("--result-grace", type=float, default=d.result_grace)
     p.add_argument("--sweep-interval", type=float, default=d.sweep_interval)
     p.add_argument("--log-level", default=env.get(ENV_PREFIX + "LOG_LEVEL", d.log_level))
+    p.add_argument("--gc-interval", type=float, default=d.gc_interval,
+                   help="seconds between scheduled full GC passes; 0 keeps CPython's own schedule")
+    p.add_argument("--event-loop", choices=eventloop.LOOPS,
+                   default=env.get(ENV_PREFIX + "EVENT_LOOP", d.event_loop))
     a = p.parse_args(argv)
     if not a.control_token:
         p.error("a control token is required: pass --control-token or set CODEX_RELAY_CONTROL_TOKEN")
     if a.offline_timeout <= a.heartbeat_interval:
         p.error("--offline-timeout must be longer than --heartbeat-interval, or every node flaps offline")
+    if a.event_loop not in eventloop.LOOPS:  # argparse checks choices for flags, not for the env default
+        p.error(f"unknown event loop {a.event_loop!r} in CODEX_RELAY_EVENT_LOOP: use one of {', '.join(eventloop.LOOPS)}")
+    if a.gc_interval < 0:
+        p.error("--gc-interval must be 0 (off) or a positive number of seconds")
     return ManagerConfig(**{k: v for k, v in vars(a).items()})

@@ -4,7 +4,6 @@ The declarations drive both validation and /openapi.json, so the two cannot disa
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -14,9 +13,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import WSMsgType, web
 
 from runtime.logfmt import log
+from runtime.manager.collector import collection_paused
 from runtime.manager.service import Manager
 from runtime.protocol import (Api, ApprovalState, Decision, Event, RelayError, business_fail, business_ok,
-                              control_fail, encode, kind_of, message, new_id)
+                              control_fail, encode, encode_bytes, kind_of, loads, message, new_id)
 
 logger = logging.getLogger("codex_manager.control")
 
@@ -32,15 +32,16 @@ class Route:
     required: dict[str, str]
     optional: dict[str, str]
     handler: Handler
+    bulk: bool = False  # builds a large reply without awaiting: see collector.collection_paused
 
 
 ROUTES: list[Route] = []
 
 
 def route(method: str, path: Api, summary: str, required: dict[str, str] | None = None,
-          optional: dict[str, str] | None = None) -> Callable[[Handler], Handler]:
+          optional: dict[str, str] | None = None, bulk: bool = False) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        ROUTES.append(Route(method, path.value, summary, required or {}, optional or {}, fn))
+        ROUTES.append(Route(method, path.value, summary, required or {}, optional or {}, fn, bulk))
         return fn
     return register
 
@@ -62,6 +63,26 @@ def _positive(body: dict[str, Any], name: str, default: float) -> float:
     return value
 
 
+def _flag(body: dict[str, Any], name: str) -> bool | None:
+    value = body.get(name)
+    if value in (None, ""):
+        return None
+    if str(value).lower() in ("true", "1"):
+        return True
+    if str(value).lower() in ("false", "0"):
+        return False
+    raise RelayError("invalid_request", f"`{name}` must be true or false, got {value!r}")
+
+
+def _page_limit(value: str | None) -> int:
+    """-1 (everything) unless the caller pages."""
+    if value in (None, ""):
+        return -1
+    if not str(value).isdigit() or int(value) < 1:
+        raise RelayError("invalid_request", f"`limit` must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def _decision(value: str) -> Decision:
     try:
         return Decision(value)
@@ -71,9 +92,12 @@ def _decision(value: str) -> Decision:
 
 # ---- handlers ----------------------------------------------------------------------------------
 
-@route("GET", Api.SERVERS, "Nodes known to the manager, with online state and last-seen")
+@route("GET", Api.SERVERS, "Nodes known to the manager, with online state and last-seen; "
+       "?online=true|false filters on the stored state, ?limit=N&after=<node_id> pages by node_id", {},
+       {"online": "string", "limit": "string", "after": "string"}, bulk=True)
 async def servers(mgr: Manager, body: dict[str, Any], trace_id: str) -> dict[str, Any]:
-    nodes = await mgr.store.list_nodes()
+    limit = _page_limit(body.get("limit"))
+    nodes = mgr.store.list_nodes(_flag(body, "online"), body.get("after") or "", limit)
     for node in nodes:
         session = mgr.hub.online(node["node_id"])
         # `online` is the live socket; `stored_online` is what the DB says, so checks can compare them.
@@ -81,12 +105,13 @@ async def servers(mgr: Manager, body: dict[str, Any], trace_id: str) -> dict[str
         node["online"] = session is not None
         if session is not None:
             node["last_seen"] = session.last_seen
-    return business_ok(servers=nodes, online=sorted(mgr.hub.sessions))
+    next_after = nodes[-1]["node_id"] if nodes and len(nodes) == limit else None
+    return business_ok(servers=nodes, online=sorted(mgr.hub.sessions), next_after=next_after)
 
 
 @route("POST", Api.STATUS, "One node's state", {"node_id": "string"})
 async def status(mgr: Manager, body: dict[str, Any], trace_id: str) -> dict[str, Any]:
-    node = next((n for n in await mgr.store.list_nodes() if n["node_id"] == body["node_id"]), None)
+    node = mgr.store.node(body["node_id"])
     if node is None:
         raise RelayError("not_found", f"unknown node {body['node_id']!r}: see /api/servers")
     session = mgr.hub.online(node["node_id"])
@@ -218,7 +243,7 @@ def _authorized(request: web.Request) -> bool:
 
 
 def _reply(payload: dict[str, Any], status: int = 200) -> web.Response:
-    return web.json_response(payload, status=status, dumps=encode)
+    return web.Response(body=encode_bytes(payload), status=status, content_type="application/json")
 
 
 def _make_view(r: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
@@ -230,6 +255,9 @@ def _make_view(r: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
                 raise RelayError("unauthorized", "missing or wrong control token: send `Authorization: Bearer <token>`")
             body = await _body(request)
             _validate(r, body)
+            if r.bulk:
+                with collection_paused():  # the handler never awaits, so nothing else runs meanwhile
+                    return _reply(await r.handler(mgr, body, trace_id))
             return _reply(await r.handler(mgr, body, trace_id))
         except RelayError as err:
             if kind_of(err.kind).http_status != 200:
@@ -247,7 +275,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if request.method == "GET":
         return dict(request.query)
     try:
-        body = json.loads(await request.read() or b"{}")
+        body = loads(await request.read() or b"{}")
     except ValueError as exc:
         raise RelayError("invalid_request", f"body is not JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -9,10 +9,11 @@ import time
 
 from aiohttp import web
 
-from runtime import logfmt
+from runtime import eventloop, logfmt
 from runtime.logfmt import log
 from runtime.manager import config as config_mod
 from runtime.manager.config import ManagerConfig
+from runtime.manager.collector import Collector
 from runtime.manager.control import add_routes, openapi
 from runtime.manager.node_ws import node_socket
 from runtime.manager.service import Manager
@@ -43,6 +44,7 @@ async def metrics(request: web.Request) -> web.Response:
         counts = {}
     lines.append("# TYPE relay_tasks gauge")
     lines += [f'relay_tasks{{state="{state}"}} {n}' for state, n in sorted(counts.items())]
+    lines += request.app["collector"].metric_lines()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
@@ -54,6 +56,7 @@ def build_app(config: ManagerConfig) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
     mgr = Manager(config)
     app["manager"] = mgr
+    app["collector"] = collector = Collector(config.gc_interval)
     app.router.add_get(Api.HEALTHZ, healthz)
     app.router.add_get(Api.METRICS, metrics)
     app.router.add_get(Api.OPENAPI, openapi_view)
@@ -62,7 +65,11 @@ def build_app(config: ManagerConfig) -> web.Application:
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await mgr.start()
+        collector.install()
+        scheduled = asyncio.create_task(collector.run(), name="gc")
         yield
+        scheduled.cancel()
+        collector.uninstall()
         await mgr.stop()
 
     async def close_sockets(app: web.Application) -> None:
@@ -102,7 +109,7 @@ async def serve(config: ManagerConfig) -> int:
 def main(argv: list[str] | None = None) -> None:
     config = config_mod.parse(argv)
     logfmt.setup(config.log_level)
-    sys.exit(asyncio.run(serve(config)))
+    sys.exit(eventloop.run(serve(config), config.event_loop))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterable
 import aiosqlite
 
 from runtime.logfmt import log
+from runtime.manager.nodeview import COLUMNS as NODE_COLUMNS, NodeView
 from runtime.protocol import FINAL_STATES, ApprovalState, RelayError, TaskState, new_id
 
 logger = logging.getLogger("codex_manager.store")
@@ -65,6 +66,7 @@ class Store:
         self._db: aiosqlite.Connection | None = None
         # One connection serves every coroutine, so write transactions must take turns.
         self._write_lock = asyncio.Lock()
+        self.nodes = NodeView()
 
     async def open(self) -> None:
         try:
@@ -74,6 +76,7 @@ class Store:
             await self._db.execute("PRAGMA journal_mode = WAL")
             await self._db.execute("PRAGMA synchronous = NORMAL")
             await self._migrate()
+            self.nodes.load(await self.query(f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes"))
         except sqlite3.Error as exc:
             raise RelayError("storage_error", f"cannot open database {self.path}: {exc}") from None
 
@@ -166,23 +169,35 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (node_id) DO UPDATE SET token_id = excluded.token_id, "
                 "version = excluded.version, last_seen = excluded.last_seen, online = 1",
                 (node_id, token_id, version, now, now))
+        known = self.nodes.get(node_id)
+        self.nodes.upsert(node_id, version=version, last_seen=now, online=1,
+                          first_seen=known["first_seen"] if known else now)
 
     async def node_offline(self, node_id: str, last_seen: float) -> None:
         async with self.tx("node_offline") as db:
             await db.execute("UPDATE nodes SET online = 0, last_seen = ? WHERE node_id = ?", (last_seen, node_id))
+        self.nodes.update(node_id, online=0, last_seen=last_seen)
 
     async def touch_nodes(self, seen: dict[str, float]) -> None:
         async with self.tx("touch_nodes") as db:
             await db.executemany("UPDATE nodes SET last_seen = ? WHERE node_id = ?",
                                  [(ts, node_id) for node_id, ts in seen.items()])
+        for node_id, ts in seen.items():
+            self.nodes.update(node_id, last_seen=ts)
 
     async def mark_all_offline(self) -> None:
         # At startup nothing is connected yet, whatever the last run left behind.
         async with self.tx("mark_all_offline") as db:
             await db.execute("UPDATE nodes SET online = 0 WHERE online = 1")
+        self.nodes.set_all(online=0)
 
-    async def list_nodes(self) -> list[dict[str, Any]]:
-        return await self.query("SELECT node_id, version, first_seen, last_seen, online FROM nodes ORDER BY node_id")
+    def list_nodes(self, online: bool | None = None, after: str = "", limit: int = -1) -> list[dict[str, Any]]:
+        """Nodes in node_id order, from the committed mirror. `after` and `limit` page through a fleet
+        by key, so its last page costs what its first does."""
+        return self.nodes.page(online, after, limit)
+
+    def node(self, node_id: str) -> dict[str, Any] | None:
+        return self.nodes.get(node_id)
 
     # ---- chats and threads -----------------------------------------------------------------
     async def chat(self, chat_key: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from typing import Any
@@ -15,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from runtime.logfmt import log
 from runtime.node.config import NodeConfig
-from runtime.protocol import RelayError
+from runtime.protocol import RelayError, encode_bytes, loads
 
 logger = logging.getLogger("codex_node")
 
@@ -124,7 +123,7 @@ class AppServer:
     def _write(self, msg: dict[str, Any]) -> None:
         if self.proc is None or self.proc.stdin is None or self.proc.stdin.is_closing():
             raise RelayError("appserver_crash", "codex app-server is not running")
-        self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+        self.proc.stdin.write(encode_bytes(msg) + b"\n")
 
     def _fail_pending(self, err: RelayError) -> None:
         for fut in self._pending.values():
@@ -136,7 +135,7 @@ class AppServer:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             try:
-                msg = json.loads(line)
+                msg = loads(line)
             except ValueError:
                 log(logger, logging.WARNING, "appserver_bad_line", node_id=self.config.node_id, line=line[:200])
                 continue
@@ -159,7 +158,7 @@ class AppServer:
         except RelayError as err:
             reply = {"id": msg["id"], "error": {"code": -32603, "message": err.error}}
         if proc is self.proc and proc.stdin is not None and not proc.stdin.is_closing():
-            proc.stdin.write((json.dumps(reply) + "\n").encode())
+            proc.stdin.write(encode_bytes(reply) + b"\n")
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None

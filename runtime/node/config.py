@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from runtime import eventloop
+
 # Documented exit codes (README, "Running a node").
 EXIT_CONFIG = 2      # unreadable file, unknown key, bad value, missing required setting
 EXIT_CWD = 3         # cwd does not exist or is not a directory
@@ -41,6 +43,7 @@ class NodeConfig:
     backoff_jitter: float = 0.1
     progress_interval: float = 0.5
     log_level: str = "info"
+    event_loop: str = eventloop.DEFAULT
 
 
 class ConfigError(Exception):
@@ -94,6 +97,9 @@ def load(argv: list[str] | None = None) -> NodeConfig:
     # The codex child runs in `cwd`: a relative binary path must not be resolved from there.
     codex_bin = config.codex_bin if os.sep not in config.codex_bin else os.path.abspath(config.codex_bin)
     config = replace(config, codex_bin=shutil.which(codex_bin) or codex_bin)
+    if config.event_loop not in eventloop.LOOPS:
+        raise ConfigError(EXIT_CONFIG, f"unknown event_loop {config.event_loop!r}",
+                          f"set {_where('event_loop')} to one of: {', '.join(eventloop.LOOPS)}")
     if config.max_pending < 1:
         raise ConfigError(EXIT_CONFIG, "max_pending must be at least 1", "set max_pending to 1 or more")
     return config

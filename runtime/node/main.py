@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from runtime import logfmt
+from runtime import eventloop, logfmt
 from runtime.logfmt import log
 from runtime.node import config as config_mod
 from runtime.node.appserver import AppServer
@@ -56,9 +56,10 @@ class Node:
                                                                       msg.get("params") or {}, timeout))
         except RelayError as err:
             result = result_fields(False, err)
+        # The answer first, the log line after: formatting and writing it is not the caller's wait.
+        await self.link.send(message(Msg.APPSERVER_RESPONSE, request_id=msg.get("request_id"), result=result))
         log(logger, logging.INFO, "appserver_call", node_id=self.config.node_id, trace_id=msg.get("trace_id"),
             method=msg.get("method"), ok=result["ok"], error_kind=result.get("error_kind"))
-        await self.link.send(message(Msg.APPSERVER_RESPONSE, request_id=msg.get("request_id"), result=result))
 
     async def run(self) -> None:
         self.app.start()
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         log(logger, logging.ERROR, "startup_failed", error_kind="invalid_request", error=err.error, fix=err.fix,
             exit_code=err.exit_code)
         sys.exit(err.exit_code)
-    asyncio.run(Node(config, codex_version).run())
+    eventloop.run(Node(config, codex_version).run(), config.event_loop)
 
 
 if __name__ == "__main__":

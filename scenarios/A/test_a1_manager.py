@@ -14,8 +14,11 @@ from harness.stack import Stack
 from runtime.protocol import (CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_UNAUTHORIZED, MAX_FRAME_BYTES,
                               Api, Msg, message, new_id)
 
-# Short DB waits so a held lock surfaces as storage_error within the case, not after it.
-STACK_MANAGER_ARGS = {"busy-timeout-ms": 300, "offline-timeout": 3.0, "heartbeat-interval": 1.0}
+# Short DB waits so a held lock surfaces as storage_error within the case, not after it. A1-10 waits out the
+# offline timeout and A1-17 a sweep (the retry of a deferred result), so both are short too; scripted nodes
+# send no heartbeats of their own, and no other case leaves one silent for 2 s.
+STACK_MANAGER_ARGS = {"busy-timeout-ms": 300, "offline-timeout": 2.0, "heartbeat-interval": 1.0,
+                      "sweep-interval": 0.25}
 
 
 @pytest.fixture
@@ -29,6 +32,16 @@ async def peer(stack: Stack) -> AsyncIterator[Callable[..., ScriptedNode]]:
     yield make
     for p in made:
         await p.close()
+
+
+async def approval_pending(stack: Stack, approval_id: str) -> None:
+    """Wait (bounded) until the manager lists the approval as pending: it stores a request as it arrives."""
+    for _ in range(50):
+        pending = (await stack.call(Api.APPROVALS, {"state": "pending"}))["approvals"]
+        if any(a["approval_id"] == approval_id for a in pending):
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"approval {approval_id} never listed as pending")
 
 
 async def registered(stack: Stack, node: ScriptedNode) -> str:
@@ -188,13 +201,7 @@ async def test_approval_request_and_decision(stack: Stack, peer: Callable[..., S
     approval_id = new_id("appr")
     await node.send(message(Msg.APPROVAL_REQUEST, approval_id=approval_id, kind="command", command="echo hi",
                             cwd="/tmp", reason="test"))
-    for _ in range(50):
-        pending = (await stack.call(Api.APPROVALS, {"state": "pending"}))["approvals"]
-        if any(a["approval_id"] == approval_id for a in pending):
-            break
-        await asyncio.sleep(0.05)
-    else:
-        pytest.fail("approval never listed as pending")
+    await approval_pending(stack, approval_id)
     decided = await stack.call(Api.APPROVALS_DECIDE, {"approval_id": approval_id, "decision": "accept",
                                                       "decided_by": "tester"})
     assert decided["state"] == "approved" and decided["delivered"]
@@ -218,7 +225,7 @@ async def test_state_survives_restart(stack: Stack, peer: Callable[..., Scripted
     assert (await call)["ok"]
     approval_id = new_id("appr")
     await node.send(message(Msg.APPROVAL_REQUEST, approval_id=approval_id, kind="command", command="ls"))
-    await asyncio.sleep(0.3)
+    await approval_pending(stack, approval_id)
     tokens_before = (await stack.call(Api.TOKENS, method="GET"))["tokens"]
 
     await stack.restart_manager()

@@ -35,13 +35,23 @@ async def queue_node(stack: Stack) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="module")
 async def impatient_node(stack: Stack) -> AsyncIterator[str]:
-    """A node whose approvals expire after a second, for A2-10."""
-    await stack.add_node("a2appr", approval_timeout=1.0)
+    """A node whose approvals expire after half a second, for A2-10."""
+    await stack.add_node("a2appr", approval_timeout=0.5)
     yield "a2appr"
 
 
 async def dispatch(stack: Stack, node_id: str, prompt: str, timeout: float = 30) -> dict:
     return await stack.result(Api.DISPATCH, {"node_id": node_id, "prompt": prompt, "timeout": timeout})
+
+
+async def in_flight(stack: Stack, prompt: str, timeout: float = 15.0) -> None:
+    """Wait (bounded) until codex has asked the mock model for `prompt`: the turn is under way in codex.
+    Prompts are unique per run, so an earlier run's turn cannot answer for this one."""
+    deadline = time.monotonic() + timeout
+    while await stack.serves(prompt) < 1:
+        if time.monotonic() > deadline:
+            pytest.fail(f"codex never asked the model for {prompt!r} within {timeout}s")
+        await asyncio.sleep(0.05)
 
 
 def run_node(tmp: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
@@ -77,12 +87,14 @@ async def test_reconnect_backoff_grows_and_caps(stack: Stack) -> None:
     """with the manager refusing, reconnect intervals grow by the factor and stop at the cap"""
     refusing = await ScriptedManager(accept=False).start()
     try:
-        # Same code path as production (0.5 s x1.7 up to 10 s), scaled down 10x so the case runs in seconds.
+        # Same code path as production (0.5 s x1.7 up to 10 s), scaled down so the case runs in seconds. The
+        # first interval stays at 0.1 s: each attempt's own connect time, longer on a loaded machine, adds to
+        # every gap, and a shorter first interval would drown the growth in it.
         node_id = new_id("a2backoff")
         await stack.add_node(node_id, wait=False, manager_url=f"ws://127.0.0.1:{refusing.port}{Api.NODE_WS}",
-                             backoff_initial=0.05, backoff_max=1.0, backoff_jitter=0.1)
+                             backoff_initial=0.1, backoff_max=1.0, backoff_jitter=0.1)
         deadline = time.monotonic() + 30
-        while len(refusing.connects) < 10 and time.monotonic() < deadline:
+        while len(refusing.connects) < 9 and time.monotonic() < deadline:  # 8 gaps: growth, then the cap
             await asyncio.sleep(0.1)
         gaps = [b - a for a, b in zip(refusing.connects, refusing.connects[1:], strict=False)]
         assert len(gaps) >= 8, gaps
@@ -100,7 +112,12 @@ async def test_registers_when_manager_returns(stack: Stack) -> None:
     port, node_id = free_port(), new_id("a2late")
     await stack.add_node(node_id, wait=False, manager_url=f"ws://127.0.0.1:{port}{Api.NODE_WS}",
                          backoff_initial=0.1, backoff_max=1.0)
-    await asyncio.sleep(0.8)  # a few refused attempts first
+    for _ in range(150):  # a few refused attempts first (bounded: 15 s for the node to boot and try twice)
+        if len(stack.procs[node_id].log_lines("connect_failed")) >= 2:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail(f"{node_id} did not try to connect twice; see {stack.procs[node_id].log_path}")
     late = await ScriptedManager().start(port)
     try:
         reg = await late.registered(timeout=10)
@@ -116,9 +133,10 @@ async def test_registers_when_manager_returns(stack: Stack) -> None:
 async def test_queue_full(stack: Stack, queue_node: str) -> None:
     """max_pending=1 and two concurrent turns on one thread: the second is refused at once"""
     first = await dispatch(stack, queue_node, "start a thread")
-    slow = asyncio.create_task(stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": "busy [[mock:slow=2]]",
+    busy = f"busy {new_id('p')}"
+    slow = asyncio.create_task(stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": f"{busy} [[mock:slow=2]]",
                                                            "thread_id": first["thread_id"], "timeout": 30}))
-    await asyncio.sleep(0.5)
+    await in_flight(stack, busy)  # the one slot is taken
     second = await stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": "second", "timeout": 30,
                                                "thread_id": first["thread_id"]})
     assert not slow.done(), "a full queue must answer at once, not after the running turn"
@@ -130,7 +148,7 @@ async def test_queue_full(stack: Stack, queue_node: str) -> None:
 @pytest.mark.case("A2-06")
 async def test_execution_timeout(stack: Stack, node: str) -> None:
     """a long turn with a short timeout fails as timeout"""
-    result = await dispatch(stack, node, "long one [[mock:slow=5]]", timeout=1)
+    result = await dispatch(stack, node, "long one [[mock:slow=5]]", timeout=0.5)
     assert result["ok"] is False and result["error_kind"] == "timeout"
 
 
@@ -138,9 +156,9 @@ async def test_execution_timeout(stack: Stack, node: str) -> None:
 async def test_startup(stack: Stack, node: str) -> None:
     """the node starts codex app-server, connects and registers"""
     assert node in (await stack.call(Api.SERVERS))["online"]
-    children = [c.name() for c in stack.procs[node].children()]
-    assert "codex" in children, children
-    assert "op=appserver_ready" in stack.procs[node].log_text()
+    # It registers while codex is still starting: a worker's first case may meet a node seconds old.
+    await stack.procs[node].wait_log("appserver_ready")
+    assert stack.procs[node].children_named("codex"), [c.pid for c in stack.procs[node].children()]
 
 
 @pytest.mark.case("A2-08")
@@ -170,9 +188,10 @@ async def test_jitter_does_not_flap(stack: Stack, node: str) -> None:
     try:
         link = stack.manager_link(node)
         async with stack.toxics.latency(link, 300, 200), stack.toxics.latency(link, 300, 200, stream="upstream"):
-            for i in range(2):
-                assert (await dispatch(stack, node, f"jittery {i}"))["ok"]
-            await asyncio.sleep(1.5)  # past a heartbeat interval, so a flap would show
+            results = await asyncio.gather(*(dispatch(stack, node, f"jittery {i}") for i in range(2)))
+            assert all(r["ok"] for r in results), results
+            # Heartbeats under jitter for two more intervals, so a flap would show.
+            await asyncio.sleep(2 * stack.node_settings[node]["heartbeat_interval"])
         offline = []
         while (frame := await ws.receive(timeout=0.5 if not offline else 0.1)).type == aiohttp.WSMsgType.TEXT:
             event = json.loads(frame.data)
@@ -200,9 +219,10 @@ async def test_approval_timeout(stack: Stack, impatient_node: str) -> None:
 @pytest.mark.case("A2-11")
 async def test_appserver_crash(stack: Stack, node: str) -> None:
     """killing the codex child fails the turn as appserver_crash (retriable); the next task works"""
-    turn = asyncio.create_task(dispatch(stack, node, "crash me [[mock:slow=3]]"))
-    await asyncio.sleep(1.0)
-    [codex] = [c for c in stack.procs[node].children() if c.name() == "codex"]
+    prompt = f"crash me {new_id('p')}"
+    turn = asyncio.create_task(dispatch(stack, node, f"{prompt} [[mock:slow=3]]"))
+    await in_flight(stack, prompt)  # codex is mid-turn, waiting on the model
+    [codex] = stack.procs[node].children_named("codex")
     codex.kill()
     result = await turn
     assert result["ok"] is False and result["error_kind"] == "appserver_crash" and result["retriable"] is True
@@ -220,13 +240,19 @@ async def test_upstream_disconnect(stack: Stack, node: str) -> None:
 @pytest.mark.case("A2-13")
 async def test_slow_call_does_not_block(stack: Stack, node: str) -> None:
     """a slow turn in flight: heartbeats and other app-server calls keep flowing"""
-    turn = asyncio.create_task(dispatch(stack, node, "slow one [[mock:slow=3]]"))
-    await asyncio.sleep(0.5)
-    seen_before = next(s["last_seen"] for s in (await stack.call(Api.SERVERS))["servers"] if s["node_id"] == node)
+    async def last_seen() -> float:
+        return float(next(s["last_seen"] for s in (await stack.call(Api.SERVERS))["servers"] if s["node_id"] == node))
+
+    prompt = f"slow one {new_id('p')}"
+    turn = asyncio.create_task(dispatch(stack, node, f"{prompt} [[mock:slow=2.5]]"))
+    await in_flight(stack, prompt)
     listed = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "timeout": 5})
     assert listed["ok"] and not turn.done(), "the relayed call waited for the turn"
-    await asyncio.sleep(1.5)
-    seen_after = next(s["last_seen"] for s in (await stack.call(Api.SERVERS))["servers"] if s["node_id"] == node)
-    assert seen_after > seen_before, "heartbeats stopped while a turn was running"
+    seen_before = await last_seen()  # after the call: its own answer is a frame, and refreshes last_seen too
+    # A heartbeat must land while the turn still runs: look for one for up to three intervals.
+    beats_by = time.monotonic() + 3 * stack.node_settings[node]["heartbeat_interval"]
+    while await last_seen() <= seen_before and time.monotonic() < beats_by:
+        await asyncio.sleep(0.05)
+    assert await last_seen() > seen_before, "heartbeats stopped while a turn was running"
     assert not turn.done()
     assert (await turn)["ok"]
