@@ -22,13 +22,13 @@ class NodeView:
         self._rows = {r["node_id"]: {c: r[c] for c in COLUMNS} for r in rows}
         self._order = sorted(self._rows)
 
-    def upsert(self, node_id: str, **values: Any) -> None:
+    def seen_online(self, node_id: str, version: str, now: float) -> None:
+        """As the store's register upsert: first_seen is set once, by a node's first registration."""
         row = self._rows.get(node_id)
         if row is None:
-            row = self._rows[node_id] = dict.fromkeys(COLUMNS)
-            row["node_id"] = node_id
+            row = self._rows[node_id] = {"node_id": node_id, "first_seen": now}
             bisect.insort(self._order, node_id)
-        row.update(values)
+        row.update(version=version, last_seen=now, online=1)
 
     def update(self, node_id: str, **values: Any) -> None:
         """Like an SQL UPDATE: a node that is not in the table stays absent."""

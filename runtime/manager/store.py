@@ -169,9 +169,7 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (node_id) DO UPDATE SET token_id = excluded.token_id, "
                 "version = excluded.version, last_seen = excluded.last_seen, online = 1",
                 (node_id, token_id, version, now, now))
-        known = self.nodes.get(node_id)
-        self.nodes.upsert(node_id, version=version, last_seen=now, online=1,
-                          first_seen=known["first_seen"] if known else now)
+        self.nodes.seen_online(node_id, version, now)
 
     async def node_offline(self, node_id: str, last_seen: float) -> None:
         async with self.tx("node_offline") as db:
