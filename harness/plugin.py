@@ -165,6 +165,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     info = state["started"][item.nodeid]
     if report.failed and info["failed"] is None:
         info["failed"] = _first_line(report)
+        if (stack := _stack(item)) is not None:
+            seen = records.troubles(list(stack.procs.values()), info["start"], time.time())
+            report.sections.append(("stack processes, and their warnings and errors during the case", seen))
     if report.when == "teardown":
         # On the report, not in this process's state: under xdist it travels to the controller with it.
         report.harness_record = dataclasses.asdict(_record(item, state["started"].pop(item.nodeid)))  # type: ignore[attr-defined]

@@ -63,6 +63,18 @@ def located_logs(procs: list[Proc], ids: list[str], start: float, end: float) ->
     return found
 
 
+def troubles(procs: list[Proc], start: float, end: float, per_proc: int = 8) -> str:
+    """Which processes are up, then the last warning and error lines of each within a window. A failed
+    case prints them: CI keeps the terminal, not the run's folder."""
+    out = [", ".join(f"{p.name} {'up' if p.alive else f'exited {p.returncode}'}" for p in procs)]
+    for proc in procs:
+        lines = [ln for ln in proc.log_text().splitlines()
+                 if ln.startswith("ts=") and (" level=warning " in ln or " level=error " in ln)
+                 and _within(ln, start, end)]
+        out += [f"{proc.name}: {ln}" for ln in lines[-per_proc:]]
+    return "\n".join(out)
+
+
 def _within(line: str, start: float, end: float) -> bool:
     # Lines without our ts= prefix (codex's own, the mock's) are kept: the id match already located them.
     if not line.startswith("ts="):

@@ -205,9 +205,22 @@ class Stack:
         return f"{self.root.name}_{node_id}_to_upstream"
 
     async def restart_node(self, node_id: str) -> None:
+        """SIGKILL the node and start it again; returns once the new process has registered.
+
+        Waiting for "online" alone is not enough: the manager may not have seen the old socket close yet.
+        """
+        proc = self.procs[node_id]
         async with self.faults.window("sigkill", node_id):
-            self.procs[node_id].kill()
-        self.procs[node_id].start()
+            proc.kill()
+        registrations = len(proc.log_lines("registered"))
+        proc.start()
+        deadline = time.monotonic() + 30.0
+        while len(proc.log_lines("registered")) == registrations:
+            if not proc.alive:
+                raise RuntimeError(f"node {node_id} exited with {proc.returncode}; see {proc.log_path}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {node_id} did not register within 30s of its restart; see {proc.log_path}")
+            await asyncio.sleep(0.05)
         await self.wait_online(node_id)
 
     async def wait_online(self, node_id: str, online: bool = True, timeout: float = 30.0) -> None:

@@ -107,7 +107,7 @@ async def test_appserver_thread_list_relayed(stack: Stack, peer: Callable[..., S
     await node.send(message(Msg.APPSERVER_RESPONSE, request_id=req["request_id"],
                             result={"ok": True, "result": {"data": [{"id": "t1"}], "nextCursor": None}}))
     result = await call
-    assert result["ok"] and result["result"]["data"] == [{"id": "t1"}]
+    assert result["ok"] and result["result"]["data"] == [{"id": "t1"}], result
 
 
 @pytest.mark.case("A1-06")
@@ -140,7 +140,7 @@ async def test_dispatch_chain_closes(stack: Stack, peer: Callable[..., ScriptedN
                                                          "retriable": False}
         await node.send(message(Msg.TASK_RESULT, task_id=assign["task_id"], result=body))
         result = await call
-        assert result["ok"] is ok and result["task_id"] == assign["task_id"]
+        assert result["ok"] is ok and result["task_id"] == assign["task_id"], result
         assert result.get("text") == "hello" if ok else result["error_kind"] == "appserver_error"
         task = (await stack.call(Api.TASKS, {"task_id": assign["task_id"]}))["task"]
         assert task["state"] == ("done" if ok else "failed")
@@ -208,7 +208,7 @@ async def test_approval_request_and_decision(stack: Stack, peer: Callable[..., S
     got = await node.expect(Msg.APPROVAL_DECISION)
     assert got["approval_id"] == approval_id and got["decision"] == "accept"
     second = await stack.result(Api.APPROVALS_DECIDE, {"approval_id": approval_id, "decision": "decline"})
-    assert second["ok"] is False and second["error_kind"] == "conflict" and "tester" in second["error"]
+    assert second["ok"] is False and second["error_kind"] == "conflict" and "tester" in second["error"], second
 
 
 @pytest.mark.case("A1-12")
@@ -332,7 +332,7 @@ async def test_db_lock_conflict(stack: Stack, peer: Callable[..., ScriptedNode])
     tokens_before = len((await stack.call(Api.TOKENS, method="GET"))["tokens"])
     async with db_locked(stack.db_path, stack.faults):
         result = await stack.result(Api.TOKENS, {"note": "during-lock"})
-        assert result["ok"] is False and result["error_kind"] == "storage_error" and result["retriable"] is True
+        assert result["ok"] is False and result["error_kind"] == "storage_error" and result["retriable"] is True, result
         assert "token" not in result
     assert len((await stack.call(Api.TOKENS, method="GET"))["tokens"]) == tokens_before
     created = await stack.call(Api.TOKENS, {"note": "after-lock"})

@@ -140,7 +140,7 @@ async def test_queue_full(stack: Stack, queue_node: str) -> None:
     second = await stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": "second", "timeout": 30,
                                                "thread_id": first["thread_id"]})
     assert not slow.done(), "a full queue must answer at once, not after the running turn"
-    assert second["ok"] is False and second["error"] == "node queue full (max=1)"
+    assert second["ok"] is False and second["error"] == "node queue full (max=1)", second
     assert second["error_kind"] == "queue_full" and second["retriable"] is False
     assert (await slow)["ok"] is True
 
@@ -149,7 +149,7 @@ async def test_queue_full(stack: Stack, queue_node: str) -> None:
 async def test_execution_timeout(stack: Stack, node: str) -> None:
     """a long turn with a short timeout fails as timeout"""
     result = await dispatch(stack, node, "long one [[mock:slow=5]]", timeout=0.5)
-    assert result["ok"] is False and result["error_kind"] == "timeout"
+    assert result["ok"] is False and result["error_kind"] == "timeout", result
 
 
 @pytest.mark.case("A2-07")
@@ -169,7 +169,7 @@ async def test_task_progress_result(stack: Stack, node: str) -> None:
                                       headers={"Authorization": f"Bearer {stack.control_token}"})
     try:
         result = await dispatch(stack, node, "tell me something [[mock:slow=0.2]]")
-        assert result["ok"] and result["text"] == "mock reply: tell me something"
+        assert result["ok"] and result["text"] == "mock reply: tell me something", result
         seen: list[dict] = []
         while not any(e["type"] == Event.TASK_RESULT and e["task_id"] == result["task_id"] for e in seen):
             seen.append(decode((await ws.receive(timeout=5)).data))
@@ -209,7 +209,7 @@ async def test_jitter_does_not_flap(stack: Stack, node: str) -> None:
 async def test_approval_timeout(stack: Stack, impatient_node: str) -> None:
     """nobody answers an approval: codex is told decline, the task fails as approval_timeout"""
     result = await dispatch(stack, impatient_node, "run something [[mock:approve]]")
-    assert result["ok"] is False and result["error_kind"] == "approval_timeout"
+    assert result["ok"] is False and result["error_kind"] == "approval_timeout", result
     assert "rejected" in result["text"], "codex should have been told the command was declined"
     approvals = (await stack.call(Api.APPROVALS))["approvals"]
     mine = [a for a in approvals if a.get("task_id") == result["task_id"]]
@@ -225,16 +225,16 @@ async def test_appserver_crash(stack: Stack, node: str) -> None:
     [codex] = stack.procs[node].children_named("codex")
     codex.kill()
     result = await turn
-    assert result["ok"] is False and result["error_kind"] == "appserver_crash" and result["retriable"] is True
+    assert result["ok"] is False and result["error_kind"] == "appserver_crash" and result["retriable"] is True, result
     after = await dispatch(stack, node, "after the crash")
-    assert after["ok"] and after["text"] == "mock reply: after the crash"
+    assert after["ok"] and after["text"] == "mock reply: after the crash", after
 
 
 @pytest.mark.case("A2-12")
 async def test_upstream_disconnect(stack: Stack, node: str) -> None:
     """the mock drops the SSE stream: upstream_disconnect, retriable"""
     result = await dispatch(stack, node, "drop it [[mock:drop]]")
-    assert result["ok"] is False and result["error_kind"] == "upstream_disconnect" and result["retriable"] is True
+    assert result["ok"] is False and result["error_kind"] == "upstream_disconnect" and result["retriable"] is True, result
 
 
 @pytest.mark.case("A2-13")

@@ -59,7 +59,7 @@ async def test_thread_list_cold_after_reconnect(stack: Stack, node: str, gates_c
     await stack.wait_online(node, timeout=20)
     limit = gates_config.setting("cases.B1-03.thread_list_timeout_s")
     result = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "timeout": limit})
-    assert result["ok"] and "data" in result["result"]
+    assert result["ok"] and "data" in result["result"], result
 
 
 @pytest.mark.case("B1-04")
@@ -101,10 +101,10 @@ async def test_dispatch_once_and_task(stack: Stack, node: str) -> None:
     """dispatch and dispatch_text both return the result"""
     prompt = f"once {new_id('p')}"
     once = await dispatch(stack, node, prompt)
-    assert once["ok"] and once["text"] == f"mock reply: {prompt}"
+    assert once["ok"] and once["text"] == f"mock reply: {prompt}", once
     chat = new_id("chat")
     text = await stack.result(Api.DISPATCH_TEXT, {"chat_key": chat, "node_id": node, "text": prompt + " again"})
-    assert text["ok"] and text["text"] == f"mock reply: {prompt} again"
+    assert text["ok"] and text["text"] == f"mock reply: {prompt} again", text
     await exactly_once(stack, once["task_id"], prompt)
 
 
@@ -136,11 +136,11 @@ async def test_node_restart_threads_resume(stack: Stack, node: str) -> None:
     """after a node restart it re-registers, and an existing thread resumes with its history"""
     chat = new_id("chat")
     first = await stack.result(Api.DISPATCH_TEXT, {"chat_key": chat, "node_id": node, "text": "remember me"})
-    assert first["ok"]
+    assert first["ok"], first
     await stack.restart_node(node)
     second = await stack.result(Api.DISPATCH_TEXT, {"chat_key": chat, "node_id": node,
                                                     "text": "[[mock:history]] how many"})
-    assert second["ok"] and second["thread_id"] == first["thread_id"]
+    assert second["ok"] and second["thread_id"] == first["thread_id"], second
     assert second["text"] == "history: 2 user messages"
 
 
@@ -161,7 +161,7 @@ async def test_network_cut_and_restore(stack: Stack, node: str, cut: str) -> Non
             await faults.enter_async_context(getattr(stack.toxics, cut)(link))
         await asyncio.sleep(2.5)  # the turn finishes while the node cannot reach the manager
     result = await turn
-    assert result["ok"] and result["text"] == f"mock reply: {prompt}"
+    assert result["ok"] and result["text"] == f"mock reply: {prompt}", result
     await stack.wait_online(node, timeout=20)
     await exactly_once(stack, task_id, prompt)
 
@@ -173,7 +173,7 @@ async def test_duplicate_task_id_and_reply(stack: Stack, node: str) -> None:
     prompt = f"only once {task_id}"
     both = await asyncio.gather(dispatch(stack, node, prompt, task_id=task_id),
                                 dispatch(stack, node, prompt, task_id=task_id))
-    assert [r["ok"] for r in both] == [True, True] and both[0]["text"] == both[1]["text"]
+    assert [r["ok"] for r in both] == [True, True] and both[0]["text"] == both[1]["text"], both
     later = await dispatch(stack, node, prompt, task_id=task_id)
     assert later["duplicate"] is True and later["text"] == both[0]["text"]
     await exactly_once(stack, task_id, prompt)
@@ -188,7 +188,8 @@ async def test_duplicate_task_id_and_reply(stack: Stack, node: str) -> None:
     await asyncio.sleep(0.3)
     async with stack.toxics.reset_peer(stack.manager_link(node)):
         await asyncio.sleep(2.0)
-    assert (await turn)["ok"]
+    result = await turn
+    assert result["ok"], result
     await exactly_once(stack, task_id, prompt)
     assert await stack.metric("duplicate_results") == dupes_before + 1
 

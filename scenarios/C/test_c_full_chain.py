@@ -66,7 +66,7 @@ async def test_control_dispatch_text(stack: Stack, tg: FakeTelegram) -> None:
     """control -> manager -> node -> codex -> manager: dispatch_text returns ok"""
     prompt = f"over the control plane {new_id('p')}"
     result = await stack.result(Api.DISPATCH_TEXT, {"chat_key": new_id("ctl"), "node_id": NODE, "text": prompt})
-    assert result["ok"] and result["text"] == f"mock reply: {prompt}" and result["thread_id"]
+    assert result["ok"] and result["text"] == f"mock reply: {prompt}" and result["thread_id"], result
 
 
 @pytest.mark.case("C-03")
