@@ -12,7 +12,7 @@ from typing import Any
 from runtime.bot import render
 from runtime.bot.context import Relay, Reply, Req
 from runtime.bot.render import USAGE, Cb
-from runtime.protocol import Api, Decision
+from runtime.protocol import Api, Decision, RelayError
 
 CommandFn = Callable[[Relay, Req, str], Awaitable[None]]   # (relay, request, the text after the command)
 ButtonFn = Callable[[Relay, Req, str], Awaitable[str]]     # (relay, request, callback argument) -> toast text
@@ -64,9 +64,13 @@ async def _show_nodes(relay: Relay, req: Req, edit: bool = False) -> None:
 
 
 async def _select_node(relay: Relay, req: Req, node_id: str) -> str:
-    node = next((n for n in await _servers(relay, req) if n["node_id"] == node_id), None)
-    if node is None:
-        raise Reply(f"Unknown node {node_id}. /node lists the nodes.")
+    # One node's status, not the whole listing: a fleet of thousands costs the same as one node.
+    try:
+        node = await relay.manager.post(Api.STATUS, req.trace_id, {"node_id": node_id})
+    except RelayError as err:
+        if err.kind != "not_found":
+            raise
+        raise Reply(f"Unknown node {node_id}. /node lists the nodes.") from None
     if not node.get("online"):
         raise Reply(render.offline(node_id, node.get("last_seen")))
     await relay.manager.post(Api.CHAT_SELECT, req.trace_id, {"chat_key": req.chat_key, "node_id": node_id})

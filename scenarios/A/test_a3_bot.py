@@ -150,6 +150,7 @@ async def test_command_routing(stack: Stack, tg: FakeTelegram) -> None:
     assert sorted(listed((await ask(user, "/node"))["text"])) == sorted(s["node_id"] for s in servers["servers"])
 
     assert (await ask(user, f"/node {NODE}"))["text"] == f"Node {NODE} selected for this chat."
+    assert (await ask(user, "/node nosuch"))["text"] == "Unknown node nosuch. /node lists the nodes."
     assert (await chat_route(stack, user))["node_id"] == NODE
 
     status = (await ask(user, "/status"))["text"]
