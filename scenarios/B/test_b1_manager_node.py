@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 
@@ -14,9 +15,17 @@ from runtime.protocol import Api, new_id
 
 
 @pytest.fixture(scope="module")
-async def node(stack: Stack) -> AsyncIterator[str]:
+async def b1_node(stack: Stack) -> AsyncIterator[str]:
     await stack.add_node("b1n1")
     yield "b1n1"
+
+
+@pytest.fixture
+async def node(stack: Stack, b1_node: str) -> str:
+    """Each case starts with the node online. A case that failed fast would otherwise hand the next one a
+    node still reconnecting after its fault, and that one would fail fast in turn."""
+    await stack.wait_online(b1_node, timeout=20)
+    return b1_node
 
 
 async def dispatch(stack: Stack, node_id: str, prompt: str, timeout: float = 30, **extra: str) -> dict:
@@ -160,9 +169,10 @@ async def test_network_cut_and_restore(stack: Stack, node: str, cut: str) -> Non
         else:
             await faults.enter_async_context(getattr(stack.toxics, cut)(link))
         await asyncio.sleep(2.5)  # the turn finishes while the node cannot reach the manager
+    restored = time.time()
     result = await turn
     assert result["ok"] and result["text"] == f"mock reply: {prompt}", result
-    await stack.wait_online(node, timeout=20)
+    await stack.wait_heartbeat(node, after=restored, timeout=20)  # frames flow again, not a stale socket
     await exactly_once(stack, task_id, prompt)
 
 
