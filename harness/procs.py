@@ -114,14 +114,21 @@ class Proc:
         lines = self.log_text().splitlines()
         return [ln for ln in lines if op is None or f" op={op} " in ln + " "]
 
-    async def wait_log(self, op: str, timeout: float = 15.0) -> str:
-        """The first log line with `op=<op>`, waiting for it to appear."""
+    async def wait_log(self, op: str, timeout: float = 15.0, seen: int = 0) -> str:
+        """The first log line with `op=<op>` after the `seen` already there, waiting for it to appear.
+
+        The log is appended across restarts: pass how many lines a restart began with to wait for the
+        new process's own line. A process that exits without logging it fails at once, not at the timeout.
+        """
         deadline = time.monotonic() + timeout
-        while not (lines := self.log_lines(op)):
+        while len(lines := self.log_lines(op)) <= seen:
+            if not self.alive and len(self.log_lines(op)) <= seen:
+                raise RuntimeError(f"{self.name} exited with {self.returncode} before it logged op={op}; "
+                                   f"see {self.log_path}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} logged no op={op} within {timeout}s; see {self.log_path}")
-            await asyncio.sleep(0.1)
-        return lines[0]
+                raise TimeoutError(f"{self.name} logged no new op={op} within {timeout}s; see {self.log_path}")
+            await asyncio.sleep(0.05)
+        return lines[seen]
 
     async def wait_ready_file(self, path: Path, timeout: float = 20.0) -> dict[str, int]:
         deadline = time.monotonic() + timeout

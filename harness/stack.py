@@ -214,13 +214,7 @@ class Stack:
             proc.kill()
         registrations = len(proc.log_lines("registered"))
         proc.start()
-        deadline = time.monotonic() + 30.0
-        while len(proc.log_lines("registered")) == registrations:
-            if not proc.alive:
-                raise RuntimeError(f"node {node_id} exited with {proc.returncode}; see {proc.log_path}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"node {node_id} did not register within 30s of its restart; see {proc.log_path}")
-            await asyncio.sleep(0.05)
+        await proc.wait_log("registered", timeout=30.0, seen=registrations)
         await self.wait_online(node_id)
 
     async def wait_online(self, node_id: str, online: bool = True, timeout: float = 30.0) -> None:

@@ -112,12 +112,7 @@ async def test_registers_when_manager_returns(stack: Stack) -> None:
     port, node_id = free_port(), new_id("a2late")
     await stack.add_node(node_id, wait=False, manager_url=f"ws://127.0.0.1:{port}{Api.NODE_WS}",
                          backoff_initial=0.1, backoff_max=1.0)
-    for _ in range(150):  # a few refused attempts first (bounded: 15 s for the node to boot and try twice)
-        if len(stack.procs[node_id].log_lines("connect_failed")) >= 2:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        pytest.fail(f"{node_id} did not try to connect twice; see {stack.procs[node_id].log_path}")
+    await stack.procs[node_id].wait_log("connect_failed", seen=1)  # a few refused attempts first
     late = await ScriptedManager().start(port)
     try:
         reg = await late.registered(timeout=10)
