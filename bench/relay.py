@@ -24,7 +24,7 @@ from bench.simnodes import SimFleet
 from harness import paths
 from runtime.node.appserver import AppServer
 from runtime.node.config import NodeConfig
-from runtime.protocol import Api, RelayError
+from runtime.protocol import Api, ErrorKind, RelayError
 
 NAME = "relay"
 NODE = "bench-relay"
@@ -59,7 +59,7 @@ def _relay_call(http: HttpClient, node_id: str) -> Call:
 
 
 async def _no_request(method: str, params: dict[str, Any]) -> dict[str, Any]:
-    raise RelayError("appserver_error", "the benchmark answers no server requests")
+    raise RelayError(ErrorKind.APPSERVER_ERROR, "the benchmark answers no server requests")
 
 
 async def run(a: argparse.Namespace) -> list[Figure]:

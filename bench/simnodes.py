@@ -21,10 +21,10 @@ from harness import paths
 from runtime import eventloop, logfmt
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
-from runtime.protocol import Msg, message, result_fields
+from runtime.protocol import wire
 
 # What `thread/list` answers on a fresh CODEX_HOME: the simulated reply is the size of the real one.
-THREAD_LIST = {"data": [], "nextCursor": None}
+THREAD_LIST: dict[str, Any] = {"data": [], "nextCursor": None}
 STOP_GRACE = 10.0
 
 
@@ -41,11 +41,11 @@ class SimNode:
         self.link = ManagerLink(config, "bench-sim", self.handle)
         self.answered = 0
 
-    async def handle(self, kind: Msg, msg: dict[str, Any]) -> None:
-        if kind == Msg.APPSERVER_REQUEST:
+    async def handle(self, msg: wire.ManagerFrame) -> None:
+        if isinstance(msg, wire.AppserverRequest):
             self.answered += 1
-            await self.link.send(message(Msg.APPSERVER_RESPONSE, request_id=msg.get("request_id"),
-                                         result=result_fields(True, result=THREAD_LIST)))
+            await self.link.send(wire.AppserverResponse(request_id=msg.request_id,
+                                                        result=wire.RpcOutcome(ok=True, result=THREAD_LIST)))
 
 
 def _emit(event: str, **fields: Any) -> None:
@@ -81,9 +81,8 @@ async def _worker(a: argparse.Namespace) -> None:
             break
         if not line:  # the parent went away: never outlive it
             break
-        _emit("stats", registered=sum(n.link.registered.is_set() for n in nodes),
-              # every ended session or failed connect appends one delay: 0 means never dropped
-              link_losses=sum(len(n.link.delays) for n in nodes),
+        _emit("stats", registered=sum(1 for n in nodes if n.link.registered.is_set()),
+              link_losses=sum(n.link.link_losses for n in nodes),
               answered=sum(n.answered for n in nodes))
     for task in runners:
         task.cancel()

@@ -43,7 +43,7 @@ async def _round_trip(stack: Stack, node_id: str, timeout: float) -> str | None:
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
-        result = await stack.result(Api.APPSERVER, {"node_id": node_id, "method": "thread/list",
+        result = await stack.result(Api.APPSERVER, {"node_id": node_id, "method": "thread/list", "params": {},
                                                     "timeout": max(left, 0.1)}, record=False)
         if result["ok"]:
             return None

@@ -11,7 +11,7 @@ import time
 from runtime.bot.config import BotConfig
 from runtime.bot.manager_client import ManagerClient
 from runtime.logfmt import log
-from runtime.protocol import Api, RelayError
+from runtime.protocol import Api, ErrorKind, RelayError
 
 logger = logging.getLogger("codex_bot.access")
 
@@ -47,7 +47,7 @@ class Access:
             return USER
         if self._roles is None:
             # Never fetched: a stranger cannot be told apart from a user the manager allows.
-            err = self._error or RelayError("manager_unavailable")
+            err = self._error or RelayError(ErrorKind.MANAGER_UNAVAILABLE)
             raise RelayError(err.kind, err.error)
         return None
 

@@ -91,7 +91,8 @@ class Delivery:
         return result is not None
 
     async def _slot(self, chat_id: int | None, limited: bool) -> None:
-        while (wait := self._paused_until - time.monotonic()) > 0:
+        # A deadline, not a flag: another 429 may push it further while we sleep.
+        while (wait := self._paused_until - time.monotonic()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(wait)
         if not limited:
             return

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 
 from runtime.logfmt import log
-from runtime.protocol import Api, RelayError
+from runtime.protocol import Api, ErrorKind, RelayError, parse_kind
 
 logger = logging.getLogger("codex_bot.manager")
 
@@ -76,15 +76,17 @@ class ManagerClient:
                     payload = await resp.json(content_type=None)
             except aiohttp.ClientConnectorError as exc:
                 # Nothing reached the manager: it is down or unreachable.
-                raise RelayError("manager_unavailable", f"cannot connect: {exc.strerror or type(exc).__name__}") from None
+                raise RelayError(ErrorKind.MANAGER_UNAVAILABLE,
+                                 f"cannot connect: {exc.strerror or type(exc).__name__}") from None
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
-                raise MaybeDelivered("manager_unavailable", f"the manager dropped the connection during "
+                raise MaybeDelivered(ErrorKind.MANAGER_UNAVAILABLE, f"the manager dropped the connection during "
                                                             f"{path.value}: {type(exc).__name__}") from None
             except TimeoutError:
-                raise MaybeDelivered("timeout", f"the manager did not answer {path.value} within {limit:g}s "
+                raise MaybeDelivered(ErrorKind.TIMEOUT, f"the manager did not answer {path.value} within {limit:g}s "
                                                 "(timed out)") from None
             except ValueError:
-                raise RelayError("internal", f"the manager answered {path.value} with non-JSON (HTTP {status})") from None
+                raise RelayError(ErrorKind.INTERNAL,
+                                 f"the manager answered {path.value} with non-JSON (HTTP {status})") from None
             result = _unwrap(status, payload, path)
         except RelayError as err:
             # Transport and credential failures are the operator's concern; a business refusal is routine.
@@ -99,15 +101,15 @@ class ManagerClient:
 
 def _unwrap(status: int | None, payload: Any, path: Api) -> dict[str, Any]:
     if status == 401:
-        raise RelayError("unauthorized", "the manager refused the bot's control token: set --control-token "
+        raise RelayError(ErrorKind.UNAUTHORIZED, "the manager refused the bot's control token: set --control-token "
                                          "(CODEX_RELAY_BOT_CONTROL_TOKEN) to the manager's control token")
     if not isinstance(payload, dict):
-        raise RelayError("internal", f"the manager answered {path.value} with an unexpected body (HTTP {status})")
+        raise RelayError(ErrorKind.INTERNAL, f"the manager answered {path.value} with an unexpected body (HTTP {status})")
     if not payload.get("ok"):
-        raise RelayError(str(payload.get("error_kind") or "internal"), payload.get("error"))
+        raise RelayError(parse_kind(payload.get("error_kind")), payload.get("error"))
     result = payload.get("result")
     if not isinstance(result, dict):
-        raise RelayError("internal", f"the manager answered {path.value} without a result")
+        raise RelayError(ErrorKind.INTERNAL, f"the manager answered {path.value} without a result")
     if not result.get("ok"):
-        raise RelayError(str(result.get("error_kind") or "internal"), result.get("error"))
+        raise RelayError(parse_kind(result.get("error_kind")), result.get("error"))
     return result

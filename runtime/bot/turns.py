@@ -20,7 +20,7 @@ from runtime.bot.context import Req, chat_id_of, chat_key
 from runtime.bot.delivery import Delivery
 from runtime.bot.manager_client import ManagerClient, MaybeDelivered
 from runtime.logfmt import log
-from runtime.protocol import Api, RelayError, new_id
+from runtime.protocol import Api, RelayError, new_id, parse_kind
 
 logger = logging.getLogger("codex_bot.turns")
 
@@ -118,7 +118,7 @@ class Turns:
         if result.get("ok"):
             await self.finish(turn, result)
         else:
-            await self.fail(turn, RelayError(str(result.get("error_kind") or "internal"), result.get("error")))
+            await self.fail(turn, RelayError(parse_kind(result.get("error_kind")), result.get("error")))
 
     async def _orphan(self, task_id: str, chat_id: int | None, result: dict[str, Any]) -> None:
         """A chat's turn that an earlier bot process started: its placeholder is unknown, so the answer is sent."""

@@ -5,16 +5,19 @@ Nothing here touches SQLite; the durable half of every fact lives in store.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from runtime.logfmt import log
-from runtime.protocol import Event, encode, message
+from runtime.protocol import encode_bytes
+from runtime.protocol.wire import EventFrame, Frame, RpcOutcome
 
 logger = logging.getLogger("codex_manager.hub")
 
@@ -28,14 +31,15 @@ class NodeSession:
     token_id: str
     ws: web.WebSocketResponse
     version: str
+    protocol: int
     connected_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
 
-    async def send(self, msg: dict[str, Any]) -> bool:
+    async def send(self, msg: Frame) -> bool:
         if self.ws.closed:
             return False
         try:
-            await self.ws.send_str(encode(msg))
+            await self.ws.send_frame(encode_bytes(msg), WSMsgType.TEXT)
             return True
         except (ConnectionError, RuntimeError):
             return False
@@ -45,8 +49,8 @@ class Hub:
     def __init__(self) -> None:
         self.sessions: dict[str, NodeSession] = {}
         self.task_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.rpc_waiters: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}  # request_id -> node_id, future
-        self.subscribers: set[asyncio.Queue[str | None]] = set()
+        self.rpc_waiters: dict[str, tuple[str, asyncio.Future[RpcOutcome]]] = {}  # request_id -> node_id, future
+        self.subscribers: set[asyncio.Queue[bytes | None]] = set()
         self.counters: Counter[str] = Counter()
 
     # ---- sessions ---------------------------------------------------------------------------
@@ -70,12 +74,12 @@ class Hub:
         if fut is not None and not fut.done():
             fut.set_result(result)
 
-    def wait_rpc(self, node_id: str, request_id: str) -> asyncio.Future[dict[str, Any]]:
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    def wait_rpc(self, node_id: str, request_id: str) -> asyncio.Future[RpcOutcome]:
+        fut: asyncio.Future[RpcOutcome] = asyncio.get_running_loop().create_future()
         self.rpc_waiters[request_id] = (node_id, fut)
         return fut
 
-    def resolve_rpc(self, node_id: str, request_id: str, response: dict[str, Any]) -> bool:
+    def resolve_rpc(self, node_id: str, request_id: str, response: RpcOutcome) -> bool:
         """Only the node the call went to may answer it; anything else is a late or stray reply."""
         waiter = self.rpc_waiters.get(request_id)
         if waiter is None or waiter[0] != node_id or waiter[1].done():
@@ -84,7 +88,7 @@ class Hub:
         waiter[1].set_result(response)
         return True
 
-    def fail_rpcs(self, node_id: str, response: dict[str, Any]) -> None:
+    def fail_rpcs(self, node_id: str, response: RpcOutcome) -> None:
         """A node's replies die with its socket: its callers learn now rather than at their timeout."""
         for request_id, (owner, fut) in list(self.rpc_waiters.items()):
             if owner == node_id:
@@ -93,33 +97,37 @@ class Hub:
                     fut.set_result(response)
 
     # ---- events -----------------------------------------------------------------------------
-    def subscribe(self) -> asyncio.Queue[str | None]:
-        queue: asyncio.Queue[str | None] = asyncio.Queue(EVENT_QUEUE_MAX)
+    @contextlib.asynccontextmanager
+    async def subscription(self) -> AsyncIterator[asyncio.Queue[bytes | None]]:
+        """A queue of encoded events for one listener; None in it means: finish now."""
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(EVENT_QUEUE_MAX)
         self.subscribers.add(queue)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[str | None]) -> None:
-        self.subscribers.discard(queue)
+        try:
+            yield queue
+        finally:
+            self.subscribers.discard(queue)
 
     def close_subscribers(self) -> None:
         """Tell every event-stream writer to finish, so a shutdown does not wait on idle listeners."""
         for queue in list(self.subscribers):
             self.subscribers.discard(queue)
-            try:
-                queue.put_nowait(None)
-            except asyncio.QueueFull:
-                queue.get_nowait()
-                queue.put_nowait(None)
+            _finish(queue)
 
-    def publish(self, event: Event, **fields: Any) -> None:
-        frame = encode(message(event, ts=time.time(), **fields))
+    def publish(self, event: EventFrame) -> None:
+        frame = encode_bytes(event)
         for queue in list(self.subscribers):
             try:
                 queue.put_nowait(frame)
             except asyncio.QueueFull:
-                # None tells the subscriber's writer to close: a slow reader must not grow memory.
+                # A slow reader must not grow memory: it is told to close instead.
                 self.subscribers.discard(queue)
                 self.counters["event_subscribers_dropped"] += 1
                 log(logger, logging.WARNING, "event_subscriber_dropped", reason="queue_full")
-                queue.get_nowait()
-                queue.put_nowait(None)
+                _finish(queue)
+
+
+def _finish(queue: asyncio.Queue[bytes | None]) -> None:
+    with contextlib.suppress(asyncio.QueueEmpty):
+        while queue.full():
+            queue.get_nowait()
+    queue.put_nowait(None)

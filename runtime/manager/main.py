@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -14,10 +15,11 @@ from runtime.logfmt import log
 from runtime.manager import config as config_mod
 from runtime.manager.config import ManagerConfig
 from runtime.manager.collector import Collector
-from runtime.manager.control import add_routes, openapi
+from runtime.manager.control import add_routes, openapi_view
+from runtime.manager.keys import COLLECTOR, MANAGER
 from runtime.manager.node_ws import node_socket
 from runtime.manager.service import Manager
-from runtime.protocol import CLOSE_SHUTDOWN, Api, RelayError, encode
+from runtime.protocol import CLOSE_SHUTDOWN, MAX_BODY_BYTES, Api, RelayError
 
 logger = logging.getLogger("codex_manager")
 
@@ -25,14 +27,14 @@ EXIT_STORAGE = 3
 
 
 async def healthz(request: web.Request) -> web.Response:
-    mgr: Manager = request.app["manager"]
+    mgr = request.app[MANAGER]
     # A health check that reads the DB also proves the store's thread is not wedged.
     await mgr.store.query("SELECT 1")
     return web.json_response({"ok": True, "online": len(mgr.hub.sessions), "uptime": time.time() - mgr.started_at})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    mgr: Manager = request.app["manager"]
+    mgr = request.app[MANAGER]
     lines = ["# TYPE relay_nodes_online gauge", f"relay_nodes_online {len(mgr.hub.sessions)}",
              "# TYPE relay_event_subscribers gauge", f"relay_event_subscribers {len(mgr.hub.subscribers)}",
              "# TYPE relay_waiters gauge", f"relay_waiters{{kind=\"task\"}} {len(mgr.hub.task_waiters)}",
@@ -44,31 +46,26 @@ async def metrics(request: web.Request) -> web.Response:
         counts = {}
     lines.append("# TYPE relay_tasks gauge")
     lines += [f'relay_tasks{{state="{state}"}} {n}' for state, n in sorted(counts.items())]
-    lines += request.app["collector"].metric_lines()
+    lines += request.app[COLLECTOR].metric_lines()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
 
-async def openapi_view(request: web.Request) -> web.Response:
-    return web.json_response(openapi(), dumps=encode)
-
-
 def build_app(config: ManagerConfig) -> web.Application:
-    app = web.Application(client_max_size=1 << 20)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     mgr = Manager(config)
-    app["manager"] = mgr
-    app["collector"] = collector = Collector(config.gc_interval)
+    app[MANAGER] = mgr
+    app[COLLECTOR] = collector = Collector(config.gc_interval)
     app.router.add_get(Api.HEALTHZ, healthz)
     app.router.add_get(Api.METRICS, metrics)
     app.router.add_get(Api.OPENAPI, openapi_view)
     app.router.add_get(Api.NODE_WS, node_socket)
     add_routes(app)
 
-    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await mgr.start()
         collector.install()
-        scheduled = asyncio.create_task(collector.run(), name="gc")
+        mgr.tasks.spawn(collector.run(), "gc")
         yield
-        scheduled.cancel()
         collector.uninstall()
         await mgr.stop()
 
@@ -94,7 +91,7 @@ async def serve(config: ManagerConfig) -> int:
         return EXIT_STORAGE
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     log(logger, logging.INFO, "manager_ready", host=config.host, port=port, db=config.db)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

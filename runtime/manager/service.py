@@ -10,12 +10,16 @@ import logging
 import time
 from typing import Any
 
+import msgspec
+
+from runtime.aiotasks import Background
 from runtime.logfmt import log
 from runtime.manager.config import ManagerConfig
 from runtime.manager.hub import Hub, NodeSession
 from runtime.manager.store import Store
-from runtime.protocol import (CLOSE_REVOKED, CLOSE_SILENT, ApprovalState, Decision, Event, Msg, RelayError,
-                              TaskState, message, new_id, result_fields)
+from runtime.protocol import CLOSE_REVOKED, CLOSE_SILENT, ApprovalState, Decision, ErrorKind, RelayError, TaskState, new_id
+from runtime.protocol import wire
+from runtime.protocol.wire import RpcOutcome, TaskOutcome
 
 logger = logging.getLogger("codex_manager")
 LAST_SEEN_FLUSH = 30.0  # seconds between writes of live nodes' last_seen to the DB
@@ -29,21 +33,17 @@ class Manager:
         self.config = config
         self.store = Store(config.db, config.busy_timeout_ms)
         self.hub = Hub()
-        self._loops: list[asyncio.Task[None]] = []
+        self.tasks = Background(logger)
         self.started_at = time.time()
-        self.unstored: dict[str, tuple[str | None, dict[str, Any]]] = {}  # results that met a locked DB
+        self.unstored: dict[str, tuple[str | None, TaskOutcome]] = {}  # results that met a locked DB
 
     async def start(self) -> None:
         await self.store.open()
         await self.store.mark_all_offline()
-        self._loops = [asyncio.create_task(self._sweep_forever(), name="sweep")]
+        self.tasks.spawn(self._sweep_forever(), "sweep")
 
     async def stop(self) -> None:
-        for task in self._loops:
-            task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.tasks.close()
         await self.store.close()
 
     # ---- sessions ---------------------------------------------------------------------------
@@ -51,16 +51,16 @@ class Manager:
         if self.hub.sessions.get(session.node_id) is not session:
             return  # a newer session replaced this one; the node stays online
         del self.hub.sessions[session.node_id]
-        self.hub.fail_rpcs(session.node_id, result_fields(False, RelayError(
-            "node_offline", f"node {session.node_id} disconnected before it answered")))
+        self.hub.fail_rpcs(session.node_id, RpcOutcome(ok=False, **RelayError(
+            ErrorKind.NODE_OFFLINE, f"node {session.node_id} disconnected before it answered").fields()))
         log(logger, logging.INFO, "node_offline", node_id=session.node_id, session_id=session.session_id)
-        self.hub.publish(Event.NODE_OFFLINE, node_id=session.node_id)
+        self.hub.publish(wire.NodeOffline(node_id=session.node_id))
         with contextlib.suppress(RelayError):
             await self.store.node_offline(session.node_id, session.last_seen)
 
     async def revoke_token(self, token_id: str) -> dict[str, Any]:
         if not await self.store.revoke_token(token_id):
-            raise RelayError("not_found", f"no active token {token_id!r}: see /api/tokens")
+            raise RelayError(ErrorKind.NOT_FOUND, f"no active token {token_id!r}: see /api/tokens")
         closed = []
         for session in self.hub.sessions_for_token(token_id):
             closed.append(session.node_id)
@@ -77,25 +77,23 @@ class Manager:
             return await self._await_existing(existing, timeout)
         session = self.hub.online(node_id)
         if session is None:
-            raise RelayError("node_offline", f"node {node_id!r} is offline: wait for it or pick another node")
-        task = {"task_id": task_id or new_id("task"), "trace_id": trace_id, "node_id": node_id,
-                "chat_key": chat_key, "prompt": prompt, "thread_id": thread_id, "model": model,
-                "deadline": time.time() + timeout}
-        if not await self.store.create_task(task):
-            return await self._await_existing(await self.store.task(task["task_id"]), timeout)
-        waiter = self.hub.wait_task(task["task_id"])
-        sent = await session.send(message(Msg.TASK_ASSIGN, **{k: v for k, v in task.items() if k != "deadline"},
-                                          timeout=timeout))
-        if not sent:
-            return await self._fail(task["task_id"], RelayError("node_offline", "the node went away during dispatch"))
-        await self.store.advance_task(task["task_id"], TaskState.ASSIGNED)
-        log(logger, logging.INFO, "task_assigned", trace_id=trace_id, node_id=node_id, task_id=task["task_id"])
-        return await self._await_result(task["task_id"], waiter, timeout, session)
+            raise RelayError(ErrorKind.NODE_OFFLINE, f"node {node_id!r} is offline: wait for it or pick another node")
+        assign = wire.TaskAssign(task_id=task_id or new_id("task"), trace_id=trace_id, node_id=node_id,
+                                 chat_key=chat_key, prompt=prompt, thread_id=thread_id, model=model, timeout=timeout)
+        if not await self.store.create_task(assign, deadline=time.time() + timeout):
+            return await self._await_existing(await self.store.task(assign.task_id), timeout)
+        waiter = self.hub.wait_task(assign.task_id)
+        if not await session.send(assign):
+            return await self._fail(assign.task_id, RelayError(ErrorKind.NODE_OFFLINE,
+                                                               "the node went away during dispatch"))
+        await self.store.advance_task(assign.task_id, TaskState.ASSIGNED)
+        log(logger, logging.INFO, "task_assigned", trace_id=trace_id, node_id=node_id, task_id=assign.task_id)
+        return await self._await_result(assign.task_id, waiter, timeout, session)
 
     async def _await_existing(self, task: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
         """A repeated task_id never runs twice: answer with what the first one became."""
         if task is None:
-            raise RelayError("internal", "a task vanished between two reads")
+            raise RelayError(ErrorKind.INTERNAL, "a task vanished between two reads")
         self.hub.counters["duplicate_dispatch"] += 1
         if task["result"] is not None:
             return {**task["result"], "task_id": task["task_id"], "duplicate": True}
@@ -108,33 +106,31 @@ class Manager:
         try:
             result = await asyncio.wait_for(asyncio.shield(waiter), timeout)
         except TimeoutError:
+            err = RelayError(ErrorKind.TIMEOUT, f"no result within {timeout:g}s")
             if session is None:  # a repeated caller gave up waiting; the task itself goes on
-                return {**result_fields(False, RelayError("timeout", f"no result within {timeout:g}s")),
-                        "task_id": task_id}
-            await session.send(message(Msg.TASK_CANCEL, task_id=task_id))
-            return await self._fail(task_id, RelayError("timeout", f"no result within {timeout:g}s"))
+                return {**wire.failed(err), "task_id": task_id}
+            await session.send(wire.TaskCancel(task_id=task_id))
+            return await self._fail(task_id, err)
         return {**result, "task_id": task_id}
 
     async def _fail(self, task_id: str, err: RelayError) -> dict[str, Any]:
         """The manager's own verdict; if the node's result won the race, that one stands."""
-        final = await self.accept_result(None, task_id, result_fields(False, err))
-        return {**(final or result_fields(False, err)), "task_id": task_id}
+        final = await self.accept_result(None, task_id, TaskOutcome(ok=False, **err.fields()))
+        return {**(final or wire.failed(err)), "task_id": task_id}
 
-    async def accept_result(self, node_id: str | None, task_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
+    async def accept_result(self, node_id: str | None, task_id: str, result: TaskOutcome) -> dict[str, Any] | None:
         """Record a task's final result once; orphans and duplicates are counted and ignored."""
         task = await self.store.task(task_id)
         if task is None or (node_id is not None and task["node_id"] != node_id):
             self.hub.counters["orphan_results"] += 1
             log(logger, logging.WARNING, "orphan_result_ignored", node_id=node_id, task_id=task_id)
             return None
-        clean = {k: v for k, v in result.items() if k in ("ok", "text", "thread_id", "turn_id", "error",
-                                                           "error_kind", "retriable", "duration_ms")}
-        clean["ok"] = bool(clean.get("ok"))
+        clean: dict[str, Any] = msgspec.to_builtins(result)
         try:
             finished = await self.store.finish_task(task_id, clean)
         except RelayError:
             # The node counts this result as delivered: keep it and store it once the DB answers again.
-            self.unstored[task_id] = (node_id, clean)
+            self.unstored[task_id] = (node_id, result)
             self.hub.counters["results_deferred"] += 1
             log(logger, logging.WARNING, "result_deferred", node_id=node_id, task_id=task_id, reason="storage_error")
             return None
@@ -142,68 +138,68 @@ class Manager:
         if finished is None:
             self.hub.counters["duplicate_results"] += 1
             log(logger, logging.INFO, "duplicate_result_ignored", node_id=node_id, task_id=task_id)
-            return task["result"]
+            previous: dict[str, Any] | None = task["result"]
+            return previous
         self.hub.counters[f"tasks_{finished['state']}"] += 1
         log(logger, logging.INFO, "task_final", trace_id=task["trace_id"], node_id=task["node_id"], task_id=task_id,
             state=finished["state"], error_kind=clean.get("error_kind"))
         for approval_id in finished["expired_approvals"]:
-            self.hub.publish(Event.APPROVAL_RESOLVED, approval_id=approval_id, state=ApprovalState.EXPIRED.value,
-                             decision="decline", decided_by="task_ended")
+            self.hub.publish(wire.ApprovalResolved(approval_id=approval_id, state=ApprovalState.EXPIRED.value,
+                                                   decision="decline", decided_by="task_ended"))
         self.hub.resolve_task(task_id, clean)
-        self.hub.publish(Event.TASK_RESULT, task_id=task_id, node_id=task["node_id"], chat_key=task["chat_key"],
-                         trace_id=task["trace_id"], result=clean)
+        self.hub.publish(wire.TaskResultEvent(task_id=task_id, node_id=task["node_id"], chat_key=task["chat_key"],
+                                              trace_id=task["trace_id"], result=result))
         return clean
 
     async def accept_task_state(self, node_id: str, task_id: str, state: str) -> None:
         if state == "unknown":
             # The node restarted and lost the task before finishing it: fail it, never re-run it.
-            await self.accept_result(node_id, task_id, result_fields(
-                False, RelayError("node_offline", "the node restarted before the task finished; it did not run "
-                                                  "to completion. Retry it.")))
+            await self.accept_result(node_id, task_id, TaskOutcome(ok=False, **RelayError(
+                ErrorKind.NODE_OFFLINE, "the node restarted before the task finished; it did not run "
+                                        "to completion. Retry it.").fields()))
         elif state == TaskState.RUNNING:
             await self.store.advance_task(task_id, TaskState.RUNNING)
 
     # ---- app-server relay -------------------------------------------------------------------
-    async def appserver(self, node_id: str, method: str, params: dict[str, Any], timeout: float,
-                        trace_id: str) -> dict[str, Any]:
+    async def appserver(self, node_id: str, method: str, params: dict[str, Any] | msgspec.UnsetType, timeout: float,
+                        trace_id: str) -> RpcOutcome:
         session = self.hub.online(node_id)
         if session is None:
-            raise RelayError("node_offline", f"node {node_id!r} is offline: wait for it or pick another node")
+            raise RelayError(ErrorKind.NODE_OFFLINE, f"node {node_id!r} is offline: wait for it or pick another node")
         request_id = new_id("rpc")
         waiter = self.hub.wait_rpc(node_id, request_id)
-        await session.send(message(Msg.APPSERVER_REQUEST, request_id=request_id, trace_id=trace_id, method=method,
-                                   params=params, timeout=timeout))
+        await session.send(wire.AppserverRequest(request_id=request_id, trace_id=trace_id, method=method,
+                                                 params=params, timeout=timeout))
         try:
             return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             self.hub.rpc_waiters.pop(request_id, None)
-            raise RelayError("timeout", f"{method} got no answer within {timeout:g}s") from None
+            raise RelayError(ErrorKind.TIMEOUT, f"{method} got no answer within {timeout:g}s") from None
 
     # ---- approvals --------------------------------------------------------------------------
-    async def approval_requested(self, node_id: str, msg: dict[str, Any]) -> None:
-        approval = {k: v for k, v in msg.items() if k != "type"}
-        approval["node_id"] = node_id
-        if await self.store.add_approval(approval):
-            log(logger, logging.INFO, "approval_requested", node_id=node_id, task_id=approval.get("task_id"),
-                approval_id=approval.get("approval_id"), trace_id=approval.get("trace_id"))
-            self.hub.publish(Event.APPROVAL_REQUESTED, approval=approval)
+    async def approval_requested(self, node_id: str, msg: wire.ApprovalRequest) -> None:
+        if await self.store.add_approval(node_id, msg):
+            log(logger, logging.INFO, "approval_requested", node_id=node_id, task_id=msg.task_id,
+                approval_id=msg.approval_id, trace_id=msg.trace_id)
+            self.hub.publish(wire.ApprovalRequested(approval=wire.PendingApproval(
+                node_id=node_id, **msgspec.structs.asdict(msg))))
 
     async def decide(self, approval_id: str, decision: Decision, decided_by: str) -> dict[str, Any]:
         approval = await self.store.approval(approval_id)
         if approval is None:
-            raise RelayError("not_found", f"no approval {approval_id!r}: see /api/approvals")
+            raise RelayError(ErrorKind.NOT_FOUND, f"no approval {approval_id!r}: see /api/approvals")
         state = DECISION_STATE[decision]
         if not await self.store.decide_approval(approval_id, state, decision.value, decided_by):
             current = await self.store.approval(approval_id)
-            raise RelayError("conflict", f"approval {approval_id} was already {current and current['state']}"
+            raise RelayError(ErrorKind.CONFLICT, f"approval {approval_id} was already {current and current['state']}"
                                          f" by {current and current['decided_by']}")
         session = self.hub.online(approval["node_id"])
         delivered = session is not None and await session.send(
-            message(Msg.APPROVAL_DECISION, approval_id=approval_id, decision=decision.value))
+            wire.ApprovalDecision(approval_id=approval_id, decision=decision))
         log(logger, logging.INFO, "approval_decided", approval_id=approval_id, decision=decision.value,
             decided_by=decided_by, node_id=approval["node_id"], task_id=approval.get("task_id"), delivered=delivered)
-        self.hub.publish(Event.APPROVAL_RESOLVED, approval_id=approval_id, state=state.value,
-                         decision=decision.value, decided_by=decided_by)
+        self.hub.publish(wire.ApprovalResolved(approval_id=approval_id, state=state.value, decision=decision.value,
+                                               decided_by=decided_by))
         return {"approval_id": approval_id, "state": state.value, "decision": decision.value,
                 "decided_by": decided_by, "delivered": delivered}
 
@@ -238,5 +234,5 @@ class Manager:
         cutoff = time.time() - self.config.result_grace
         for task in await self.store.open_tasks():
             if task["deadline"] < cutoff:
-                await self.accept_result(None, task["task_id"], result_fields(False, RelayError(
-                    "timeout", "no result arrived before the task's deadline plus the grace period")))
+                await self.accept_result(None, task["task_id"], TaskOutcome(ok=False, **RelayError(
+                    ErrorKind.TIMEOUT, "no result arrived before the task's deadline plus the grace period").fields()))

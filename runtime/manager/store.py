@@ -1,6 +1,6 @@
 """The manager's SQLite state (aiosqlite): versioned schema, and one transaction per change.
 
-Every failed or locked write surfaces as RelayError("storage_error") with nothing half-written.
+Every failed or locked write surfaces as RelayError(ErrorKind.STORAGE_ERROR) with nothing half-written.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import aiosqlite
 
 from runtime.logfmt import log
 from runtime.manager.nodeview import COLUMNS as NODE_COLUMNS, NodeView
-from runtime.protocol import FINAL_STATES, ApprovalState, RelayError, TaskState, new_id
+from runtime.protocol import FINAL_STATES, ApprovalState, ErrorKind, RelayError, TaskState, encode, new_id
+from runtime.protocol.wire import ApprovalRequest, TaskAssign
 
 logger = logging.getLogger("codex_manager.store")
 
@@ -59,6 +60,12 @@ def _row(cursor: aiosqlite.Cursor, row: tuple[Any, ...]) -> dict[str, Any]:
     return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
 
 
+async def fetch(db: aiosqlite.Connection, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+    """Rows as dicts: the connection's row factory is _row, which aiosqlite's types cannot know."""
+    rows: Any = await db.execute_fetchall(sql, tuple(params))
+    return list(rows)
+
+
 class Store:
     def __init__(self, path: str, busy_timeout_ms: int = 2000) -> None:
         self.path = path
@@ -78,7 +85,7 @@ class Store:
             await self._migrate()
             self.nodes.load(await self.query(f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes"))
         except sqlite3.Error as exc:
-            raise RelayError("storage_error", f"cannot open database {self.path}: {exc}") from None
+            raise RelayError(ErrorKind.STORAGE_ERROR, f"cannot open database {self.path}: {exc}") from None
 
     async def close(self) -> None:
         if self._db is not None:
@@ -92,8 +99,8 @@ class Store:
 
     async def _migrate(self) -> None:
         await self.db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        rows = await self.db.execute_fetchall("SELECT version FROM schema_version")
-        current = rows[0]["version"] if rows else 0  # type: ignore[index]
+        rows = await fetch(self.db, "SELECT version FROM schema_version")
+        current = rows[0]["version"] if rows else 0
         for version, script in enumerate(MIGRATIONS[current:], start=current + 1):
             await self.db.executescript(f"BEGIN IMMEDIATE; {script}; DELETE FROM schema_version; "
                                         f"INSERT INTO schema_version VALUES ({version}); COMMIT;")
@@ -111,14 +118,14 @@ class Store:
             await self.db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             log(logger, logging.WARNING, "storage_error", during=op, error=str(exc))
-            raise RelayError("storage_error", f"{op}: {exc}") from None
+            raise RelayError(ErrorKind.STORAGE_ERROR, f"{op}: {exc}") from None
         try:
             yield self.db
             await self.db.execute("COMMIT")
         except sqlite3.Error as exc:
             await self._rollback()
             log(logger, logging.WARNING, "storage_error", during=op, error=str(exc))
-            raise RelayError("storage_error", f"{op}: {exc}") from None
+            raise RelayError(ErrorKind.STORAGE_ERROR, f"{op}: {exc}") from None
         except BaseException:
             await self._rollback()
             raise
@@ -131,9 +138,9 @@ class Store:
 
     async def query(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         try:
-            return list(await self.db.execute_fetchall(sql, tuple(params)))  # type: ignore[arg-type]
+            return await fetch(self.db, sql, params)
         except sqlite3.Error as exc:
-            raise RelayError("storage_error", f"read failed: {exc}") from None
+            raise RelayError(ErrorKind.STORAGE_ERROR, f"read failed: {exc}") from None
 
     # ---- tokens ----------------------------------------------------------------------------
     async def create_token(self, node_id: str | None, note: str | None) -> tuple[dict[str, Any], str]:
@@ -215,10 +222,10 @@ class Store:
                     await db.execute(f"UPDATE chat_routes SET {column} = ?, updated_at = ? WHERE chat_key = ?",
                                      (fields[column], now, chat_key))
             if "thread_id" in fields:
-                rows = await db.execute_fetchall("SELECT node_id FROM chat_routes WHERE chat_key = ?", (chat_key,))
-                node_id = rows[0]["node_id"]  # type: ignore[index, call-overload]
+                rows = await fetch(db, "SELECT node_id FROM chat_routes WHERE chat_key = ?", (chat_key,))
+                node_id = rows[0]["node_id"]
                 if node_id is None:
-                    raise RelayError("invalid_request", "select a node before switching threads")
+                    raise RelayError(ErrorKind.INVALID_REQUEST, "select a node before switching threads")
                 await self._set_thread(db, chat_key, node_id, fields["thread_id"], now)
 
     @staticmethod
@@ -232,7 +239,7 @@ class Store:
                              (chat_key, node_id, thread_id, now))
 
     # ---- tasks -----------------------------------------------------------------------------
-    async def create_task(self, task: dict[str, Any]) -> bool:
+    async def create_task(self, task: TaskAssign, deadline: float) -> bool:
         """False if the task_id exists already: two callers racing with one id get one task."""
         now = time.time()
         async with self.tx("create_task") as db:
@@ -240,8 +247,8 @@ class Store:
                 "INSERT INTO tasks (task_id, trace_id, node_id, chat_key, prompt, thread_id, model, state, "
                 "created_at, updated_at, deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (task_id) DO NOTHING",
-                (task["task_id"], task["trace_id"], task["node_id"], task.get("chat_key"), task["prompt"],
-                 task.get("thread_id"), task.get("model"), TaskState.QUEUED, now, now, task["deadline"]))
+                (task.task_id, task.trace_id, task.node_id, task.chat_key, task.prompt,
+                 task.thread_id, task.model, TaskState.QUEUED, now, now, deadline))
             return cur.rowcount == 1
 
     async def task(self, task_id: str) -> dict[str, Any] | None:
@@ -270,10 +277,10 @@ class Store:
         state = TaskState.DONE if result.get("ok") else TaskState.FAILED
         now = time.time()
         async with self.tx("finish_task") as db:
-            rows = await db.execute_fetchall("SELECT * FROM tasks WHERE task_id = ?", (task_id,))
+            rows = await fetch(db, "SELECT * FROM tasks WHERE task_id = ?", (task_id,))
             if not rows:
                 return None
-            task: dict[str, Any] = rows[0]  # type: ignore[assignment]
+            task = rows[0]
             if task["state"] in FINAL_STATES:
                 return None
             await db.execute("UPDATE tasks SET state = ?, updated_at = ?, result = ?, error_kind = ?, "
@@ -282,13 +289,13 @@ class Store:
                               result.get("thread_id"), task_id))
             if task["chat_key"] and result.get("thread_id"):
                 await self._set_thread(db, task["chat_key"], task["node_id"], result["thread_id"], now)
-            expired = await db.execute_fetchall("SELECT approval_id FROM approvals WHERE task_id = ? AND state = ?",
-                                                (task_id, ApprovalState.PENDING))
+            expired = await fetch(db, "SELECT approval_id FROM approvals WHERE task_id = ? AND state = ?",
+                                  (task_id, ApprovalState.PENDING))
             await db.execute("UPDATE approvals SET state = ?, decision = 'decline', decided_by = 'task_ended', "
                              "decided_at = ? WHERE task_id = ? AND state = ?",
                              (ApprovalState.EXPIRED, now, task_id, ApprovalState.PENDING))
         return {**task, "state": state.value, "result": result,
-                "expired_approvals": [r["approval_id"] for r in expired]}  # type: ignore[call-overload]
+                "expired_approvals": [r["approval_id"] for r in expired]}
 
     async def open_tasks(self, node_id: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT task_id, trace_id, node_id, state, deadline FROM tasks WHERE state NOT IN ('done', 'failed')"
@@ -299,13 +306,13 @@ class Store:
         return {r["state"]: r["n"] for r in rows}
 
     # ---- approvals -------------------------------------------------------------------------
-    async def add_approval(self, approval: dict[str, Any]) -> bool:
+    async def add_approval(self, node_id: str, approval: ApprovalRequest) -> bool:
         async with self.tx("add_approval") as db:
             cur = await db.execute(
                 "INSERT INTO approvals (approval_id, node_id, task_id, trace_id, payload, state, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (approval_id) DO NOTHING",
-                (approval["approval_id"], approval["node_id"], approval.get("task_id"), approval.get("trace_id"),
-                 json.dumps(approval), ApprovalState.PENDING, time.time()))
+                (approval.approval_id, node_id, approval.task_id, approval.trace_id,
+                 encode(approval), ApprovalState.PENDING, time.time()))
             return cur.rowcount == 1
 
     async def decide_approval(self, approval_id: str, state: ApprovalState, decision: str | None,
@@ -321,7 +328,7 @@ class Store:
         rows = await self.query("SELECT * FROM approvals WHERE approval_id = ?", (approval_id,))
         return _approval_view(rows[0]) if rows else None
 
-    async def list_approvals(self, state: str | None) -> list[dict[str, Any]]:
+    async def list_approvals(self, state: ApprovalState | None) -> list[dict[str, Any]]:
         sql = "SELECT * FROM approvals" + (" WHERE state = ?" if state else "") + " ORDER BY created_at"
         return [_approval_view(r) for r in await self.query(sql, (state,) if state else ())]
 
@@ -340,4 +347,5 @@ class Store:
 
 def _approval_view(row: dict[str, Any]) -> dict[str, Any]:
     payload = json.loads(row.pop("payload"))
+    payload.pop("type", None)
     return {**payload, **row}

@@ -6,21 +6,25 @@ callbacks, and a crash fails every call in flight with `appserver_crash`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-from typing import Any
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import msgspec
+
+from runtime.aiotasks import Background, cancel
+from runtime.backoff import Backoff
 from runtime.logfmt import log
 from runtime.node.config import NodeConfig
-from runtime.protocol import RelayError, encode_bytes, loads
+from runtime.protocol import ErrorKind, RelayError, encode_bytes
 
 logger = logging.getLogger("codex_node")
 
 Notify = Callable[[str, dict[str, Any]], None]
 ServerRequest = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 STREAM_LIMIT = 16 << 20  # codex lines carry whole turns; the default 64 KiB readline limit is too small
+NO_PARAMS: Any = msgspec.UNSET  # a call sent without `params`: some codex methods take none
 
 
 class AppServer:
@@ -35,6 +39,7 @@ class AppServer:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._next_id = 1
         self._supervisor: asyncio.Task[None] | None = None
+        self.tasks = Background(logger, node_id=config.node_id)
         self._closing = False
 
     @property
@@ -54,49 +59,48 @@ class AppServer:
             except TimeoutError:
                 self.proc.kill()
         if self._supervisor:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
+            await cancel(self._supervisor)
+        await self.tasks.close()
 
     async def _supervise(self) -> None:
-        delay = self.config.backoff_initial
+        backoff = Backoff(self.config.backoff_initial, self.config.backoff_factor, self.config.backoff_max)
         while not self._closing:
+            code: int | None = None
             try:
-                await self._spawn()
-                delay = self.config.backoff_initial
-                assert self.proc is not None
-                code = await self.proc.wait()
+                proc = await self._spawn()
+                backoff.reset()
+                code = await proc.wait()
             except (TimeoutError, OSError, RelayError) as exc:
-                code = None
                 log(logger, logging.ERROR, "appserver_start_failed", node_id=self.config.node_id, error=str(exc))
             self.ready.clear()
-            self._fail_pending(RelayError("appserver_crash", f"codex app-server exited (code {code})"))
+            self._fail_pending(RelayError(ErrorKind.APPSERVER_CRASH, f"codex app-server exited (code {code})"))
             if self._closing:
                 return
+            delay = backoff.next()
             log(logger, logging.WARNING, "appserver_exited", node_id=self.config.node_id, code=code,
                 restart_in=round(delay, 2))
             await asyncio.sleep(delay)
-            delay = min(delay * self.config.backoff_factor, self.config.backoff_max)
 
-    async def _spawn(self) -> None:
+    async def _spawn(self) -> asyncio.subprocess.Process:
         env = dict(os.environ)
         if self.config.codex_home:
             env["CODEX_HOME"] = self.config.codex_home
-        self.proc = await asyncio.create_subprocess_exec(
+        self.proc = proc = await asyncio.create_subprocess_exec(
             self.config.codex_bin, "app-server", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, cwd=self.config.cwd, env=env, limit=STREAM_LIMIT)
         self.generation += 1
-        asyncio.create_task(self._read_stdout(self.proc), name="appserver-stdout")
-        asyncio.create_task(self._read_stderr(self.proc), name="appserver-stderr")
+        self.tasks.spawn(self._read_stdout(proc), "appserver-stdout")
+        self.tasks.spawn(self._read_stderr(proc), "appserver-stderr")
         await self._call("initialize", {"clientInfo": {"name": f"codex_node:{self.config.node_id}",
                                                        "title": "Codex Relay node", "version": self.version},
                                         "capabilities": None}, timeout=30)
         self._write({"method": "initialized"})
-        log(logger, logging.INFO, "appserver_ready", node_id=self.config.node_id, pid=self.proc.pid,
+        log(logger, logging.INFO, "appserver_ready", node_id=self.config.node_id, pid=proc.pid,
             generation=self.generation)
         self.ready.set()
+        return proc
 
-    async def request(self, method: str, params: dict[str, Any], timeout: float) -> Any:
+    async def request(self, method: str, params: dict[str, Any] | msgspec.UnsetType, timeout: float) -> Any:
         """One JSON-RPC call once the child is up; the wait for readiness counts against the timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -104,25 +108,29 @@ class AppServer:
             if not self.ready.is_set():  # wait_for on a set event can still time out when timeout is tiny
                 await asyncio.wait_for(self.ready.wait(), timeout)
         except TimeoutError:
-            raise RelayError("appserver_crash", "codex app-server is not running; the node is restarting it") from None
+            raise RelayError(ErrorKind.APPSERVER_CRASH,
+                             "codex app-server is not running; the node is restarting it") from None
         return await self._call(method, params, max(deadline - loop.time(), 0.001))
 
-    async def _call(self, method: str, params: dict[str, Any], timeout: float) -> Any:
+    async def _call(self, method: str, params: dict[str, Any] | msgspec.UnsetType, timeout: float) -> Any:
         request_id = self._next_id
         self._next_id += 1
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = fut
+        call: dict[str, Any] = {"id": request_id, "method": method}
+        if params is not msgspec.UNSET:
+            call["params"] = params
         try:
-            self._write({"id": request_id, "method": method, "params": params})
+            self._write(call)
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            raise RelayError("timeout", f"codex did not answer {method} within {timeout:g}s") from None
+            raise RelayError(ErrorKind.TIMEOUT, f"codex did not answer {method} within {timeout:g}s") from None
         finally:
             self._pending.pop(request_id, None)
 
     def _write(self, msg: dict[str, Any]) -> None:
         if self.proc is None or self.proc.stdin is None or self.proc.stdin.is_closing():
-            raise RelayError("appserver_crash", "codex app-server is not running")
+            raise RelayError(ErrorKind.APPSERVER_CRASH, "codex app-server is not running")
         self.proc.stdin.write(encode_bytes(msg) + b"\n")
 
     def _fail_pending(self, err: RelayError) -> None:
@@ -135,28 +143,36 @@ class AppServer:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             try:
-                msg = loads(line)
-            except ValueError:
+                msg = msgspec.json.decode(line)
+            except msgspec.DecodeError:
+                msg = None
+            if not isinstance(msg, dict):
                 log(logger, logging.WARNING, "appserver_bad_line", node_id=self.config.node_id, line=line[:200])
                 continue
             if "method" in msg and "id" in msg:
-                asyncio.create_task(self._answer(proc, msg))
+                self.tasks.spawn(self._answer(proc, msg), "appserver-request")
             elif "method" in msg:
-                self.on_notify(msg["method"], msg.get("params") or {})
-            elif (fut := self._pending.get(msg.get("id"))) is not None and not fut.done():
+                self.on_notify(str(msg["method"]), msg.get("params") or {})
+            elif (fut := self._pending.get(msg.get("id"))) is not None and not fut.done():  # type: ignore[arg-type]
                 if "error" in msg:
                     err = msg["error"] or {}
-                    fut.set_exception(RelayError("appserver_error", f"{err.get('code')}: {err.get('message')}"))
+                    fut.set_exception(RelayError(ErrorKind.APPSERVER_ERROR,
+                                                 f"{err.get('code')}: {err.get('message')}"))
                 else:
                     fut.set_result(msg.get("result"))
 
     async def _answer(self, proc: asyncio.subprocess.Process, msg: dict[str, Any]) -> None:
-        """Server->client requests (approvals) are answered on the same child that asked."""
+        """Server->client requests (approvals) are answered on the same child that asked, whatever happens:
+        codex waits for the answer, so one left unanswered stalls its turn."""
         try:
-            result = await self.on_request(msg["method"], msg.get("params") or {})
+            result = await self.on_request(str(msg["method"]), msg.get("params") or {})
             reply: dict[str, Any] = {"id": msg["id"], "result": result}
         except RelayError as err:
             reply = {"id": msg["id"], "error": {"code": -32603, "message": err.error}}
+        except Exception as exc:  # noqa: BLE001 - a bug here must still answer codex, and is logged
+            log(logger, logging.ERROR, "server_request_failed", node_id=self.config.node_id, method=msg["method"],
+                error=f"{type(exc).__name__}: {exc}")
+            reply = {"id": msg["id"], "error": {"code": -32603, "message": f"the node failed: {type(exc).__name__}"}}
         if proc is self.proc and proc.stdin is not None and not proc.stdin.is_closing():
             proc.stdin.write(encode_bytes(reply) + b"\n")
 

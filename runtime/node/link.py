@@ -7,24 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from runtime.aiotasks import Background
+from runtime.backoff import Backoff
 from runtime.logfmt import log
 from runtime.node.config import NodeConfig
-from runtime.protocol import (CLOSE_REPLACED, MAX_FRAME_BYTES, PROTOCOL_VERSION, Msg, RelayError, decode, encode,
-                              message, parse_msg_type)
+from runtime.protocol import CLOSE_REPLACED, MAX_FRAME_BYTES, PROTOCOL_VERSION, RelayError, encode_bytes
+from runtime.protocol import wire
 
 logger = logging.getLogger("codex_node")
 
-Handler = Callable[[Msg, dict[str, Any]], Awaitable[None]]
+Handler = Callable[[wire.ManagerFrame], Coroutine[Any, Any, None]]
 OUTBOX_MAX = 10_000  # bounded: a node cut off for days must not grow without limit
-DURABLE = {Msg.TASK_RESULT, Msg.APPROVAL_EXPIRED, Msg.APPROVAL_REQUEST}
+DURABLE = (wire.TaskResult, wire.ApprovalExpired, wire.ApprovalRequest)
 
 
 class ManagerLink:
@@ -34,35 +35,33 @@ class ManagerLink:
         self.handler = handler
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.registered = asyncio.Event()
-        self.outbox: deque[dict[str, Any]] = deque(maxlen=OUTBOX_MAX)
-        self.delays: list[float] = []  # reconnect delays actually slept, for logs and tests
+        self.outbox: deque[wire.Frame] = deque(maxlen=OUTBOX_MAX)
+        self.tasks = Background(logger, node_id=config.node_id)
+        self.link_losses = 0  # ended sessions and failed connects: 0 means the link never dropped
         self._last_ack = time.monotonic()
 
-    async def send(self, msg: dict[str, Any]) -> bool:
+    async def send(self, msg: wire.Frame) -> bool:
         """Send now if registered; durable messages otherwise wait in the outbox."""
         if self.registered.is_set() and self.ws is not None and not self.ws.closed:
             try:
-                await self.ws.send_str(encode(msg))
+                await self.ws.send_frame(encode_bytes(msg), aiohttp.WSMsgType.TEXT)
                 return True
             except (ConnectionError, RuntimeError):
                 pass
-        if Msg(msg["type"]) in DURABLE:
+        if isinstance(msg, DURABLE):
             self.outbox.append(msg)
         return False
 
-    def next_delay(self, attempt: int) -> float:
-        base = min(self.config.backoff_initial * self.config.backoff_factor ** attempt, self.config.backoff_max)
-        return base * (1 + random.uniform(-self.config.backoff_jitter, self.config.backoff_jitter))
-
     async def run_forever(self) -> None:
-        attempt = 0
+        c = self.config
+        backoff = Backoff(c.backoff_initial, c.backoff_factor, c.backoff_max, c.backoff_jitter)
         async with aiohttp.ClientSession() as http:
             while True:
-                registered = await self._session(http)
-                attempt = 0 if registered else attempt + 1
-                delay = self.next_delay(attempt)
-                self.delays.append(delay)
-                log(logger, logging.INFO, "reconnect_wait", node_id=self.config.node_id, attempt=attempt,
+                if await self._session(http):
+                    backoff.reset()
+                self.link_losses += 1
+                delay = backoff.next()
+                log(logger, logging.INFO, "reconnect_wait", node_id=c.node_id, attempt=backoff.attempt,
                     delay=round(delay, 3))
                 await asyncio.sleep(delay)
 
@@ -77,11 +76,8 @@ class ManagerLink:
         try:
             if not await self._register(self.ws):
                 return False
-            beat = asyncio.create_task(self._heartbeat(self.ws))
-            try:
+            async with self.tasks.scoped(self._heartbeat(self.ws), "heartbeat"):
                 await self._receive(self.ws)
-            finally:
-                beat.cancel()
             return True
         finally:
             self.registered.clear()
@@ -89,24 +85,33 @@ class ManagerLink:
             log(logger, logging.WARNING, "link_down", node_id=self.config.node_id, close_code=self.ws.close_code)
 
     async def _register(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        await ws.send_str(encode(message(Msg.REGISTER, node_id=self.config.node_id, token=self.config.token,
-                                         version=self.version, protocol=PROTOCOL_VERSION)))
+        await ws.send_frame(encode_bytes(wire.Register(node_id=self.config.node_id, token=self.config.token,
+                                                       version=self.version, protocol=PROTOCOL_VERSION)),
+                            aiohttp.WSMsgType.TEXT)
+        msg: wire.ManagerFrame | None = None
+        error = "no register_ok within 10s"
         try:
             frame = await ws.receive(timeout=10)
-            msg = decode(frame.data) if frame.type == aiohttp.WSMsgType.TEXT else {}
-        except (TimeoutError, RelayError):
-            msg = {}
-        if msg.get("type") != Msg.REGISTER_OK:
-            log(logger, logging.ERROR, "register_rejected", node_id=self.config.node_id,
-                error_kind=msg.get("error_kind"), error=msg.get("error", "no register_ok"))
+            if frame.type == aiohttp.WSMsgType.TEXT:
+                msg = wire.decode_manager_frame(frame.data)
+            else:
+                error = f"the manager closed the socket (code {ws.close_code})"
+        except TimeoutError:
+            pass
+        except RelayError as err:
+            error = err.error
+        if not isinstance(msg, wire.RegisterOk):
+            kind = msg.error_kind if isinstance(msg, wire.RegisterError) else None
+            error = msg.error or error if isinstance(msg, wire.RegisterError) else error
+            log(logger, logging.ERROR, "register_rejected", node_id=self.config.node_id, error_kind=kind, error=error)
             return False
         self._last_ack = time.monotonic()
         self.registered.set()
-        log(logger, logging.INFO, "registered", node_id=self.config.node_id, session_id=msg.get("session_id"),
-            outbox=len(self.outbox))
+        log(logger, logging.INFO, "registered", node_id=self.config.node_id, session_id=msg.session_id,
+            manager_protocol=msg.protocol, outbox=len(self.outbox))
         while self.outbox:
             pending = self.outbox[0]
-            await ws.send_str(encode(pending))
+            await ws.send_frame(encode_bytes(pending), aiohttp.WSMsgType.TEXT)
             self.outbox.popleft()  # dropped only once the frame left, so a failure keeps it for next time
         return True
 
@@ -119,7 +124,8 @@ class ManagerLink:
                 await ws.close()
                 return
             try:
-                await ws.send_str(encode(message(Msg.HEARTBEAT, node_id=self.config.node_id, ts=time.time())))
+                await ws.send_frame(encode_bytes(wire.Heartbeat(node_id=self.config.node_id, ts=time.time())),
+                                    aiohttp.WSMsgType.TEXT)
             except (ConnectionError, RuntimeError):
                 return
 
@@ -129,25 +135,18 @@ class ManagerLink:
                 continue
             self._last_ack = time.monotonic()
             try:
-                msg = decode(frame.data)
-                kind = parse_msg_type(msg)
+                msg = wire.decode_manager_frame(frame.data)
             except RelayError as err:
                 log(logger, logging.WARNING, "bad_frame", node_id=self.config.node_id, error=err.error)
+                await self.send(wire.ErrorReply(**err.fields()))
                 continue
-            if kind == Msg.HEARTBEAT_ACK:
+            if isinstance(msg, wire.HeartbeatAck):
                 continue
-            if kind == Msg.ERROR:
+            if isinstance(msg, wire.ErrorReply):
                 log(logger, logging.WARNING, "manager_error", node_id=self.config.node_id,
-                    error_kind=msg.get("error_kind"), error=msg.get("error"))
+                    error_kind=msg.error_kind, error=msg.error)
                 continue
             # Never await a handler here: a slow app-server call must not stall heartbeats (seed bug B1).
-            asyncio.create_task(self._dispatch(kind, msg))
+            self.tasks.spawn(self.handler(msg), str(msg.__struct_config__.tag))
         if ws.close_code == CLOSE_REPLACED:
             log(logger, logging.WARNING, "session_replaced", node_id=self.config.node_id)
-
-    async def _dispatch(self, kind: Msg, msg: dict[str, Any]) -> None:
-        try:
-            await self.handler(kind, msg)
-        except Exception:
-            logger.exception("handler failed", extra={"kv": {"op": "handler_failed", "node_id": self.config.node_id,
-                                                              "type": kind.value}})

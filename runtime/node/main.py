@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from runtime import eventloop, logfmt
+from runtime.aiotasks import cancel
 from runtime.logfmt import log
 from runtime.node import config as config_mod
 from runtime.node.appserver import AppServer
 from runtime.node.config import ConfigError, NodeConfig
 from runtime.node.link import ManagerLink
 from runtime.node.tasks import Runner
-from runtime.protocol import Msg, RelayError, message, result_fields
+from runtime.protocol import RelayError
+from runtime.protocol import wire
 
 logger = logging.getLogger("codex_node")
 VERSION = "0.1.0"
@@ -28,6 +30,11 @@ class Node:
         self.app = AppServer(config, self._on_notify, self._on_server_request, VERSION)
         self.runner = Runner(config, self.link, self.app)
         self.codex_version = codex_version
+        # What the manager may ask of a node, by message type; anything else is logged and dropped.
+        self.handlers: dict[type[wire.Frame], Callable[[Any], Awaitable[None]]] = {
+            wire.TaskAssign: self.runner.on_assign, wire.TaskSync: self.runner.on_sync,
+            wire.TaskCancel: self.runner.on_cancel, wire.ApprovalDecision: self.runner.on_decision,
+            wire.AppserverRequest: self._relay}
 
     def _on_notify(self, method: str, params: dict[str, Any]) -> None:
         self.runner.on_notify(method, params)
@@ -35,35 +42,27 @@ class Node:
     async def _on_server_request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         return await self.runner.on_server_request(method, params)
 
-    async def handle(self, kind: Msg, msg: dict[str, Any]) -> None:
-        if kind == Msg.TASK_ASSIGN:
-            await self.runner.on_assign(msg)
-        elif kind == Msg.TASK_SYNC:
-            await self.runner.on_sync(list(msg.get("task_ids") or []))
-        elif kind == Msg.TASK_CANCEL:
-            await self.runner.on_cancel(str(msg.get("task_id")))
-        elif kind == Msg.APPROVAL_DECISION:
-            self.runner.on_decision(str(msg.get("approval_id")), str(msg.get("decision")))
-        elif kind == Msg.APPSERVER_REQUEST:
-            await self._relay(msg)
-        else:
-            log(logger, logging.WARNING, "unexpected_message", node_id=self.config.node_id, type=kind.value)
+    async def handle(self, msg: wire.ManagerFrame) -> None:
+        handler = self.handlers.get(type(msg))
+        if handler is None:
+            log(logger, logging.WARNING, "unexpected_message", node_id=self.config.node_id,
+                type=msg.__struct_config__.tag)
+            return
+        await handler(msg)
 
-    async def _relay(self, msg: dict[str, Any]) -> None:
-        timeout = float(msg.get("timeout") or self.config.rpc_timeout)
+    async def _relay(self, msg: wire.AppserverRequest) -> None:
         try:
-            result = result_fields(True, result=await self.app.request(str(msg.get("method")),
-                                                                      msg.get("params") or {}, timeout))
+            result = wire.RpcOutcome(ok=True, result=await self.app.request(msg.method, msg.params, msg.timeout))
         except RelayError as err:
-            result = result_fields(False, err)
+            result = wire.RpcOutcome(ok=False, **err.fields())
         # The answer first, the log line after: formatting and writing it is not the caller's wait.
-        await self.link.send(message(Msg.APPSERVER_RESPONSE, request_id=msg.get("request_id"), result=result))
-        log(logger, logging.INFO, "appserver_call", node_id=self.config.node_id, trace_id=msg.get("trace_id"),
-            method=msg.get("method"), ok=result["ok"], error_kind=result.get("error_kind"))
+        await self.link.send(wire.AppserverResponse(request_id=msg.request_id, result=result))
+        log(logger, logging.INFO, "appserver_call", node_id=self.config.node_id, trace_id=msg.trace_id,
+            method=msg.method, ok=result.ok, error_kind=result.error_kind)
 
     async def run(self) -> None:
         self.app.start()
-        link = asyncio.create_task(self.link.run_forever(), name="link")
+        link = self.link.tasks.spawn(self.link.run_forever(), "link")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -71,9 +70,8 @@ class Node:
         log(logger, logging.INFO, "node_started", node_id=self.config.node_id, codex=self.codex_version,
             manager_url=self.config.manager_url, max_pending=self.config.max_pending)
         await stop.wait()
-        link.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await link
+        await cancel(link)
+        await self.link.tasks.close()
         await self.app.close()
 
 

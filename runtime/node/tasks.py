@@ -15,7 +15,9 @@ from runtime.logfmt import log
 from runtime.node.appserver import AppServer
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
-from runtime.protocol import Decision, Msg, RelayError, TaskState, message, new_id, result_fields
+from runtime.protocol import Decision, ErrorKind, RelayError, TaskState, new_id
+from runtime.protocol import wire
+from runtime.protocol.wire import TaskOutcome
 
 logger = logging.getLogger("codex_node")
 
@@ -44,7 +46,7 @@ class Turn:
 class Task:
     task_id: str
     state: TaskState = TaskState.QUEUED
-    result: dict[str, Any] | None = None
+    result: TaskOutcome | None = None
     runner: asyncio.Task[None] | None = None
 
 
@@ -54,10 +56,10 @@ def classify(turn: dict[str, Any], errors: list[dict[str, Any]]) -> RelayError:
     text = str(err.get("message") or "the turn failed without a message")
     info = str(err.get("codexErrorInfo") or "")
     if "stream disconnected" in text or "idle timeout" in text or info == "responseStreamDisconnected":
-        return RelayError("upstream_disconnect", text)
+        return RelayError(ErrorKind.UPSTREAM_DISCONNECT, text)
     if info in ("internalServerError", "serverOverloaded", "usageLimitExceeded") or "response.failed" in text:
-        return RelayError("upstream_error", text)
-    return RelayError("upstream_error", text) if info else RelayError("appserver_error", text)
+        return RelayError(ErrorKind.UPSTREAM_ERROR, text)
+    return RelayError(ErrorKind.UPSTREAM_ERROR if info else ErrorKind.APPSERVER_ERROR, text)
 
 
 class Runner:
@@ -75,8 +77,8 @@ class Runner:
         return sum(1 for t in self.tasks.values() if t.state in (TaskState.QUEUED, TaskState.RUNNING))
 
     # ---- from the manager --------------------------------------------------------------------
-    async def on_assign(self, msg: dict[str, Any]) -> None:
-        task_id = msg["task_id"]
+    async def on_assign(self, msg: wire.TaskAssign) -> None:
+        task_id = msg.task_id
         if (known := self.tasks.get(task_id)) is not None:
             log(logger, logging.INFO, "duplicate_task_ignored", node_id=self.config.node_id, task_id=task_id,
                 state=known.state.value)
@@ -85,36 +87,36 @@ class Runner:
         task = Task(task_id)
         self._remember(task)
         if self.active() > self.config.max_pending:
-            self._finish(task, result_fields(False, RelayError(
-                "queue_full", f"node queue full (max={self.config.max_pending})")))
+            self._finish(task, _failure(RelayError(
+                ErrorKind.QUEUE_FULL, f"node queue full (max={self.config.max_pending})")))
             await self._report(task)
             return
-        await self.link.send(message(Msg.TASK_ACK, task_id=task_id, state=task.state.value))
-        task.runner = asyncio.create_task(self._run(task, msg))
+        await self.link.send(wire.TaskAck(task_id=task_id, state=task.state.value))
+        task.runner = self.link.tasks.spawn(self._run(task, msg), f"task-{task_id}")
 
-    async def on_sync(self, task_ids: list[str]) -> None:
-        for task_id in task_ids:
+    async def on_sync(self, msg: wire.TaskSync) -> None:
+        for task_id in msg.task_ids:
             known = self.tasks.get(task_id)
             if known is None:
-                await self.link.send(message(Msg.TASK_STATE, task_id=task_id, state="unknown"))
+                await self.link.send(wire.TaskStateReport(task_id=task_id, state="unknown"))
             else:
                 await self._report(known)
 
-    async def on_cancel(self, task_id: str) -> None:
-        task = self.tasks.get(task_id)
+    async def on_cancel(self, msg: wire.TaskCancel) -> None:
+        task = self.tasks.get(msg.task_id)
         if task is not None and task.runner is not None and not task.runner.done():
             task.runner.cancel()
 
-    def on_decision(self, approval_id: str, decision: str) -> None:
-        fut = self.approvals.get(approval_id)
+    async def on_decision(self, msg: wire.ApprovalDecision) -> None:
+        fut = self.approvals.get(msg.approval_id)
         if fut is not None and not fut.done():
-            fut.set_result(decision)
+            fut.set_result(msg.decision.value)
 
     async def _report(self, task: Task) -> None:
         if task.result is not None:
-            await self.link.send(message(Msg.TASK_RESULT, task_id=task.task_id, result=task.result))
+            await self.link.send(wire.TaskResult(task_id=task.task_id, result=task.result))
         else:
-            await self.link.send(message(Msg.TASK_STATE, task_id=task.task_id, state=task.state.value))
+            await self.link.send(wire.TaskStateReport(task_id=task.task_id, state=task.state.value))
 
     def _remember(self, task: Task) -> None:
         self.tasks[task.task_id] = task
@@ -124,47 +126,45 @@ class Runner:
                 break  # never forget an unfinished task
             self.tasks.popitem(last=False)
 
-    def _finish(self, task: Task, result: dict[str, Any]) -> None:
+    def _finish(self, task: Task, result: TaskOutcome) -> None:
         task.result = result
-        task.state = TaskState.DONE if result["ok"] else TaskState.FAILED
+        task.state = TaskState.DONE if result.ok else TaskState.FAILED
 
     # ---- running a turn ----------------------------------------------------------------------
-    async def _run(self, task: Task, msg: dict[str, Any]) -> None:
+    async def _run(self, task: Task, msg: wire.TaskAssign) -> None:
         started = time.monotonic()
-        timeout = float(msg.get("timeout") or self.config.task_timeout)
-        turn = Turn(task.task_id, msg.get("trace_id", ""), msg.get("chat_key"))
+        turn = Turn(task.task_id, msg.trace_id, msg.chat_key)
         try:
-            result = await asyncio.wait_for(self._turn(task, turn, msg), timeout)
+            result = await asyncio.wait_for(self._turn(task, turn, msg), msg.timeout)
         except TimeoutError:
-            result = result_fields(False, RelayError("timeout", f"the turn did not finish within {timeout:g}s"))
+            result = _failure(RelayError(ErrorKind.TIMEOUT, f"the turn did not finish within {msg.timeout:g}s"))
         except asyncio.CancelledError:
-            result = result_fields(False, RelayError("timeout", "cancelled by the manager after its timeout"))
+            result = _failure(RelayError(ErrorKind.TIMEOUT, "cancelled by the manager after its timeout"))
         except RelayError as err:
-            result = result_fields(False, err)
+            result = _failure(err)
         finally:
             if turn.turn_id is not None and not turn.done.done():
-                await self._interrupt(msg.get("thread_id") or "", turn)
-        result["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+                await self._interrupt(msg.thread_id or "", turn)
+        result.duration_ms = round((time.monotonic() - started) * 1000, 1)
         self._finish(task, result)
         log(logger, logging.INFO, "task_final", node_id=self.config.node_id, task_id=task.task_id,
-            trace_id=turn.trace_id, ok=result["ok"], error_kind=result.get("error_kind"),
-            duration_ms=result["duration_ms"])
+            trace_id=turn.trace_id, ok=result.ok, error_kind=result.error_kind, duration_ms=result.duration_ms)
         await self._report(task)
 
-    async def _turn(self, task: Task, turn: Turn, msg: dict[str, Any]) -> dict[str, Any]:
-        thread_id: str | None = msg.get("thread_id")
+    async def _turn(self, task: Task, turn: Turn, msg: wire.TaskAssign) -> TaskOutcome:
+        thread_id = msg.thread_id
         if thread_id is None:
-            params = {"cwd": self.config.cwd, "approvalPolicy": self.config.approval_policy,
-                      "sandbox": self.config.sandbox}
-            if msg.get("model"):
-                params["model"] = msg["model"]
-            started = await self.app.request("thread/start", params, self.config.rpc_timeout)
-            thread_id = started["thread"]["id"]
+            start: dict[str, Any] = {"cwd": self.config.cwd, "approvalPolicy": self.config.approval_policy,
+                                     "sandbox": self.config.sandbox}
+            if msg.model:
+                start["model"] = msg.model
+            started = await self.app.request("thread/start", start, self.config.rpc_timeout)
+            thread_id = str(started["thread"]["id"])
             self.loaded[thread_id] = self.app.generation
-        msg["thread_id"] = thread_id
+        msg.thread_id = thread_id
         async with self.locks.setdefault(thread_id, asyncio.Lock()):
             task.state = TaskState.RUNNING
-            await self.link.send(message(Msg.TASK_STATE, task_id=task.task_id, state=task.state.value))
+            await self.link.send(wire.TaskStateReport(task_id=task.task_id, state=task.state.value))
             if self.loaded.get(thread_id) != self.app.generation:
                 # A restarted app-server has no threads loaded; resuming keeps the thread's history.
                 await self.app.request("thread/resume", {"threadId": thread_id}, self.config.rpc_timeout)
@@ -173,9 +173,9 @@ class Runner:
             generation = self.app.generation
             try:
                 params: dict[str, Any] = {"threadId": thread_id, "input": [
-                    {"type": "text", "text": msg["prompt"], "text_elements": []}]}
-                if msg.get("model"):
-                    params["model"] = msg["model"]
+                    {"type": "text", "text": msg.prompt, "text_elements": []}]}
+                if msg.model:
+                    params["model"] = msg.model
                 started = await self.app.request("turn/start", params, self.config.rpc_timeout)
                 turn.turn_id = started["turn"]["id"]
                 done = await self._until_done(turn, generation)
@@ -183,10 +183,10 @@ class Runner:
                 self.turns.pop(thread_id, None)
         if done.get("status") == "completed":
             if turn.approvals_expired:
-                return result_fields(False, RelayError("approval_timeout"), thread_id=thread_id,
-                                     turn_id=turn.turn_id, text=_final_text(turn, done))
-            return result_fields(True, text=_final_text(turn, done), thread_id=thread_id, turn_id=turn.turn_id)
-        return result_fields(False, classify(done, turn.errors), thread_id=thread_id, turn_id=turn.turn_id)
+                return _failure(RelayError(ErrorKind.APPROVAL_TIMEOUT), thread_id=thread_id, turn_id=turn.turn_id,
+                                text=_final_text(turn, done))
+            return TaskOutcome(ok=True, text=_final_text(turn, done), thread_id=thread_id, turn_id=turn.turn_id)
+        return _failure(classify(done, turn.errors), thread_id=thread_id, turn_id=turn.turn_id)
 
     async def _until_done(self, turn: Turn, generation: int) -> dict[str, Any]:
         """Wait for turn/completed, or fail if the app-server that runs the turn dies."""
@@ -195,8 +195,8 @@ class Runner:
                 return await asyncio.wait_for(asyncio.shield(turn.done), 0.25)
             except TimeoutError:
                 if self.app.generation != generation or not self.app.ready.is_set():
-                    raise RelayError("appserver_crash", "codex app-server exited during the turn; "
-                                                        "the node restarted it") from None
+                    raise RelayError(ErrorKind.APPSERVER_CRASH, "codex app-server exited during the turn; "
+                                                                "the node restarted it") from None
 
     async def _interrupt(self, thread_id: str, turn: Turn) -> None:
         try:
@@ -214,8 +214,8 @@ class Runner:
             now = time.monotonic()
             if now - turn.last_progress >= self.config.progress_interval:
                 turn.last_progress = now
-                asyncio.create_task(self.link.send(message(Msg.TASK_PROGRESS, task_id=turn.task_id,
-                                                           chat_key=turn.chat_key, text=turn.text)))
+                self.link.tasks.spawn(self.link.send(wire.TaskProgress(task_id=turn.task_id, chat_key=turn.chat_key,
+                                                                       text=turn.text)), "progress")
         elif method == "item/completed" and (params.get("item") or {}).get("type") == "agentMessage":
             turn.messages.append(params["item"].get("text", ""))
             turn.text = ""
@@ -226,17 +226,17 @@ class Runner:
 
     async def on_server_request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method not in APPROVAL_METHODS:
-            raise RelayError("appserver_error", f"the node does not handle {method}")
+            raise RelayError(ErrorKind.APPSERVER_ERROR, f"the node does not handle {method}")
         turn = self.turns.get(params.get("threadId", ""))
         approval_id = new_id("appr")
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.approvals[approval_id] = fut
-        await self.link.send(message(
-            Msg.APPROVAL_REQUEST, approval_id=approval_id, kind=APPROVAL_METHODS[method],
+        await self.link.send(wire.ApprovalRequest(
+            approval_id=approval_id, kind=APPROVAL_METHODS[method],
             task_id=turn.task_id if turn else None, trace_id=turn.trace_id if turn else None,
             chat_key=turn.chat_key if turn else None, thread_id=params.get("threadId"),
             command=params.get("command"), cwd=params.get("cwd"), reason=params.get("reason"),
-            changes=params.get("changes") if "changes" in params else None))
+            changes=params.get("changes")))
         try:
             decision = await asyncio.wait_for(fut, self.config.approval_timeout)
         except TimeoutError:
@@ -245,10 +245,14 @@ class Runner:
                 turn.approvals_expired += 1
             log(logger, logging.WARNING, "approval_expired", node_id=self.config.node_id, approval_id=approval_id,
                 task_id=turn.task_id if turn else None)
-            await self.link.send(message(Msg.APPROVAL_EXPIRED, approval_id=approval_id))
+            await self.link.send(wire.ApprovalExpired(approval_id=approval_id))
         finally:
             self.approvals.pop(approval_id, None)
         return {"decision": decision}
+
+
+def _failure(err: RelayError, **fields: Any) -> TaskOutcome:
+    return TaskOutcome(ok=False, **fields, **err.fields())
 
 
 def _final_text(turn: Turn, done: dict[str, Any]) -> str:

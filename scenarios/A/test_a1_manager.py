@@ -101,7 +101,7 @@ async def test_appserver_thread_list_relayed(stack: Stack, peer: Callable[..., S
     """app-server thread/list is relayed to the node and its result returned"""
     node = peer()
     await registered(stack, node)
-    call = asyncio.create_task(stack.result(Api.APPSERVER, {"node_id": node.node_id, "method": "thread/list"}))
+    call = asyncio.create_task(stack.result(Api.APPSERVER, {"node_id": node.node_id, "method": "thread/list", "params": {}}))
     req = await node.expect(Msg.APPSERVER_REQUEST)
     assert req["method"] == "thread/list" and req["params"] == {}
     await node.send(message(Msg.APPSERVER_RESPONSE, request_id=req["request_id"],
@@ -296,7 +296,7 @@ async def test_rpc_timeout_with_late_reply(stack: Stack, peer: Callable[..., Scr
     node = peer()
     await registered(stack, node)
     late_before = await stack.metric("late_rpc_responses")
-    status, env = await stack.request("POST", Api.APPSERVER, {"node_id": node.node_id, "method": "thread/list",
+    status, env = await stack.request("POST", Api.APPSERVER, {"node_id": node.node_id, "method": "thread/list", "params": {},
                                                               "timeout": 0.3})
     assert status == 200 and env["ok"] is True
     assert env["result"]["ok"] is False and env["result"]["error_kind"] == "timeout"

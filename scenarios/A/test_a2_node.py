@@ -241,7 +241,7 @@ async def test_slow_call_does_not_block(stack: Stack, node: str) -> None:
     prompt = f"slow one {new_id('p')}"
     turn = asyncio.create_task(dispatch(stack, node, f"{prompt} [[mock:slow=2.5]]"))
     await in_flight(stack, prompt)
-    listed = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "timeout": 5})
+    listed = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "params": {}, "timeout": 5})
     assert listed["ok"] and not turn.done(), "the relayed call waited for the turn"
     seen_before = await last_seen()  # after the call: its own answer is a frame, and refreshes last_seen too
     # A heartbeat must land while the turn still runs: look for one for up to three intervals.

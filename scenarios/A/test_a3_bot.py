@@ -157,10 +157,10 @@ async def test_command_routing(stack: Stack, tg: FakeTelegram) -> None:
     state = await stack.call(Api.STATUS, {"node_id": NODE})
     assert status.startswith(f"Node {NODE}: online") and f"open tasks: {state['open_tasks']}" in status, status
 
-    models = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "model/list"})
+    models = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "model/list", "params": {}})
     assert listed((await ask(user, "/model"))["text"]) == [m["id"] for m in models["result"]["data"]]
 
-    threads = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "thread/list"})
+    threads = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "thread/list", "params": {}})
     shown = listed((await ask(user, "/thread"))["text"])
     assert shown and shown == [t["id"] for t in threads["result"]["data"]][:20]
 
@@ -190,12 +190,12 @@ async def test_buttons_match_commands(stack: Stack, tg: FakeTelegram) -> None:
     shown = await by_button.until_shown(lambda m: "← selected" in m["text"])
     assert f"• {NODE}: online ← selected" in shown["text"]
 
-    models = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "model/list"})
+    models = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "model/list", "params": {}})
     model = models["result"]["data"][-1]["id"]  # not the default one, so the pick shows in the route
     toast = await tap("/model", model)
     assert toast == (await ask(by_text, f"/model {model}"))["text"] and model in toast
 
-    threads = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "thread/list"})
+    threads = await stack.call(Api.APPSERVER, {"node_id": NODE, "method": "thread/list", "params": {}})
     thread_id = threads["result"]["data"][0]["id"]
     toast = await tap("/thread", thread_id)
     assert toast == (await ask(by_text, f"/thread {thread_id}"))["text"] and thread_id in toast

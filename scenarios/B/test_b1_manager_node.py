@@ -67,7 +67,7 @@ async def test_thread_list_cold_after_reconnect(stack: Stack, node: str, gates_c
     await stack.restart_manager()
     await stack.wait_online(node, timeout=20)
     limit = gates_config.setting("cases.B1-03.thread_list_timeout_s")
-    result = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "timeout": limit})
+    result = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "params": {}, "timeout": limit})
     assert result["ok"] and "data" in result["result"], result
 
 
@@ -75,13 +75,14 @@ async def test_thread_list_cold_after_reconnect(stack: Stack, node: str, gates_c
 async def test_thread_list_warm_after_reconnect(stack: Stack, node: str, gates_config: Gates) -> None:
     """after a reconnect, thread/list with the warm timeout passes (it timed out in the seed)"""
     limit = gates_config.setting("cases.B1-04.thread_list_timeout_s")
-    assert (await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "timeout": limit}))["ok"]
+    listed = {"node_id": node, "method": "thread/list", "params": {}, "timeout": limit}
+    assert (await stack.result(Api.APPSERVER, listed))["ok"]
     assert stack.toxics is not None
     async with stack.toxics.reset_peer(stack.manager_link(node)):
         await stack.wait_online(node, online=False, timeout=20)
     await stack.wait_online(node, timeout=20)
     for _ in range(3):
-        result = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "timeout": limit})
+        result = await stack.result(Api.APPSERVER, listed)
         assert result["ok"], result
 
 

@@ -77,7 +77,7 @@ async def test_first_text_creates_thread(stack: Stack, tg: FakeTelegram) -> None
     await turn(user, "hello from telegram", "mock reply: hello from telegram")
     thread_id = await chat_thread(stack, user)
     assert thread_id
-    listed = await stack.result(Api.APPSERVER, {"node_id": NODE, "method": "thread/list"})
+    listed = await stack.result(Api.APPSERVER, {"node_id": NODE, "method": "thread/list", "params": {}})
     assert thread_id in [t["id"] for t in listed["result"]["data"]]
 
 

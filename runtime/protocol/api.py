@@ -1,0 +1,368 @@
+"""The HTTP control API, declared once: each route's path, method, body and reply as msgspec Structs.
+
+From this table come the manager's validation and routing, the bot's paths, and /openapi.json with request
+and response schemas. Replies travel in the control envelope (runtime.protocol.envelope).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from runtime.protocol.kinds import ERROR_KINDS
+from runtime.protocol.states import ApprovalState, Decision
+from runtime.protocol.wire import Failure, PendingApproval, RpcOutcome, TaskOutcome
+
+
+class Api(StrEnum):
+    HEALTHZ = "/healthz"
+    METRICS = "/metrics"
+    OPENAPI = "/openapi.json"
+    NODE_WS = "/ws/node"
+    EVENTS = "/api/events"
+    SERVERS = "/api/servers"
+    STATUS = "/api/status"
+    DISPATCH = "/api/dispatch"
+    DISPATCH_TEXT = "/api/dispatch_text"
+    APPSERVER = "/api/appserver"
+    APPROVALS = "/api/approvals"
+    APPROVALS_DECIDE = "/api/approvals/decide"
+    TOKENS = "/api/tokens"
+    TOKENS_REVOKE = "/api/tokens/revoke"
+    CONFIG_VALUE_WRITE = "/api/config_value_write"
+    CHAT = "/api/chat"
+    CHAT_SELECT = "/api/chat/select"
+    TASKS = "/api/tasks"
+    USERS = "/api/users"
+
+
+MAX_BODY_BYTES: Final = 1 << 20
+MAX_TIMEOUT: Final = 7 * 86400.0  # a week: longer is a typo, and asyncio would overflow far beyond it
+
+Id = Annotated[str, Meta(min_length=1, max_length=256)]
+Text = Annotated[str, Meta(min_length=1)]
+Timeout = Annotated[float, Meta(gt=0, le=MAX_TIMEOUT, description="seconds; must be positive")]
+PageLimit = Annotated[int, Meta(ge=1, le=100_000)]
+UserId = Annotated[int, Meta(ge=1, le=2**53, description="a Telegram user id")]
+
+
+class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """Base of request bodies (and of GET query strings, converted from text)."""
+
+
+class Reply(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """Base of business replies: `ok` is true on success (failures are envelope.BusinessFailure)."""
+    ok: bool = True
+
+
+# ---- bodies ----------------------------------------------------------------------------------------
+
+class NoBody(Body):
+    pass
+
+
+class ServersQuery(Body):
+    online: bool | None = None
+    limit: PageLimit | None = None
+    after: str = ""
+
+
+class NodeRef(Body):
+    node_id: Id
+
+
+class DispatchBody(Body):
+    node_id: Id
+    prompt: Text
+    timeout: Timeout = 300.0
+    task_id: Id | None = None
+    thread_id: Id | None = None
+    model: Id | None = None
+
+
+class DispatchTextBody(Body):
+    chat_key: Id
+    text: Text
+    node_id: Id | None = None
+    timeout: Timeout = 300.0
+    task_id: Id | None = None
+
+
+class AppserverBody(Body):
+    node_id: Id
+    method: Id
+    params: dict[str, Any] | UnsetType = UNSET
+    timeout: Timeout = 30.0
+
+
+class ConfigValueWriteBody(Body):
+    node_id: Id
+    key_path: Id
+    value: Any
+    merge_strategy: Literal["replace", "upsert"] = "replace"
+    timeout: Timeout = 30.0
+
+
+class ApprovalsQuery(Body):
+    state: ApprovalState | None = None
+
+
+class DecideBody(Body):
+    approval_id: Id
+    decision: Decision
+    decided_by: Annotated[str, Meta(max_length=256)] = "api"
+
+
+class TokenBody(Body):
+    node_id: Id | None = None
+    note: Annotated[str, Meta(max_length=1000)] | None = None
+
+
+class TokenRef(Body):
+    token_id: Id
+
+
+class ChatRef(Body):
+    chat_key: Id
+
+
+class ChatSelectBody(Body):
+    """Absent leaves a field as it is; `thread_id: null` starts a new thread on the chat's node."""
+    chat_key: Id
+    node_id: Id | UnsetType = UNSET
+    model: Id | None | UnsetType = UNSET
+    thread_id: Id | None | UnsetType = UNSET
+
+
+class TasksQuery(Body):
+    task_id: Id | None = None
+
+
+class UserSetBody(Body):
+    user_id: UserId
+    role: Literal["user", "admin"] | None = None
+
+
+# ---- replies ---------------------------------------------------------------------------------------
+
+class NodeInfo(msgspec.Struct, kw_only=True):
+    node_id: str
+    token_id: str | None = None
+    version: str | None = None
+    first_seen: float
+    last_seen: float
+    online: bool
+    stored_online: bool | None = None
+
+
+class ServersReply(Reply):
+    servers: list[NodeInfo]
+    online: list[str]
+    next_after: str | None
+
+
+class StatusReply(NodeInfo, kw_only=True):
+    ok: bool = True
+    open_tasks: int
+
+
+class TaskReply(TaskOutcome, kw_only=True):
+    task_id: str
+    duplicate: bool | None = None
+
+
+class RpcReply(RpcOutcome, kw_only=True):
+    pass
+
+
+class ApprovalInfo(PendingApproval, kw_only=True):
+    state: str
+    decision: str | None = None
+    decided_by: str | None = None
+    created_at: float
+    decided_at: float | None = None
+
+
+class ApprovalsReply(Reply):
+    approvals: list[ApprovalInfo]
+
+
+class DecideReply(Reply):
+    approval_id: str
+    state: str
+    decision: str
+    decided_by: str
+    delivered: bool
+
+
+class TokenInfo(msgspec.Struct, kw_only=True):
+    token_id: str
+    node_id: str | None = None
+    note: str | None = None
+    created_at: float
+    revoked_at: float | None = None
+
+
+class TokenCreated(TokenInfo, kw_only=True):
+    ok: bool = True
+    token: str  # the plaintext, shown only in this reply
+
+
+class TokensReply(Reply):
+    tokens: list[TokenInfo]
+
+
+class RevokeReply(Reply):
+    token_id: str
+    closed_sessions: list[str]
+
+
+class ChatReply(Reply):
+    chat_key: str
+    node_id: str | None
+    model: str | None
+    threads: dict[str, str]
+
+
+class TaskRow(msgspec.Struct, kw_only=True):
+    task_id: str
+    trace_id: str
+    node_id: str
+    chat_key: str | None = None
+    prompt: str
+    thread_id: str | None = None
+    model: str | None = None
+    state: str
+    created_at: float
+    updated_at: float
+    deadline: float
+    result: TaskOutcome | None = None
+    error_kind: str | None = None
+
+
+class OpenTask(msgspec.Struct, kw_only=True):
+    task_id: str
+    trace_id: str
+    node_id: str
+    state: str
+    deadline: float
+
+
+class TasksReply(Reply):
+    """With ?task_id: that task. Without: the open tasks and the count per state."""
+    task: TaskRow | UnsetType = UNSET
+    open: list[OpenTask] | UnsetType = UNSET
+    counts: dict[str, int] | UnsetType = UNSET
+
+
+class UserInfo(msgspec.Struct):
+    user_id: int
+    role: str
+
+
+class UsersReply(Reply):
+    users: list[UserInfo]
+
+
+# ---- envelope --------------------------------------------------------------------------------------
+
+class BusinessFailure(Failure, kw_only=True):
+    ok: bool = False
+    task_id: str | None = None
+
+
+class ControlFailure(Failure, kw_only=True):
+    """Outer ok=false: the call itself was malformed, unauthorised or too large (HTTP 4xx)."""
+    ok: bool = False
+
+
+# ---- the route table -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Route:
+    method: Literal["GET", "POST"]
+    path: Api
+    summary: str
+    body: type[Body]
+    reply: type[msgspec.Struct]
+    # Builds a large reply without awaiting: the manager pauses its collector meanwhile (collector.py).
+    bulk: bool = False
+
+
+ROUTES: Final[tuple[Route, ...]] = (
+    Route("GET", Api.SERVERS, "Nodes known to the manager, with online state and last-seen; ?online=true|false "
+          "filters on the stored state, ?limit=N&after=<node_id> pages by node_id", ServersQuery, ServersReply,
+          bulk=True),
+    Route("POST", Api.STATUS, "One node's state", NodeRef, StatusReply),
+    Route("POST", Api.DISPATCH, "Run one prompt on a node and wait for its result", DispatchBody, TaskReply),
+    Route("POST", Api.DISPATCH_TEXT, "A chat's message as a Codex turn on its thread (started on first use)",
+          DispatchTextBody, TaskReply),
+    Route("POST", Api.APPSERVER, "Relay one app-server JSON-RPC method to a node", AppserverBody, RpcReply),
+    Route("POST", Api.CONFIG_VALUE_WRITE, "Write one Codex config value on a node", ConfigValueWriteBody, RpcReply),
+    Route("GET", Api.APPROVALS, "Approvals, optionally filtered by ?state=pending", ApprovalsQuery, ApprovalsReply),
+    Route("POST", Api.APPROVALS_DECIDE, "Decide a pending approval, once", DecideBody, DecideReply),
+    Route("POST", Api.TOKENS, "Generate a node token (its plaintext is shown only in this answer)", TokenBody,
+          TokenCreated),
+    Route("GET", Api.TOKENS, "Node tokens, without their secrets", NoBody, TokensReply),
+    Route("POST", Api.TOKENS_REVOKE, "Revoke a token and close live sessions that use it", TokenRef, RevokeReply),
+    Route("GET", Api.CHAT, "A chat's selected node, model and threads (?chat_key=)", ChatRef, ChatReply),
+    Route("POST", Api.CHAT_SELECT, "Select a chat's node, model or thread (thread_id null starts a new one)",
+          ChatSelectBody, ChatReply),
+    Route("GET", Api.TASKS, "Tasks not yet final, or one task with ?task_id=", TasksQuery, TasksReply),
+    Route("GET", Api.USERS, "Telegram users allowed to use the bot", NoBody, UsersReply),
+    Route("POST", Api.USERS, "Allow a Telegram user (role user or admin), or remove one (role null)", UserSetBody,
+          UsersReply),
+)
+
+
+def openapi() -> dict[str, Any]:
+    """OpenAPI 3.1 (its schemas are JSON Schema 2020-12, what msgspec emits)."""
+    types: list[Any] = [BusinessFailure, ControlFailure]
+    for r in ROUTES:
+        types += [r.body, r.reply]
+    refs, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    ref = dict(zip(types, refs, strict=True))
+    failures = {str(info.http_status): {"description": ", ".join(k.value for k, i in ERROR_KINDS.items()
+                                                                  if i.http_status == info.http_status),
+                                        "content": _json(ref[ControlFailure])}
+                for info in ERROR_KINDS.values() if info.http_status != 200}
+    paths: dict[str, Any] = {}
+    for r in ROUTES:
+        envelope = {"type": "object", "required": ["ok", "result"], "properties": {
+            "ok": {"const": True}, "result": {"anyOf": [ref[r.reply], ref[BusinessFailure]]}}}
+        op: dict[str, Any] = {"summary": r.summary, "operationId": f"{r.method.lower()}{r.path.value.replace('/', '_')}",
+                              "security": [{"bearer": []}],
+                              "responses": {"200": {"description": "the control envelope: result.ok says whether "
+                                                    "the business call succeeded", "content": _json(envelope)},
+                                            **failures}}
+        body = components[r.body.__name__]
+        if r.method == "GET":
+            op["parameters"] = [{"name": name, "in": "query", "required": name in body.get("required", []),
+                                 "schema": _query_schema(schema)} for name, schema in body["properties"].items()]
+        else:
+            op["requestBody"] = {"required": True, "content": _json(ref[r.body])}
+        paths.setdefault(r.path.value, {})[r.method.lower()] = op
+    paths[Api.EVENTS.value] = {"get": {"summary": "Event stream (WebSocket upgrade); its messages are "
+                                       "runtime.protocol.wire's events", "security": [{"bearer": []}],
+                                       "responses": {"101": {"description": "switching to WebSocket"},
+                                                     "401": failures["401"]}}}
+    return {"openapi": "3.1.0", "info": {"title": "Codex Relay manager control API", "version": "2"},
+            "components": {"schemas": components,
+                           "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+            "paths": paths}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _query_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query value is text: null (absent) is not something a query string can say."""
+    options = schema.get("anyOf")
+    if options is None:
+        return schema
+    rest = [o for o in options if o.get("type") != "null"]
+    return rest[0] if len(rest) == 1 else {"anyOf": rest}

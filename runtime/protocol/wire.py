@@ -1,0 +1,330 @@
+"""Every message on the node WebSocket and the event stream, declared once as a msgspec Struct.
+
+The `type` field is the tag. From these declarations come the decoders (strict: a field missing or of the
+wrong type is an error naming it), the dispatch tables of the manager and the node, and the JSON Schemas.
+Unknown fields are ignored, so a newer peer can add one without breaking an older one.
+"""
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, UnsetType
+
+from runtime.protocol.kinds import ErrorKind, RelayError
+from runtime.protocol.states import Decision
+
+PROTOCOL_VERSION: Final = 2
+# The oldest node protocol this manager still serves: 1 differs only in the register frame's `protocol` default.
+MIN_NODE_PROTOCOL: Final = 1
+# Frames above this are refused by both ends: a turn's text is small, a bigger frame is abuse.
+MAX_FRAME_BYTES: Final = 1 << 20
+
+Id = Annotated[str, Meta(min_length=1, max_length=256)]
+
+
+def now() -> float:
+    return time.time()
+
+
+class Msg(StrEnum):
+    """Message types on the manager <-> node WebSocket (the `type` field, each Struct's tag)."""
+
+    REGISTER = "register"
+    REGISTER_OK = "register_ok"
+    REGISTER_ERROR = "register_error"
+    HEARTBEAT = "heartbeat"
+    HEARTBEAT_ACK = "heartbeat_ack"
+    TASK_ASSIGN = "task_assign"
+    TASK_ACK = "task_ack"
+    TASK_PROGRESS = "task_progress"
+    TASK_RESULT = "task_result"
+    TASK_CANCEL = "task_cancel"
+    TASK_SYNC = "task_sync"
+    TASK_STATE = "task_state"
+    APPSERVER_REQUEST = "appserver_request"
+    APPSERVER_RESPONSE = "appserver_response"
+    APPROVAL_REQUEST = "approval_request"
+    APPROVAL_DECISION = "approval_decision"
+    APPROVAL_EXPIRED = "approval_expired"
+    ERROR = "error"
+
+
+class Event(StrEnum):
+    """Event types on the manager's control event stream (to the bot and others)."""
+
+    HELLO = "hello"
+    APPROVAL_REQUESTED = "approval_requested"
+    APPROVAL_RESOLVED = "approval_resolved"
+    TASK_PROGRESS = "task_progress"
+    TASK_RESULT = "task_result"
+    NODE_ONLINE = "node_online"
+    NODE_OFFLINE = "node_offline"
+
+
+class Frame(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
+    """Base of every WebSocket message; the subclass's tag is its `type`."""
+
+
+# ---- results carried inside messages ---------------------------------------------------------------
+
+class Failure(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A classified failure, as every result and reply carries it. `error_kind` is an ErrorKind value;
+    one this version does not know is read as internal (runtime.protocol.kinds.parse_kind)."""
+    error: str | None = None
+    error_kind: str | None = None
+    retriable: bool | None = None
+
+
+class TaskOutcome(Failure, kw_only=True):
+    """A task's one final result: the answer's text and where it ran, or the failure."""
+    ok: bool
+    text: str | None = None
+    thread_id: str | None = None
+    turn_id: str | None = None
+    duration_ms: float | None = None
+
+
+class RpcOutcome(Failure, kw_only=True):
+    """An app-server call's answer: codex's JSON-RPC result, or the failure."""
+    ok: bool
+    result: Any = None
+
+
+def failed(err: RelayError) -> dict[str, Any]:
+    return {"ok": False, **err.fields()}
+
+
+# ---- node -> manager -------------------------------------------------------------------------------
+
+class Register(Frame, tag=Msg.REGISTER.value, kw_only=True):
+    node_id: Id
+    token: str = ""
+    version: str = ""
+    protocol: int = 1
+
+
+class Heartbeat(Frame, tag=Msg.HEARTBEAT.value, kw_only=True):
+    node_id: str = ""
+    ts: float = 0.0
+
+
+class TaskAck(Frame, tag=Msg.TASK_ACK.value, kw_only=True):
+    task_id: Id
+    state: str = "queued"
+
+
+class TaskProgress(Frame, tag=Msg.TASK_PROGRESS.value, kw_only=True):
+    task_id: Id
+    chat_key: str | None = None
+    text: str = ""
+
+
+class TaskResult(Frame, tag=Msg.TASK_RESULT.value, kw_only=True):
+    task_id: Id
+    result: TaskOutcome
+
+
+class TaskStateReport(Frame, tag=Msg.TASK_STATE.value, kw_only=True):
+    """A task's state as the node knows it; `unknown` after a restart lost it."""
+    task_id: Id
+    state: Literal["queued", "assigned", "running", "done", "failed", "unknown"]
+
+
+class AppserverResponse(Frame, tag=Msg.APPSERVER_RESPONSE.value, kw_only=True):
+    request_id: Id
+    result: RpcOutcome
+
+
+class ApprovalFields(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """What codex asks to be approved, and for which task and chat."""
+    approval_id: Id
+    kind: str  # "command" or "file_change"
+    task_id: str | None = None
+    trace_id: str | None = None
+    chat_key: str | None = None
+    thread_id: str | None = None
+    command: Any = None
+    cwd: str | None = None
+    reason: str | None = None
+    changes: Any = None
+
+
+class ApprovalRequest(ApprovalFields, Frame, tag=Msg.APPROVAL_REQUEST.value, kw_only=True):
+    pass
+
+
+class PendingApproval(ApprovalFields, kw_only=True):
+    node_id: str
+
+
+class ApprovalExpired(Frame, tag=Msg.APPROVAL_EXPIRED.value, kw_only=True):
+    approval_id: Id
+
+
+# ---- manager -> node -------------------------------------------------------------------------------
+
+class RegisterOk(Frame, tag=Msg.REGISTER_OK.value, kw_only=True):
+    node_id: str
+    session_id: str
+    protocol: int = PROTOCOL_VERSION
+    heartbeat_interval: float = 5.0
+    offline_timeout: float = 15.0
+
+
+class RegisterError(Failure, Frame, tag=Msg.REGISTER_ERROR.value, kw_only=True):
+    pass
+
+
+class HeartbeatAck(Frame, tag=Msg.HEARTBEAT_ACK.value, kw_only=True):
+    ts: float = 0.0
+
+
+class TaskAssign(Frame, tag=Msg.TASK_ASSIGN.value, kw_only=True):
+    task_id: Id
+    prompt: str
+    timeout: Annotated[float, Meta(gt=0)]
+    trace_id: str = ""
+    node_id: str = ""
+    chat_key: str | None = None
+    thread_id: str | None = None
+    model: str | None = None
+
+
+class TaskCancel(Frame, tag=Msg.TASK_CANCEL.value, kw_only=True):
+    task_id: Id
+
+
+class TaskSync(Frame, tag=Msg.TASK_SYNC.value, kw_only=True):
+    """After a (re)registration: the tasks the manager believes the node holds. Each is answered with
+    its result, its state, or `unknown`."""
+    task_ids: list[str]
+
+
+class AppserverRequest(Frame, tag=Msg.APPSERVER_REQUEST.value, kw_only=True):
+    request_id: Id
+    method: Id
+    timeout: Annotated[float, Meta(gt=0)]
+    trace_id: str = ""
+    # Absent when the caller sent none: some codex methods take no params at all.
+    params: dict[str, Any] | UnsetType = UNSET
+
+
+class ApprovalDecision(Frame, tag=Msg.APPROVAL_DECISION.value, kw_only=True):
+    approval_id: Id
+    decision: Decision
+
+
+class ErrorReply(Failure, Frame, tag=Msg.ERROR.value, kw_only=True):
+    """Either side's answer to a frame it could not take; the session stays up."""
+
+
+NodeFrame = (Register | Heartbeat | TaskAck | TaskProgress | TaskResult | TaskStateReport | AppserverResponse
+             | ApprovalRequest | ApprovalExpired | ErrorReply)
+ManagerFrame = (RegisterOk | RegisterError | HeartbeatAck | TaskAssign | TaskCancel | TaskSync | AppserverRequest
+                | ApprovalDecision | ErrorReply)
+
+# ---- the event stream: manager -> control clients (the bot) ---------------------------------------
+
+
+class EventFrame(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
+    ts: float = msgspec.field(default_factory=now)
+
+
+class Hello(EventFrame, tag=Event.HELLO.value, kw_only=True):
+    online: list[str]
+
+
+class ApprovalRequested(EventFrame, tag=Event.APPROVAL_REQUESTED.value, kw_only=True):
+    approval: PendingApproval
+
+
+class ApprovalResolved(EventFrame, tag=Event.APPROVAL_RESOLVED.value, kw_only=True):
+    approval_id: str
+    state: str
+    decision: str | None = None
+    decided_by: str | None = None
+
+
+class TaskProgressEvent(EventFrame, tag=Event.TASK_PROGRESS.value, kw_only=True):
+    task_id: str
+    node_id: str
+    chat_key: str | None = None
+    text: str = ""
+
+
+class TaskResultEvent(EventFrame, tag=Event.TASK_RESULT.value, kw_only=True):
+    task_id: str
+    node_id: str
+    chat_key: str | None = None
+    trace_id: str | None = None
+    result: TaskOutcome
+
+
+class NodeOnline(EventFrame, tag=Event.NODE_ONLINE.value, kw_only=True):
+    node_id: str
+
+
+class NodeOffline(EventFrame, tag=Event.NODE_OFFLINE.value, kw_only=True):
+    node_id: str
+
+
+AnyEvent = Hello | ApprovalRequested | ApprovalResolved | TaskProgressEvent | TaskResultEvent | NodeOnline | NodeOffline
+
+# ---- codec -----------------------------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+_node_frames = msgspec.json.Decoder(NodeFrame)
+_manager_frames = msgspec.json.Decoder(ManagerFrame)
+_events = msgspec.json.Decoder(AnyEvent)
+
+
+def encode_bytes(msg: Any) -> bytes:
+    """JSON for frames, stdio lines and control replies; Structs, dicts, enums and Raw alike."""
+    return _encoder.encode(msg)
+
+
+def field_error(exc: msgspec.ValidationError) -> str:
+    """msgspec says "Expected `int` >= 1 - at `$.limit`"; name the field first, the way people read it."""
+    problem, _, where = str(exc).rpartition(" - at ")
+    if where == "`$.type`":
+        return f"unknown message type ({problem})"
+    if where.startswith("`$.") and problem:
+        return f"field `{where[3:].rstrip('`')}`: {problem}"
+    return str(exc)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], raw: str | bytes) -> Any:
+    if len(raw) > MAX_FRAME_BYTES:
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"frame larger than {MAX_FRAME_BYTES} bytes")
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"bad frame: {field_error(exc)}") from None
+    except msgspec.DecodeError as exc:
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"frame is not JSON: {exc}") from None
+
+
+def decode_node_frame(raw: str | bytes) -> NodeFrame:
+    """A frame a node sent; anything malformed is invalid_request naming the field."""
+    frame: NodeFrame = _decode(_node_frames, raw)
+    return frame
+
+
+def decode_manager_frame(raw: str | bytes) -> ManagerFrame:
+    frame: ManagerFrame = _decode(_manager_frames, raw)
+    return frame
+
+
+def decode_event(raw: str | bytes) -> AnyEvent:
+    event: AnyEvent = _decode(_events, raw)
+    return event
+
+
+def schemas() -> dict[str, Any]:
+    """The JSON Schema of every message and event, for docs and for conformance checks."""
+    (frames, events), components = msgspec.json.schema_components(
+        [NodeFrame | ManagerFrame, AnyEvent], ref_template="#/$defs/{name}")
+    return {"$defs": components, "node_socket": frames, "event_stream": events}
