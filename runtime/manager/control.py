@@ -220,6 +220,9 @@ async def events(request: web.Request) -> web.StreamResponse:
         return _reply(control_fail(RelayError(ErrorKind.UNAUTHORIZED, "missing or wrong control token")), 401)
     mgr = request.app[MANAGER]
     ws = web.WebSocketResponse(heartbeat=10)
+    if not ws.can_prepare(request).ok:
+        return _reply(control_fail(RelayError(ErrorKind.INVALID_REQUEST, "the event stream is a WebSocket: "
+                                              "connect with `Upgrade: websocket`")), 400)
     await ws.prepare(request)
     async with mgr.hub.subscription() as queue:
         await ws.send_frame(encode_bytes(Hello(online=sorted(mgr.hub.sessions))), WSMsgType.TEXT)

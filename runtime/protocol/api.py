@@ -348,7 +348,7 @@ def openapi() -> dict[str, Any]:
     paths[Api.EVENTS.value] = {"get": {"summary": "Event stream (WebSocket upgrade); its messages are "
                                        "runtime.protocol.wire's events", "security": [{"bearer": []}],
                                        "responses": {"101": {"description": "switching to WebSocket"},
-                                                     "401": failures["401"]}}}
+                                                     "400": failures["400"], "401": failures["401"]}}}
     return {"openapi": "3.1.0", "info": {"title": "Codex Relay manager control API", "version": "2"},
             "components": {"schemas": components,
                            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
