@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dtm
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from aiolimiter import AsyncLimiter
 from telegram import Bot, InlineKeyboardMarkup, Message
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 
+from runtime.backoff import Backoff
 from runtime.logfmt import log
 
 logger = logging.getLogger("codex_bot.delivery")
@@ -102,6 +102,7 @@ class Delivery:
 
     async def _run(self, method: str, chat_id: int | None, trace_id: str | None, repeatable: bool,
                    call: Callable[[], Awaitable[T]], limited: bool = True) -> T | None:
+        backoff = Backoff(BACKOFF_FIRST, 2.0, BACKOFF_CAP, jitter=0.2)
         for attempt in range(1, self.attempts + 1):
             await self._slot(chat_id, limited)
             try:
@@ -122,7 +123,7 @@ class Delivery:
                 if attempt == self.attempts:
                     log(logger, logging.ERROR, "tg_gave_up", **fields)
                     return None
-                wait = min(BACKOFF_FIRST * 2 ** (attempt - 1), BACKOFF_CAP) * random.uniform(0.8, 1.2)
+                wait = backoff.next()
                 if isinstance(exc, RetryAfter):
                     wait = _retry_after(exc) + 0.1
                     self._paused_until = max(self._paused_until, time.monotonic() + wait)

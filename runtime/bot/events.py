@@ -5,40 +5,40 @@ off subscribers that fall behind); per-approval and per-turn locks keep the orde
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import aiohttp
 
+from runtime.aiotasks import Background
+from runtime.backoff import Backoff
 from runtime.bot.manager_client import ManagerClient
 from runtime.logfmt import log
 from runtime.protocol import Api, Event, new_id
 
 logger = logging.getLogger("codex_bot.events")
 
-BACKOFF_FIRST, BACKOFF_FACTOR, BACKOFF_CAP = 0.5, 1.7, 10.0
-EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+EventHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 
 class EventStream:
     def __init__(self, manager: ManagerClient, handlers: Mapping[str, EventHandler],
-                 on_connect: Callable[[str], Awaitable[None]]) -> None:
+                 on_connect: Callable[[str], Coroutine[Any, Any, None]]) -> None:
         self.manager = manager
         self.handlers = handlers
         self.on_connect = on_connect
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = Background(logger)
 
     async def run_forever(self) -> None:
-        delay, failures = BACKOFF_FIRST, 0
+        backoff, failures = Backoff(0.5, 1.7, 10.0, jitter=0.2), 0
         while True:
             trace_id = new_id("tr")
             try:
                 if await self._listen(trace_id):
-                    delay, failures = BACKOFF_FIRST, 0
+                    backoff.reset()
+                    failures = 0
                     log(logger, logging.WARNING, "events_disconnected", trace_id=trace_id, reason="closed by manager")
             except aiohttp.WSServerHandshakeError as exc:
                 failures += 1
@@ -49,9 +49,8 @@ class EventStream:
                 failures += 1
                 # The first failure in a row is a warning; the rest repeat it quietly until the manager is back.
                 log(logger, logging.WARNING if failures == 1 else logging.DEBUG, "events_unavailable",
-                    trace_id=trace_id, error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2))
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * BACKOFF_FACTOR, BACKOFF_CAP)
+                    trace_id=trace_id, error=f"{type(exc).__name__}: {exc}")
+            await backoff.sleep()
 
     async def _listen(self, trace_id: str) -> bool:
         """One connection; True if it got as far as the manager's hello (so the backoff starts over)."""
@@ -68,11 +67,11 @@ class EventStream:
                 if event.get("type") == Event.HELLO and not hello:
                     hello = True
                     log(logger, logging.INFO, "events_connected", trace_id=trace_id, online=event.get("online"))
-                    self._spawn(self.on_connect(trace_id))
+                    self.tasks.spawn(self.on_connect(trace_id), "events-resync")
                     continue
                 handler = self.handlers.get(event["type"])  # StrEnum keys match the wire string
                 if handler is not None:
-                    self._spawn(handler(event))
+                    self.tasks.spawn(handler(event), f"event-{event['type']}")
         return hello
 
     @staticmethod
@@ -84,17 +83,5 @@ class EventStream:
             return None
         return event if isinstance(event, dict) and isinstance(event.get("type"), str) else None
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log(logger, logging.ERROR, "event_handler_failed", error=f"{type(exc).__name__}: {exc}")
-
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.close()

@@ -28,6 +28,8 @@ from runtime.bot.delivery import Delivery
 from runtime.bot.events import EventStream
 from runtime.bot.manager_client import ManagerClient
 from runtime.bot.turns import Turns
+from runtime.aiotasks import cancel
+from runtime.backoff import Backoff
 from runtime.logfmt import log
 from runtime.protocol import Event
 
@@ -65,7 +67,7 @@ def build(config: BotConfig) -> tuple[Application, Relay, EventStream]:  # type:
 
 async def _initialize(app: Application) -> None:  # type: ignore[type-arg]
     """getMe until Telegram answers: a bot started before its network is up waits instead of dying."""
-    delay = 1.0
+    backoff = Backoff(1.0, 2.0, 30.0)
     while True:
         try:
             await app.initialize()
@@ -73,10 +75,8 @@ async def _initialize(app: Application) -> None:  # type: ignore[type-arg]
         except InvalidToken:
             raise
         except NetworkError as exc:
-            log(logger, logging.WARNING, "telegram_unreachable", error=f"{type(exc).__name__}: {exc.message}",
-                retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            log(logger, logging.WARNING, "telegram_unreachable", error=f"{type(exc).__name__}: {exc.message}")
+            await backoff.sleep()
 
 
 async def run(config: BotConfig) -> int:
@@ -114,15 +114,13 @@ async def run(config: BotConfig) -> int:
         await app.updater.start_polling(timeout=int(config.poll_timeout), allowed_updates=UPDATES,  # type: ignore[union-attr]
                                         error_callback=polling_error)
     await app.start()
-    stream = asyncio.create_task(events.run_forever(), name="events")
+    stream = events.tasks.spawn(events.run_forever(), "events")
     log(logger, logging.INFO, "bot_ready", username=app.bot.username, manager_url=config.manager_url,
         mode="webhook" if config.webhook_url else "polling", allowed=len(config.allowed_users),
         admins=len(config.admin_users))
     await stop.wait()
     log(logger, logging.INFO, "bot_stopping")
-    stream.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await stream
+    await cancel(stream)
     await events.close()
     await relay.turns.close()
     await app.updater.stop()  # type: ignore[union-attr]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -19,8 +18,10 @@ from runtime.bot.config import BotConfig
 from runtime.bot.context import Req, chat_id_of, chat_key
 from runtime.bot.delivery import Delivery
 from runtime.bot.manager_client import ManagerClient, MaybeDelivered
+from runtime.aiotasks import Background
+from runtime.backoff import Backoff
 from runtime.logfmt import log
-from runtime.protocol import Api, RelayError, new_id, parse_kind
+from runtime.protocol import Api, ErrorKind, RelayError, new_id, parse_kind
 
 logger = logging.getLogger("codex_bot.turns")
 
@@ -51,7 +52,7 @@ class Turns:
         self.manager = manager
         self.delivery = delivery
         self.active: dict[str, Turn] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = Background(logger)
         self._finished: OrderedDict[str, None] = OrderedDict()  # recent task_ids, so a late event is not shown twice
 
     async def start(self, req: Req, node_id: str, text: str) -> None:
@@ -63,14 +64,12 @@ class Turns:
         self.active[turn.task_id] = turn
         log(logger, logging.INFO, "turn_started", chat_id=req.chat_id, user_id=req.user_id, node_id=node_id,
             task_id=turn.task_id, trace_id=req.trace_id, placeholder_ms=round((turn.started - asked) * 1000))
-        task = asyncio.create_task(self._run(turn, text), name=f"turn:{turn.task_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.spawn(self._run(turn, text), f"turn:{turn.task_id}")
 
     async def _run(self, turn: Turn, text: str) -> None:
         deadline = turn.started + self.config.turn_timeout
         body = {"chat_key": chat_key(turn.chat_id), "text": text, "node_id": turn.node_id, "task_id": turn.task_id}
-        lost, delay = False, RETRY_FIRST
+        lost, backoff = False, Backoff(RETRY_FIRST, 2.0, RETRY_CAP, jitter=0.2)
         while not turn.done:
             remaining = deadline - time.monotonic()
             try:
@@ -80,12 +79,11 @@ class Turns:
             except RelayError as err:
                 # Once a dispatch may have reached the manager, only the deadline ends the wait for its result.
                 lost = lost or isinstance(err, MaybeDelivered)
-                if not lost or err.kind not in ("manager_unavailable", "timeout") or remaining <= 0:
+                if not lost or err.kind not in (ErrorKind.MANAGER_UNAVAILABLE, ErrorKind.TIMEOUT) or remaining <= 0:
                     await self.fail(turn, err)
                     return
                 await self._note_lost(turn)
-                await asyncio.sleep(min(delay, max(remaining, 0.1)) * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, RETRY_CAP)
+                await backoff.sleep(max(remaining, 0.1))
 
     async def _note_lost(self, turn: Turn) -> None:
         async with turn.lock:
@@ -161,6 +159,4 @@ class Turns:
             ms=round((time.monotonic() - turn.started) * 1000))
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.close()
