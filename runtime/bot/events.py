@@ -5,18 +5,18 @@ off subscribers that fall behind); per-approval and per-turn locks keep the orde
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from runtime.aiotasks import Background
 from runtime.backoff import Backoff
 from runtime.bot.manager_client import ManagerClient
 from runtime.logfmt import log
-from runtime.protocol import Api, Event, new_id
+from runtime.protocol import Api, Event, RelayError, decode_event, new_id
 
 logger = logging.getLogger("codex_bot.events")
 
@@ -76,12 +76,13 @@ class EventStream:
 
     @staticmethod
     def _decode(raw: str) -> dict[str, Any] | None:
+        """An event checked against its declaration; one this bot cannot read is logged and skipped."""
         try:
-            event = json.loads(raw)
-        except ValueError:
-            log(logger, logging.WARNING, "event_not_json", frame=raw[:200])
+            event: dict[str, Any] = msgspec.to_builtins(decode_event(raw))
+        except RelayError as err:
+            log(logger, logging.WARNING, "event_invalid", error=err.error, frame=raw[:200])
             return None
-        return event if isinstance(event, dict) and isinstance(event.get("type"), str) else None
+        return event
 
     async def close(self) -> None:
         await self.tasks.close()

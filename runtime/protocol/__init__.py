@@ -24,7 +24,7 @@ __all__ = ["ERROR_KINDS", "FINAL_STATES", "MAX_BODY_BYTES", "MAX_FRAME_BYTES", "
            "ROUTES", "Api", "ApprovalState", "Body", "BusinessFailure", "ControlFailure", "Decision", "ErrorKind",
            "Event", "Frame", "KindInfo", "Msg", "RelayError", "Reply", "Route", "TaskState", "business_fail",
            "control_fail", "decode", "decode_event", "decode_manager_frame", "decode_node_frame", "encode",
-           "encode_bytes", "failed", "kind_of", "message", "new_id", "openapi", "parse_kind", "result_fields",
+           "encode_bytes", "failed", "kind_of", "message", "new_id", "openapi", "parse_kind",
            "user_error_line"]
 
 
@@ -48,11 +48,6 @@ def business_fail(err: RelayError, **fields: Any) -> dict[str, Any]:
 
 def control_fail(err: RelayError) -> dict[str, Any]:
     return {"ok": False, **err.fields()}
-
-
-def result_fields(ok: bool, err: RelayError | None = None, **fields: Any) -> dict[str, Any]:
-    """A result as plain fields: `ok`, what it carries, and the failure if any."""
-    return {"ok": ok, **fields, **(err.fields() if err else {})}
 
 
 # ---- ids and untyped frames (scripted peers in the harness speak these on purpose) --------
