@@ -89,7 +89,9 @@ async def run(config: BotConfig) -> int:
     try:
         await _initialize(app)
     except InvalidToken as exc:
-        log(logger, logging.ERROR, "startup_failed", error=f"Telegram refused the bot token: {exc.message}",
+        # PTB's message quotes the token itself.
+        reason = exc.message.replace(config.telegram_token, "<telegram_token>")
+        log(logger, logging.ERROR, "startup_failed", error=f"Telegram refused the bot token: {reason}",
             fix=f"set {config_mod.SETTINGS.where('telegram_token')} to the token from @BotFather",
             exit_code=EXIT_TELEGRAM)
         await relay.manager.close()
