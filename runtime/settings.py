@@ -149,9 +149,6 @@ class Loader(Generic[T]):
                 f"Secrets ({', '.join(secrets)}) can also be read from a file: the key <name>_file, "
                 f"{self.env_prefix}<NAME>_FILE or --<name>-file\n(one trailing newline is dropped).")
 
-    def help(self) -> str:
-        return self.parser().format_help()
-
     # ---- loading -------------------------------------------------------------------------------
     def load(self, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> T:
         env = os.environ if environ is None else environ
