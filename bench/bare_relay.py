@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--ready-file", type=Path, required=True)
     a = p.parse_args()
     # The manager's loop, whichever it is: the baseline must differ from the manager only in its logic.
-    eventloop.run(serve(a.port, a.ready_file), os.environ.get("CODEX_RELAY_EVENT_LOOP", eventloop.DEFAULT))
+    eventloop.run(serve(a.port, a.ready_file), os.environ.get("CODEX_RELAY_MANAGER_EVENT_LOOP", eventloop.DEFAULT))
 
 
 async def start(s: Stack) -> int:

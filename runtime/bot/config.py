@@ -1,87 +1,48 @@
-"""Bot settings: CLI flags over CODEX_RELAY_BOT_* environment variables over defaults.
-
-A bad or missing setting ends the process with one structured line and EXIT_CONFIG, never a traceback.
-"""
+"""Bot settings, declared once; runtime/settings.py reads them from flags, CODEX_RELAY_BOT_* and --config."""
 from __future__ import annotations
 
-import argparse
-import os
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated
 
-ENV_PREFIX = "CODEX_RELAY_BOT_"
-EXIT_CONFIG = 2        # missing or malformed setting
-EXIT_TELEGRAM = 3      # Telegram refused the bot token
+from runtime.settings import LOG_LEVELS, Loader, setting
+
+EXIT_TELEGRAM = 3      # Telegram refused the bot token; runtime.settings.EXIT_CONFIG (2) is every bad setting
 
 
 @dataclass(frozen=True)
 class BotConfig:
-    telegram_token: str = ""
+    telegram_token: Annotated[str, setting("bot token from @BotFather", secret=True, required=True)] = field(
+        default="", repr=False)
     # PTB appends the token: `<base_url><token>/<method>`; the fake Bot API lives at http://127.0.0.1:PORT/bot
-    telegram_base_url: str = "https://api.telegram.org/bot"
-    manager_url: str = "http://127.0.0.1:8780"
-    control_token: str = ""
-    allowed_users: frozenset[int] = frozenset()
-    admin_users: frozenset[int] = frozenset()
-    request_timeout: float = 15.0      # one control call to the manager
-    appserver_timeout: float = 20.0    # what the manager may wait for the node's app-server
-    turn_timeout: float = 300.0        # one Codex turn from plain text
-    telegram_timeout: float = 20.0     # one Bot API call; generous, because a timed-out send is never repeated
-    poll_timeout: float = 20.0         # getUpdates long-poll
-    progress_interval: float = 3.0     # at most one progress edit per message per interval
-    users_ttl: float = 10.0            # how long the manager's allowlist is trusted before it is fetched again
-    send_attempts: int = 5
-    webhook_url: str = ""              # empty: long polling
-    webhook_listen: str = "127.0.0.1"
-    webhook_port: int = 8443
-    webhook_secret: str = ""
-    log_level: str = "info"
+    telegram_base_url: Annotated[str, setting("Bot API base URL; the token is appended")] = \
+        "https://api.telegram.org/bot"
+    manager_url: Annotated[str, setting("the manager's control API URL")] = "http://127.0.0.1:8780"
+    control_token: Annotated[str, setting("the manager's control token", secret=True, required=True)] = field(
+        default="", repr=False)
+    allowed_users: Annotated[frozenset[int], setting("Telegram user ids allowed to use the bot")] = frozenset()
+    admin_users: Annotated[frozenset[int], setting("Telegram user ids allowed to administer it")] = frozenset()
+    request_timeout: Annotated[float, setting("seconds for one control call to the manager", gt=0)] = 15.0
+    appserver_timeout: Annotated[float, setting("seconds the manager may wait for the node's app-server",
+                                                gt=0)] = 20.0
+    turn_timeout: Annotated[float, setting("seconds for one Codex turn from plain text", gt=0)] = 300.0
+    # Generous, because a timed-out send is never repeated.
+    telegram_timeout: Annotated[float, setting("seconds for one Bot API call", gt=0)] = 20.0
+    poll_timeout: Annotated[float, setting("seconds of one getUpdates long poll", ge=0)] = 20.0
+    progress_interval: Annotated[float, setting("seconds between progress edits of one message", gt=0)] = 3.0
+    users_ttl: Annotated[float, setting("seconds the manager's allowlist is trusted before it is fetched again",
+                                        ge=0)] = 10.0
+    send_attempts: Annotated[int, setting("tries for one Telegram send", ge=1)] = 5
+    webhook_url: Annotated[str, setting("public webhook URL; empty uses long polling")] = ""
+    webhook_listen: Annotated[str, setting("address the webhook server listens on")] = "127.0.0.1"
+    webhook_port: Annotated[int, setting("port the webhook server listens on", ge=0, le=65535)] = 8443
+    webhook_secret: Annotated[str, setting("secret Telegram sends with each webhook call", secret=True)] = field(
+        default="", repr=False)
+    log_level: Annotated[str, setting("log level", choices=LOG_LEVELS)] = "info"
 
 
-class ConfigError(Exception):
-    def __init__(self, error: str, fix: str) -> None:
-        super().__init__(error)
-        self.error, self.fix = error, fix
+SETTINGS = Loader(BotConfig, "bot", "Codex Relay Telegram bot: the chat front end of the manager.")
 
 
-def _user_ids(name: str, raw: str) -> frozenset[int]:
-    try:
-        return frozenset(int(part) for part in raw.replace(" ", "").split(",") if part)
-    except ValueError:
-        raise ConfigError(f"`{name}` must be comma-separated Telegram user ids, got {raw!r}",
-                          f"set --{name.replace('_', '-')} or {ENV_PREFIX}{name.upper()} to e.g. 123,456") from None
-
-
-def _coerce(name: str, raw: str) -> object:
-    default = getattr(BotConfig(), name)
-    if isinstance(default, frozenset):
-        return _user_ids(name, raw)
-    try:
-        return type(default)(raw)
-    except ValueError:
-        raise ConfigError(f"`{name}` must be a {type(default).__name__}, got {raw!r}",
-                          f"fix --{name.replace('_', '-')} or {ENV_PREFIX}{name.upper()}") from None
-
-
-def parse(argv: list[str] | None = None) -> BotConfig:
-    names = [f.name for f in fields(BotConfig)]
-    p = argparse.ArgumentParser(prog="codex-relay-bot", description="Codex Relay Telegram bot. Every flag can also "
-                                f"be set as {ENV_PREFIX}<FLAG_NAME_IN_CAPS>, e.g. {ENV_PREFIX}TELEGRAM_TOKEN.")
-    for name in names:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                       help=f"default: {getattr(BotConfig(), name)!r}" if "token" not in name else None)
-    args = p.parse_args(argv)
-    values: dict[str, object] = {}
-    for name in names:
-        raw = getattr(args, name)
-        if raw is None:
-            raw = os.environ.get(ENV_PREFIX + name.upper())
-        if raw is not None:
-            values[name] = _coerce(name, raw)
-    config = BotConfig(**values)  # type: ignore[arg-type]
-    for name in ("telegram_token", "control_token"):
-        if not getattr(config, name):
-            raise ConfigError(f"missing required setting `{name}`",
-                              f"pass --{name.replace('_', '-')} or set {ENV_PREFIX}{name.upper()}")
-    if config.progress_interval <= 0 or config.send_attempts < 1:
-        raise ConfigError("progress_interval must be > 0 and send_attempts >= 1", "fix the flag or env variable")
-    return config
+def load(argv: Sequence[str] | None = None) -> BotConfig:
+    return SETTINGS.load(argv)

@@ -16,13 +16,13 @@ from telegram import BotCommand, Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ApplicationBuilder
 
-from runtime import logfmt
+from runtime import __version__, logfmt
 from runtime.bot import config as config_mod
 from runtime.bot import handlers
 from runtime.bot.access import Access
 from runtime.bot.approvals import Approvals
 from runtime.bot.commands import COMMANDS
-from runtime.bot.config import EXIT_CONFIG, EXIT_TELEGRAM, BotConfig, ConfigError
+from runtime.bot.config import EXIT_TELEGRAM, BotConfig
 from runtime.bot.context import Relay
 from runtime.bot.delivery import Delivery
 from runtime.bot.events import EventStream
@@ -32,6 +32,7 @@ from runtime.aiotasks import cancel
 from runtime.backoff import Backoff
 from runtime.logfmt import log
 from runtime.protocol import Event
+from runtime.settings import EXIT_CONFIG, ConfigError, startup_failed
 
 logger = logging.getLogger("codex_bot")
 
@@ -88,8 +89,10 @@ async def run(config: BotConfig) -> int:
     try:
         await _initialize(app)
     except InvalidToken as exc:
-        log(logger, logging.ERROR, "startup_failed", error=f"Telegram refused the bot token: {exc.message}",
-            fix="set --telegram-token (CODEX_RELAY_BOT_TELEGRAM_TOKEN) to the token from @BotFather",
+        # PTB's message quotes the token itself.
+        reason = exc.message.replace(config.telegram_token, "<telegram_token>")
+        log(logger, logging.ERROR, "startup_failed", error=f"Telegram refused the bot token: {reason}",
+            fix=f"set {config_mod.SETTINGS.where('telegram_token')} to the token from @BotFather",
             exit_code=EXIT_TELEGRAM)
         await relay.manager.close()
         return EXIT_TELEGRAM
@@ -115,7 +118,8 @@ async def run(config: BotConfig) -> int:
                                         error_callback=polling_error)
     await app.start()
     stream = events.tasks.spawn(events.run_forever(), "events")
-    log(logger, logging.INFO, "bot_ready", username=app.bot.username, manager_url=config.manager_url,
+    log(logger, logging.INFO, "bot_ready", username=app.bot.username, version=__version__,
+        manager_url=config.manager_url,
         mode="webhook" if config.webhook_url else "polling", allowed=len(config.allowed_users),
         admins=len(config.admin_users))
     await stop.wait()
@@ -133,12 +137,11 @@ async def run(config: BotConfig) -> int:
 def main(argv: list[str] | None = None) -> None:
     # Opt in to PTB's timedelta durations now, instead of a deprecation warning on every RetryAfter.
     os.environ.setdefault("PTB_TIMEDELTA", "true")
+    logfmt.setup()
     try:
-        config = config_mod.parse(argv)
+        config = config_mod.load(argv)
     except ConfigError as err:
-        logfmt.setup()
-        log(logger, logging.ERROR, "startup_failed", error=err.error, fix=err.fix, exit_code=EXIT_CONFIG)
-        sys.exit(EXIT_CONFIG)
+        startup_failed(logger, err)
     logfmt.setup(config.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per Bot API call otherwise
     sys.exit(asyncio.run(run(config)))

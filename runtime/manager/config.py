@@ -1,62 +1,48 @@
-"""Manager settings: CLI flags over environment variables over defaults."""
+"""Manager settings, declared once; runtime/settings.py reads them from flags, CODEX_RELAY_MANAGER_* and --config."""
 from __future__ import annotations
 
-import argparse
-import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated
 
 from runtime import eventloop
+from runtime.settings import LOG_LEVELS, ConfigError, Loader, setting
 
 
 @dataclass(frozen=True)
 class ManagerConfig:
-    host: str = "127.0.0.1"  # loopback by default: exposing the control API is an explicit choice
-    port: int = 8780
-    db: str = "manager.sqlite3"
-    control_token: str = ""
-    heartbeat_interval: float = 5.0
-    offline_timeout: float = 15.0
-    register_timeout: float = 10.0
-    busy_timeout_ms: int = 2000
-    # How long past its deadline an open task waits for a late result before it is failed as timed out.
-    result_grace: float = 120.0
-    sweep_interval: float = 1.0
-    log_level: str = "info"
-    event_loop: str = eventloop.DEFAULT
-    # Seconds between scheduled full GC passes (runtime/manager/collector.py); 0 keeps CPython's schedule.
-    gc_interval: float = 300.0
+    # Loopback by default: exposing the control API is an explicit choice.
+    host: Annotated[str, setting("address to listen on; put a TLS proxy in front before exposing it")] = "127.0.0.1"
+    port: Annotated[int, setting("TCP port for the control API and the node socket; 0 picks a free one",
+                                 ge=0, le=65535)] = 8780
+    db: Annotated[str, setting("SQLite database file; created if missing")] = "manager.sqlite3"
+    control_token: Annotated[str, setting("bearer token for the control API", secret=True, required=True)] = field(
+        default="", repr=False)
+    heartbeat_interval: Annotated[float, setting("seconds between node heartbeats, told to each node", gt=0)] = 5.0
+    offline_timeout: Annotated[float, setting("seconds without a heartbeat before a node counts as offline; "
+                                              "longer than heartbeat_interval", gt=0)] = 15.0
+    register_timeout: Annotated[float, setting("seconds a new node socket has to register", gt=0)] = 10.0
+    busy_timeout_ms: Annotated[int, setting("milliseconds SQLite waits for a locked database", ge=0)] = 2000
+    result_grace: Annotated[float, setting("seconds past its deadline an open task waits for a late result "
+                                           "before it fails as timed out", ge=0)] = 120.0
+    sweep_interval: Annotated[float, setting("seconds between sweeps for overdue tasks and undelivered results",
+                                             gt=0)] = 1.0
+    log_level: Annotated[str, setting("log level", choices=LOG_LEVELS)] = "info"
+    event_loop: Annotated[str, setting("event loop; asyncio e.g. for its debug mode",
+                                       choices=eventloop.LOOPS)] = eventloop.DEFAULT
+    # runtime/manager/collector.py says why the manager schedules its own full collections.
+    gc_interval: Annotated[float, setting("seconds between scheduled full GC passes; 0 keeps CPython's own "
+                                          "schedule", ge=0)] = 300.0
 
 
-ENV_PREFIX = "CODEX_RELAY_"
+SETTINGS = Loader(ManagerConfig, "manager", "Codex Relay manager: the hub every node and bot talks to.",
+                  legacy_env_prefix="CODEX_RELAY_")
 
 
-def parse(argv: list[str] | None = None) -> ManagerConfig:
-    d = ManagerConfig()
-    env = os.environ
-    p = argparse.ArgumentParser(prog="codex-relay-manager", description="Codex Relay manager")
-    p.add_argument("--host", default=env.get(ENV_PREFIX + "HOST", d.host))
-    p.add_argument("--port", type=int, default=int(env.get(ENV_PREFIX + "PORT", d.port)))
-    p.add_argument("--db", default=env.get(ENV_PREFIX + "DB", d.db))
-    p.add_argument("--control-token", default=env.get(ENV_PREFIX + "CONTROL_TOKEN", d.control_token),
-                   help="bearer token for the control API (env CODEX_RELAY_CONTROL_TOKEN)")
-    p.add_argument("--heartbeat-interval", type=float, default=d.heartbeat_interval)
-    p.add_argument("--offline-timeout", type=float, default=d.offline_timeout)
-    p.add_argument("--register-timeout", type=float, default=d.register_timeout)
-    p.add_argument("--busy-timeout-ms", type=int, default=d.busy_timeout_ms)
-    p.add_argument("--result-grace", type=float, default=d.result_grace)
-    p.add_argument("--sweep-interval", type=float, default=d.sweep_interval)
-    p.add_argument("--log-level", default=env.get(ENV_PREFIX + "LOG_LEVEL", d.log_level))
-    p.add_argument("--gc-interval", type=float, default=d.gc_interval,
-                   help="seconds between scheduled full GC passes; 0 keeps CPython's own schedule")
-    p.add_argument("--event-loop", choices=eventloop.LOOPS,
-                   default=env.get(ENV_PREFIX + "EVENT_LOOP", d.event_loop))
-    a = p.parse_args(argv)
-    if not a.control_token:
-        p.error("a control token is required: pass --control-token or set CODEX_RELAY_CONTROL_TOKEN")
-    if a.offline_timeout <= a.heartbeat_interval:
-        p.error("--offline-timeout must be longer than --heartbeat-interval, or every node flaps offline")
-    if a.event_loop not in eventloop.LOOPS:  # argparse checks choices for flags, not for the env default
-        p.error(f"unknown event loop {a.event_loop!r} in CODEX_RELAY_EVENT_LOOP: use one of {', '.join(eventloop.LOOPS)}")
-    if a.gc_interval < 0:
-        p.error("--gc-interval must be 0 (off) or a positive number of seconds")
-    return ManagerConfig(**{k: v for k, v in vars(a).items()})
+def load(argv: Sequence[str] | None = None) -> ManagerConfig:
+    config = SETTINGS.load(argv)
+    if config.offline_timeout <= config.heartbeat_interval:
+        raise ConfigError(f"offline_timeout ({config.offline_timeout:g} s) must be longer than heartbeat_interval "
+                          f"({config.heartbeat_interval:g} s), or every node flaps offline",
+                          f"raise {SETTINGS.where('offline_timeout')} or lower `heartbeat_interval`")
+    return config

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from runtime import eventloop, logfmt
+from runtime import __version__, eventloop, logfmt
 from runtime.logfmt import log
 from runtime.manager import config as config_mod
 from runtime.manager.config import ManagerConfig
@@ -20,6 +20,7 @@ from runtime.manager.keys import COLLECTOR, MANAGER
 from runtime.manager.node_ws import node_socket
 from runtime.manager.service import Manager
 from runtime.protocol import CLOSE_SHUTDOWN, MAX_BODY_BYTES, Api, RelayError
+from runtime.settings import ConfigError, startup_failed
 
 logger = logging.getLogger("codex_manager")
 
@@ -87,12 +88,12 @@ async def serve(config: ManagerConfig) -> int:
         await runner.setup()
     except RelayError as err:
         log(logger, logging.ERROR, "startup_failed", error_kind=err.kind, error=err.error,
-            fix="check that --db points at a writable file", exit_code=EXIT_STORAGE)
+            fix=f"check that {config_mod.SETTINGS.where('db')} names a writable file", exit_code=EXIT_STORAGE)
         return EXIT_STORAGE
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
     port = runner.addresses[0][1]
-    log(logger, logging.INFO, "manager_ready", host=config.host, port=port, db=config.db)
+    log(logger, logging.INFO, "manager_ready", host=config.host, port=port, db=config.db, version=__version__)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,7 +105,11 @@ async def serve(config: ManagerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = config_mod.parse(argv)
+    logfmt.setup()
+    try:
+        config = config_mod.load(argv)
+    except ConfigError as err:
+        startup_failed(logger, err)
     logfmt.setup(config.log_level)
     sys.exit(eventloop.run(serve(config), config.event_loop))
 

@@ -1,124 +1,81 @@
-"""Node settings: a TOML file, overridden by CODEX_NODE_* variables, overridden by CLI flags.
+"""Node settings, declared once; runtime/settings.py reads them from flags, CODEX_RELAY_NODE_* and --config.
 
 Startup checks fail with one structured line and a documented exit code, never a traceback.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
-import tomllib
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Annotated
 
 from runtime import eventloop
+from runtime.settings import LOG_LEVELS, ConfigError, Loader, setting
 
-# Documented exit codes (README, "Running a node").
-EXIT_CONFIG = 2      # unreadable file, unknown key, bad value, missing required setting
+# Documented exit codes (README, "Node"), after runtime.settings.EXIT_CONFIG (2) for every bad setting.
 EXIT_CWD = 3         # cwd does not exist or is not a directory
 EXIT_CODEX = 4       # the codex binary is missing or does not run
 
 
 @dataclass(frozen=True)
 class NodeConfig:
-    node_id: str = ""
-    token: str = ""
-    manager_url: str = "ws://127.0.0.1:8780/ws/node"
-    cwd: str = "."
-    codex_bin: str = "codex"
-    codex_home: str = ""           # empty: inherit CODEX_HOME from the environment
-    approval_policy: str = "on-request"
-    sandbox: str = "read-only"
-    max_pending: int = 10
-    task_timeout: float = 300.0
-    approval_timeout: float = 120.0
-    rpc_timeout: float = 30.0
-    heartbeat_interval: float = 5.0
+    node_id: Annotated[str, setting("this node's name, as its token was created for", required=True)] = ""
+    token: Annotated[str, setting("node token from the manager's POST /api/tokens", secret=True,
+                                  required=True)] = field(default="", repr=False)
+    manager_url: Annotated[str, setting("the manager's node WebSocket URL")] = "ws://127.0.0.1:8780/ws/node"
+    cwd: Annotated[str, setting("directory Codex works in")] = "."
+    codex_bin: Annotated[str, setting("codex binary: the native one, not the node_modules/.bin wrapper")] = "codex"
+    codex_home: Annotated[str, setting("CODEX_HOME for the codex child; empty inherits the environment's")] = ""
+    approval_policy: Annotated[str, setting("Codex approvalPolicy for new threads")] = "on-request"
+    sandbox: Annotated[str, setting("Codex sandbox for new threads")] = "read-only"
+    max_pending: Annotated[int, setting("turns queued or running at once; more are refused as queue_full",
+                                        ge=1)] = 10
+    task_timeout: Annotated[float, setting("seconds one task may run", gt=0)] = 300.0
+    approval_timeout: Annotated[float, setting("seconds an approval request waits for a decision", gt=0)] = 120.0
+    rpc_timeout: Annotated[float, setting("seconds one app-server call may take", gt=0)] = 30.0
+    heartbeat_interval: Annotated[float, setting("seconds between heartbeats to the manager", gt=0)] = 5.0
     # If the manager stops answering heartbeats for this long, the link is presumed dead.
-    manager_silence: float = 15.0
-    backoff_initial: float = 0.5
-    backoff_factor: float = 1.7
-    backoff_max: float = 10.0
-    backoff_jitter: float = 0.1
-    progress_interval: float = 0.5
-    log_level: str = "info"
-    event_loop: str = eventloop.DEFAULT
+    manager_silence: Annotated[float, setting("seconds without a frame from the manager before the link counts "
+                                              "as dead", gt=0)] = 15.0
+    backoff_initial: Annotated[float, setting("seconds before the first reconnect", gt=0)] = 0.5
+    backoff_factor: Annotated[float, setting("growth of the reconnect delay per attempt", ge=1)] = 1.7
+    backoff_max: Annotated[float, setting("longest reconnect delay in seconds", gt=0)] = 10.0
+    backoff_jitter: Annotated[float, setting("each reconnect delay varies at random by up to this share",
+                                             ge=0, le=1)] = 0.1
+    progress_interval: Annotated[float, setting("seconds between progress messages of one turn", ge=0)] = 0.5
+    log_level: Annotated[str, setting("log level", choices=LOG_LEVELS)] = "info"
+    event_loop: Annotated[str, setting("event loop; asyncio e.g. for its debug mode",
+                                       choices=eventloop.LOOPS)] = eventloop.DEFAULT
 
 
-class ConfigError(Exception):
-    def __init__(self, exit_code: int, error: str, fix: str) -> None:
-        super().__init__(error)
-        self.exit_code, self.error, self.fix = exit_code, error, fix
+SETTINGS = Loader(NodeConfig, "node", "Codex Relay node: runs Codex on this machine for the manager.",
+                  legacy_env_prefix="CODEX_NODE_")
 
 
-def _where(name: str) -> str:
-    return f"`{name}` in the config file, CODEX_NODE_{name.upper()} or --{name.replace('_', '-')}"
-
-
-def _coerce(name: str, raw: Any) -> Any:
-    default = getattr(NodeConfig(), name)
-    try:
-        return type(default)(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(EXIT_CONFIG, f"setting `{name}` must be a {type(default).__name__}, got {raw!r}",
-                          f"fix {_where(name)}") from None
-
-
-def load(argv: list[str] | None = None) -> NodeConfig:
-    names = [f.name for f in fields(NodeConfig)]
-    p = argparse.ArgumentParser(prog="codex-relay-node", description="Codex Relay node")
-    p.add_argument("--config", help="TOML file with node settings")
-    for name in names:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None)
-    args = p.parse_args(argv)
-    values: dict[str, Any] = {}
-    if args.config:
-        try:
-            with open(args.config, "rb") as fh:
-                values.update(tomllib.load(fh))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(EXIT_CONFIG, f"cannot read config {args.config}: {exc}",
-                              "pass a readable TOML file to --config") from None
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ConfigError(EXIT_CONFIG, f"unknown setting(s) in {args.config}: {', '.join(unknown)}",
-                              f"remove them; known settings are: {', '.join(names)}")
-    for name in names:
-        if (env := os.environ.get(f"CODEX_NODE_{name.upper()}")) is not None:
-            values[name] = env
-        if (flag := getattr(args, name)) is not None:
-            values[name] = flag
-    config = NodeConfig(**{k: _coerce(k, v) for k, v in values.items()})
-    for name in ("node_id", "token"):
-        if not getattr(config, name):
-            raise ConfigError(EXIT_CONFIG, f"missing required setting `{name}`",
-                              f"set {_where(name)}")
+def load(argv: Sequence[str] | None = None) -> NodeConfig:
+    config = SETTINGS.load(argv)
     # The codex child runs in `cwd`: a relative binary path must not be resolved from there.
     codex_bin = config.codex_bin if os.sep not in config.codex_bin else os.path.abspath(config.codex_bin)
-    config = replace(config, codex_bin=shutil.which(codex_bin) or codex_bin)
-    if config.event_loop not in eventloop.LOOPS:
-        raise ConfigError(EXIT_CONFIG, f"unknown event_loop {config.event_loop!r}",
-                          f"set {_where('event_loop')} to one of: {', '.join(eventloop.LOOPS)}")
-    if config.max_pending < 1:
-        raise ConfigError(EXIT_CONFIG, "max_pending must be at least 1", "set max_pending to 1 or more")
-    return config
+    return replace(config, codex_bin=shutil.which(codex_bin) or codex_bin)
 
 
 def check_environment(config: NodeConfig) -> str:
     """Fail early on what would otherwise break the first task; returns the codex version line."""
     if not os.path.isdir(config.cwd):
-        raise ConfigError(EXIT_CWD, f"cwd does not exist or is not a directory: {config.cwd}",
-                          "create the directory or point `cwd` at an existing one")
+        raise ConfigError(f"cwd does not exist or is not a directory: {config.cwd}",
+                          f"create the directory or point {SETTINGS.where('cwd')} at an existing one", EXIT_CWD)
     try:
         out = subprocess.run([config.codex_bin, "--version"], capture_output=True, text=True, timeout=20)
     except FileNotFoundError:
-        raise ConfigError(EXIT_CODEX, f"codex binary not found: {config.codex_bin}",
-                          "install @openai/codex and set `codex_bin` to its native binary") from None
+        raise ConfigError(f"codex binary not found: {config.codex_bin}",
+                          f"install @openai/codex and set {SETTINGS.where('codex_bin')} to its native binary",
+                          EXIT_CODEX) from None
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(EXIT_CODEX, f"codex binary does not run: {config.codex_bin}: {exc}",
-                          "check that `codex_bin` is an executable codex binary") from None
+        raise ConfigError(f"codex binary does not run: {config.codex_bin}: {exc}",
+                          "check that `codex_bin` is an executable codex binary", EXIT_CODEX) from None
     if out.returncode != 0:
-        raise ConfigError(EXIT_CODEX, f"`{config.codex_bin} --version` exited {out.returncode}",
-                          "check that `codex_bin` is a working codex binary")
+        raise ConfigError(f"`{config.codex_bin} --version` exited {out.returncode}",
+                          "check that `codex_bin` is a working codex binary", EXIT_CODEX)
     return out.stdout.strip()

@@ -4,30 +4,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from runtime import eventloop, logfmt
+from runtime import __version__, eventloop, logfmt
 from runtime.aiotasks import cancel
 from runtime.logfmt import log
 from runtime.node import config as config_mod
 from runtime.node.appserver import AppServer
-from runtime.node.config import ConfigError, NodeConfig
+from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
 from runtime.node.tasks import Runner
 from runtime.protocol import RelayError
 from runtime.protocol import wire
+from runtime.settings import ConfigError, startup_failed
 
 logger = logging.getLogger("codex_node")
-VERSION = "0.1.0"
 
 
 class Node:
     def __init__(self, config: NodeConfig, codex_version: str) -> None:
         self.config = config
-        self.link = ManagerLink(config, VERSION, self.handle)
-        self.app = AppServer(config, self._on_notify, self._on_server_request, VERSION)
+        self.link = ManagerLink(config, __version__, self.handle)
+        self.app = AppServer(config, self._on_notify, self._on_server_request, __version__)
         self.runner = Runner(config, self.link, self.app)
         self.codex_version = codex_version
         # What the manager may ask of a node, by message type; anything else is logged and dropped.
@@ -67,7 +66,7 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log(logger, logging.INFO, "node_started", node_id=self.config.node_id, codex=self.codex_version,
+        log(logger, logging.INFO, "node_started", node_id=self.config.node_id, version=__version__, codex=self.codex_version,
             manager_url=self.config.manager_url, max_pending=self.config.max_pending)
         await stop.wait()
         await cancel(link)
@@ -82,9 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         logfmt.setup(config.log_level)
         codex_version = config_mod.check_environment(config)
     except ConfigError as err:
-        log(logger, logging.ERROR, "startup_failed", error_kind="invalid_request", error=err.error, fix=err.fix,
-            exit_code=err.exit_code)
-        sys.exit(err.exit_code)
+        startup_failed(logger, err)
     eventloop.run(Node(config, codex_version).run(), config.event_loop)
 
 
