@@ -30,6 +30,14 @@ class ManagerConfig:
     log_level: Annotated[str, setting("log level", choices=LOG_LEVELS)] = "info"
     event_loop: Annotated[str, setting("event loop; asyncio e.g. for its debug mode",
                                        choices=eventloop.LOOPS)] = eventloop.DEFAULT
+    # Hostile and broken peers: runtime/manager/sender.py says why every send is bounded.
+    send_timeout: Annotated[float, setting("seconds one frame to a node or event subscriber may take to leave; "
+                                           "a slower peer is disconnected", gt=0)] = 10.0
+    send_budget: Annotated[int, setting("bytes queued for one node or event subscriber before it is "
+                                        "disconnected", ge=1 << 16)] = 8 << 20
+    close_timeout: Annotated[float, setting("seconds a closing socket may take before it is aborted", gt=0)] = 2.0
+    max_unregistered: Annotated[int, setting("node sockets not yet registered at once; more are refused until "
+                                             "some register or time out", ge=1)] = 64
     # runtime/manager/collector.py says why the manager schedules its own full collections.
     gc_interval: Annotated[float, setting("seconds between scheduled full GC passes; 0 keeps CPython's own "
                                           "schedule", ge=0)] = 300.0

@@ -5,6 +5,7 @@ a bad one is a 4xx naming it. An HTTP 200 with `internal` is kept for real bugs.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
@@ -16,7 +17,9 @@ from aiohttp import WSMsgType, web
 
 from runtime.logfmt import log
 from runtime.manager.collector import collection_paused
+from runtime.aiotasks import cancel
 from runtime.manager.keys import MANAGER
+from runtime.manager.sender import Sender
 from runtime.manager.service import Manager
 from runtime.protocol import (MAX_BODY_BYTES, ROUTES, Api, ErrorKind, RelayError, Route, business_fail,
                               control_fail, encode_bytes, new_id)
@@ -219,23 +222,24 @@ async def events(request: web.Request) -> web.StreamResponse:
     if not authorized(request):
         return _reply(control_fail(RelayError(ErrorKind.UNAUTHORIZED, "missing or wrong control token")), 401)
     mgr = request.app[MANAGER]
-    ws = web.WebSocketResponse(heartbeat=10)
+    ws = web.WebSocketResponse(heartbeat=10, timeout=mgr.config.close_timeout)
     if not ws.can_prepare(request).ok:
         return _reply(control_fail(RelayError(ErrorKind.INVALID_REQUEST, "the event stream is a WebSocket: "
                                               "connect with `Upgrade: websocket`")), 400)
     await ws.prepare(request)
-    async with mgr.hub.subscription() as queue:
-        await ws.send_frame(encode_bytes(Hello(online=sorted(mgr.hub.sessions))), WSMsgType.TEXT)
-        async with mgr.tasks.scoped(_drain(ws), "event-reader"):
-            try:
-                while not ws.closed:
-                    frame = await queue.get()
-                    if frame is None:
-                        break
-                    await ws.send_frame(frame, WSMsgType.TEXT)
-            except (ConnectionError, RuntimeError):
-                pass
-    await ws.close()
+    sender = Sender(ws, request, mgr.limits, "subscriber", mgr.hub.counters)
+    sender.put(encode_bytes(Hello(online=sorted(mgr.hub.sessions))))
+    mgr.hub.subscribers.add(sender)
+    writer = mgr.tasks.spawn(sender.run(), "event-writer")
+    reader = mgr.tasks.spawn(_drain(ws), "event-reader")
+    try:
+        # Whichever ends first ends the stream: a closed subscriber is forgotten at once, not at the next event.
+        await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        mgr.hub.subscribers.discard(sender)
+        await cancel(writer)
+        await cancel(reader)
+        await sender.close(1000, b"")
     return ws
 
 

@@ -5,23 +5,16 @@ Nothing here touches SQLite; the durable half of every fact lives in store.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from runtime.logfmt import log
+from runtime.manager.sender import Sender
 from runtime.protocol import encode_bytes
 from runtime.protocol.wire import EventFrame, Frame, RpcOutcome
-
-logger = logging.getLogger("codex_manager.hub")
-
-EVENT_QUEUE_MAX = 1000  # a subscriber this far behind is cut off rather than slowing everyone
 
 
 @dataclass
@@ -29,20 +22,19 @@ class NodeSession:
     node_id: str
     session_id: str
     token_id: str
-    ws: web.WebSocketResponse
+    sender: Sender
     version: str
     protocol: int
     connected_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
 
-    async def send(self, msg: Frame) -> bool:
-        if self.ws.closed:
-            return False
-        try:
-            await self.ws.send_frame(encode_bytes(msg), WSMsgType.TEXT)
-            return True
-        except (ConnectionError, RuntimeError):
-            return False
+    @property
+    def ws(self) -> web.WebSocketResponse:
+        return self.sender.ws
+
+    def send(self, msg: Frame) -> bool:
+        """Queued for the session's writer; False if the node is gone or was cut off for falling behind."""
+        return self.sender.put(encode_bytes(msg))
 
 
 class Hub:
@@ -50,13 +42,14 @@ class Hub:
         self.sessions: dict[str, NodeSession] = {}
         self.task_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.rpc_waiters: dict[str, tuple[str, asyncio.Future[RpcOutcome]]] = {}  # request_id -> node_id, future
-        self.subscribers: set[asyncio.Queue[bytes | None]] = set()
+        self.subscribers: set[Sender] = set()
+        self.unregistered = 0  # node sockets open but not registered yet
         self.counters: Counter[str] = Counter()
 
     # ---- sessions ---------------------------------------------------------------------------
     def online(self, node_id: str) -> NodeSession | None:
         session = self.sessions.get(node_id)
-        return session if session is not None and not session.ws.closed else None
+        return session if session is not None and session.sender.open else None
 
     def sessions_for_token(self, token_id: str) -> list[NodeSession]:
         return [s for s in self.sessions.values() if s.token_id == token_id]
@@ -97,37 +90,15 @@ class Hub:
                     fut.set_result(response)
 
     # ---- events -----------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def subscription(self) -> AsyncIterator[asyncio.Queue[bytes | None]]:
-        """A queue of encoded events for one listener; None in it means: finish now."""
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(EVENT_QUEUE_MAX)
-        self.subscribers.add(queue)
-        try:
-            yield queue
-        finally:
-            self.subscribers.discard(queue)
-
     def close_subscribers(self) -> None:
         """Tell every event-stream writer to finish, so a shutdown does not wait on idle listeners."""
-        for queue in list(self.subscribers):
-            self.subscribers.discard(queue)
-            _finish(queue)
+        for sender in list(self.subscribers):
+            self.subscribers.discard(sender)
+            sender.finish()
 
     def publish(self, event: EventFrame) -> None:
         frame = encode_bytes(event)
-        for queue in list(self.subscribers):
-            try:
-                queue.put_nowait(frame)
-            except asyncio.QueueFull:
-                # A slow reader must not grow memory: it is told to close instead.
-                self.subscribers.discard(queue)
-                self.counters["event_subscribers_dropped"] += 1
-                log(logger, logging.WARNING, "event_subscriber_dropped", reason="queue_full")
-                _finish(queue)
-
-
-def _finish(queue: asyncio.Queue[bytes | None]) -> None:
-    with contextlib.suppress(asyncio.QueueEmpty):
-        while queue.full():
-            queue.get_nowait()
-    queue.put_nowait(None)
+        for sender in list(self.subscribers):
+            # A reader past its byte budget is cut off (Sender.put) rather than growing the manager's memory.
+            if not sender.put(frame):
+                self.subscribers.discard(sender)

@@ -73,8 +73,9 @@ def build_app(config: ManagerConfig) -> web.Application:
     async def close_sockets(app: web.Application) -> None:
         # aiohttp waits for open handlers before cleanup: long-lived sockets must be told to end first.
         mgr.hub.close_subscribers()
-        for session in list(mgr.hub.sessions.values()):
-            await session.ws.close(code=CLOSE_SHUTDOWN, message=b"manager shutting down")
+        # Side by side and each bounded: one node that stopped reading cannot hold up the shutdown.
+        await asyncio.gather(*(s.sender.close(CLOSE_SHUTDOWN, b"manager shutting down")
+                               for s in list(mgr.hub.sessions.values())))
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(close_sockets)

@@ -5,19 +5,23 @@ registration); it never takes the manager down, and an unregistered peer changes
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from runtime.logfmt import log
 from runtime.manager.hub import NodeSession
 from runtime.manager.keys import MANAGER
+from runtime.manager.sender import Sender
 from runtime.manager.service import Manager
-from runtime.protocol import (CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_UNAUTHORIZED, MAX_FRAME_BYTES, MIN_NODE_PROTOCOL,
-                              PROTOCOL_VERSION, ApprovalState, ErrorKind, RelayError, TaskState, encode_bytes, new_id)
+from runtime.protocol import (CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_UNAUTHORIZED, FINAL_STATES, MAX_FRAME_BYTES,
+                              MIN_NODE_PROTOCOL, PROTOCOL_VERSION, ApprovalState, ErrorKind, RelayError, TaskState,
+                              control_fail, encode_bytes, new_id)
 from runtime.protocol import wire
 
 logger = logging.getLogger("codex_manager.ws")
@@ -34,43 +38,62 @@ def on(frame_type: type[F]) -> Callable[[Callable[[Manager, NodeSession, F], Awa
     return register
 
 
-async def node_socket(request: web.Request) -> web.WebSocketResponse:
+async def node_socket(request: web.Request) -> web.StreamResponse:
     mgr = request.app[MANAGER]
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None)
-    await ws.prepare(request)
-    session = await _register(mgr, ws)
+    if mgr.hub.unregistered >= mgr.config.max_unregistered:
+        # Unauthenticated work stays cheap: past the cap a new socket costs one HTTP reply.
+        mgr.hub.counters["registrations_busy"] += 1
+        err = RelayError(ErrorKind.BUSY, f"{mgr.hub.unregistered} node sockets are still registering")
+        return web.Response(body=encode_bytes(control_fail(err)), status=err.http_status,
+                            content_type="application/json")
+    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None, timeout=mgr.config.close_timeout)
+    sender = Sender(ws, request, mgr.limits, "node", mgr.hub.counters)
+    mgr.hub.unregistered += 1
+    try:
+        await ws.prepare(request)
+        try:
+            # One deadline for the whole wait: pings or a trickle of bytes do not extend it.
+            async with asyncio.timeout(mgr.config.register_timeout):
+                first = await ws.receive()
+        except TimeoutError:
+            await _refuse(mgr, ws, RelayError(ErrorKind.INVALID_REQUEST, "no register message in time"),
+                          CLOSE_PROTOCOL)
+            return ws
+        session = await _register(mgr, ws, sender, first)
+    finally:
+        mgr.hub.unregistered -= 1
     if session is None:
         return ws
-    try:
-        async for frame in ws:
-            if frame.type != WSMsgType.TEXT:
-                await _send(session.ws, wire.ErrorReply(**RelayError(
-                    ErrorKind.INVALID_REQUEST, "only JSON text frames are accepted").fields()))
-                continue
-            session.last_seen = time.time()
-            try:
-                msg = wire.decode_node_frame(frame.data)
-                handler = HANDLERS.get(type(msg))
-                if handler is None:
-                    raise RelayError(ErrorKind.INVALID_REQUEST,
-                                     f"a registered node may not send {msg.__struct_config__.tag!r}")
-                await handler(mgr, session, msg)
-            except RelayError as err:
-                mgr.hub.counters["ws_protocol_errors"] += 1
-                log(logger, logging.WARNING, "bad_frame", node_id=session.node_id, error_kind=err.kind.value,
-                    error=err.error)
-                await _send(session.ws, wire.ErrorReply(**err.fields()))
-    finally:
-        await mgr.session_closed(session)
+    async with mgr.tasks.scoped(sender.run(), f"sender-{session.node_id}"):
+        try:
+            await _serve(mgr, session)
+        finally:
+            await mgr.session_closed(session)
     return ws
 
 
-async def _register(mgr: Manager, ws: web.WebSocketResponse) -> NodeSession | None:
-    try:
-        frame = await ws.receive(timeout=mgr.config.register_timeout)
-    except TimeoutError:
-        await _refuse(mgr, ws, RelayError(ErrorKind.INVALID_REQUEST, "no register message in time"), CLOSE_PROTOCOL)
-        return None
+async def _serve(mgr: Manager, session: NodeSession) -> None:
+    async for frame in session.ws:
+        if frame.type != WSMsgType.TEXT:
+            session.send(wire.ErrorReply(**RelayError(ErrorKind.INVALID_REQUEST,
+                                                      "only JSON text frames are accepted").fields()))
+            continue
+        session.last_seen = time.time()
+        try:
+            msg = wire.decode_node_frame(frame.data)
+            handler = HANDLERS.get(type(msg))
+            if handler is None:
+                raise RelayError(ErrorKind.INVALID_REQUEST,
+                                 f"a registered node may not send {msg.__struct_config__.tag!r}")
+            await handler(mgr, session, msg)
+        except RelayError as err:
+            mgr.hub.counters["ws_protocol_errors"] += 1
+            log(logger, logging.WARNING, "bad_frame", node_id=session.node_id, error_kind=err.kind.value,
+                error=err.error)
+            session.send(wire.ErrorReply(**err.fields()))
+
+
+async def _register(mgr: Manager, ws: web.WebSocketResponse, sender: Sender, frame: WSMessage) -> NodeSession | None:
     if frame.type != WSMsgType.TEXT:
         if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return None
@@ -90,31 +113,32 @@ async def _register(mgr: Manager, ws: web.WebSocketResponse) -> NodeSession | No
         row = await mgr.store.token_for(msg.token)
         if row is None or row["revoked_at"] is not None:
             raise RelayError(ErrorKind.UNAUTHORIZED, "token is unknown or revoked: ask an admin for a new one")
-        if row["node_id"] and row["node_id"] != msg.node_id:
-            raise RelayError(ErrorKind.UNAUTHORIZED,
-                             f"token is bound to node_id {row['node_id']!r}, not {msg.node_id!r}")
+        # A token minted without a node_id belongs to the first node that registers with it, and to no other.
+        bound = row["node_id"] or await mgr.store.bind_token(row["token_id"], msg.node_id)
+        if bound != msg.node_id:
+            raise RelayError(ErrorKind.UNAUTHORIZED, f"token is bound to node_id {bound!r}, not {msg.node_id!r}")
     except RelayError as err:
         code = CLOSE_UNAUTHORIZED if err.kind == ErrorKind.UNAUTHORIZED else CLOSE_PROTOCOL
         await _refuse(mgr, ws, err, code)
         return None
 
-    session = NodeSession(node_id=msg.node_id, session_id=new_id("sess"), token_id=row["token_id"], ws=ws,
+    session = NodeSession(node_id=msg.node_id, session_id=new_id("sess"), token_id=row["token_id"], sender=sender,
                           version=msg.version, protocol=msg.protocol)
     old = mgr.hub.sessions.get(msg.node_id)
     mgr.hub.sessions[msg.node_id] = session
     if old is not None and old is not session:
         # The newer session wins: a node that reconnects before its old socket timed out is not listed twice.
         mgr.hub.counters["sessions_replaced"] += 1
-        await old.ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer session")
+        mgr.tasks.spawn(old.sender.close(CLOSE_REPLACED, b"replaced by a newer session"), "close-replaced")
     try:
         await mgr.store.node_online(msg.node_id, row["token_id"], session.version)
     except RelayError as err:
         mgr.hub.sessions.pop(msg.node_id, None)
         await _refuse(mgr, ws, err, CLOSE_PROTOCOL)
         return None
-    await session.send(wire.RegisterOk(node_id=msg.node_id, session_id=session.session_id,
-                                       heartbeat_interval=mgr.config.heartbeat_interval,
-                                       offline_timeout=mgr.config.offline_timeout))
+    session.send(wire.RegisterOk(node_id=msg.node_id, session_id=session.session_id,
+                                 heartbeat_interval=mgr.config.heartbeat_interval,
+                                 offline_timeout=mgr.config.offline_timeout))
     log(logger, logging.INFO, "node_registered", node_id=msg.node_id, session_id=session.session_id,
         token_id=row["token_id"], protocol=msg.protocol)
     mgr.hub.publish(wire.NodeOnline(node_id=msg.node_id))
@@ -123,17 +147,13 @@ async def _register(mgr: Manager, ws: web.WebSocketResponse) -> NodeSession | No
 
 
 async def _refuse(mgr: Manager, ws: web.WebSocketResponse, err: RelayError, code: int) -> None:
+    """Tell an unregistered peer why, within the close timeout; it gets nothing else from us."""
     mgr.hub.counters["registrations_refused"] += 1
     log(logger, logging.WARNING, "register_refused", error_kind=err.kind.value, error=err.error)
-    await _send(ws, wire.RegisterError(**err.fields()))
-    await ws.close(code=code, message=err.kind.value.encode())
-
-
-async def _send(ws: web.WebSocketResponse, msg: wire.Frame) -> None:
-    try:
-        await ws.send_frame(encode_bytes(msg), WSMsgType.TEXT)
-    except (ConnectionError, RuntimeError):
-        pass
+    with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
+        async with asyncio.timeout(mgr.config.close_timeout):
+            await ws.send_frame(encode_bytes(wire.RegisterError(**err.fields())), WSMsgType.TEXT)
+            await ws.close(code=code, message=err.kind.value.encode())
 
 
 async def _sync_tasks(mgr: Manager, session: NodeSession) -> None:
@@ -143,53 +163,78 @@ async def _sync_tasks(mgr: Manager, session: NodeSession) -> None:
     except RelayError:
         return  # the periodic sweep retries once the DB answers again
     if open_tasks:
-        await session.send(wire.TaskSync(task_ids=[t["task_id"] for t in open_tasks]))
+        session.send(wire.TaskSync(task_ids=[t["task_id"] for t in open_tasks]))
 
 
 # ---- what a registered node may send --------------------------------------------------------------
 
 @on(wire.Heartbeat)
 async def _heartbeat(mgr: Manager, session: NodeSession, msg: wire.Heartbeat) -> None:
-    await session.send(wire.HeartbeatAck(ts=time.time()))
+    session.send(wire.HeartbeatAck(ts=time.time()))
+
+
+async def _own_task(mgr: Manager, session: NodeSession, task_id: str) -> dict[str, Any] | None:
+    """The task, if it exists and was given to this node; another node's task is refused, never touched."""
+    task = await mgr.store.task(task_id)
+    if task is not None and task["node_id"] != session.node_id:
+        mgr.hub.counters["foreign_messages"] += 1
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"task {task_id!r} was not assigned to node {session.node_id!r}")
+    return task
 
 
 @on(wire.TaskAck)
 async def _task_ack(mgr: Manager, session: NodeSession, msg: wire.TaskAck) -> None:
-    task = await mgr.store.task(msg.task_id)
-    if task is not None and task["node_id"] == session.node_id:
+    if await _own_task(mgr, session, msg.task_id) is not None:
         await mgr.store.advance_task(msg.task_id, TaskState.RUNNING)
 
 
 @on(wire.TaskProgress)
 async def _task_progress(mgr: Manager, session: NodeSession, msg: wire.TaskProgress) -> None:
-    mgr.hub.publish(wire.TaskProgressEvent(task_id=msg.task_id, node_id=session.node_id, chat_key=msg.chat_key,
-                                           text=msg.text))
+    task = await _own_task(mgr, session, msg.task_id)
+    if task is not None and task["state"] not in FINAL_STATES:
+        mgr.hub.publish(wire.TaskProgressEvent(task_id=msg.task_id, node_id=session.node_id,
+                                               chat_key=task["chat_key"], text=msg.text))
 
 
 @on(wire.TaskResult)
 async def _task_result(mgr: Manager, session: NodeSession, msg: wire.TaskResult) -> None:
+    await _own_task(mgr, session, msg.task_id)
     await mgr.accept_result(session.node_id, msg.task_id, msg.result)
 
 
 @on(wire.TaskStateReport)
 async def _task_state(mgr: Manager, session: NodeSession, msg: wire.TaskStateReport) -> None:
-    await mgr.accept_task_state(session.node_id, msg.task_id, msg.state)
+    if await _own_task(mgr, session, msg.task_id) is not None:
+        await mgr.accept_task_state(session.node_id, msg.task_id, msg.state)
 
 
 @on(wire.AppserverResponse)
 async def _appserver_response(mgr: Manager, session: NodeSession, msg: wire.AppserverResponse) -> None:
-    if not mgr.hub.resolve_rpc(session.node_id, msg.request_id, msg.result):
-        mgr.hub.counters["late_rpc_responses"] += 1
-        log(logger, logging.INFO, "late_rpc_response_dropped", node_id=session.node_id, request_id=msg.request_id)
+    if mgr.hub.resolve_rpc(session.node_id, msg.request_id, msg.result):
+        return
+    owner = mgr.hub.rpc_waiters.get(msg.request_id)
+    if owner is not None and owner[0] != session.node_id:
+        mgr.hub.counters["foreign_messages"] += 1
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"call {msg.request_id!r} went to another node")
+    mgr.hub.counters["late_rpc_responses"] += 1
+    log(logger, logging.INFO, "late_rpc_response_dropped", node_id=session.node_id, request_id=msg.request_id)
 
 
 @on(wire.ApprovalRequest)
 async def _approval_request(mgr: Manager, session: NodeSession, msg: wire.ApprovalRequest) -> None:
+    if msg.task_id is not None:
+        task = await _own_task(mgr, session, msg.task_id)
+        # The chat is the task's, not what the node says: an approval cannot be steered into another chat.
+        msg.chat_key = task["chat_key"] if task is not None else None
     await mgr.approval_requested(session.node_id, msg)
 
 
 @on(wire.ApprovalExpired)
 async def _approval_expired(mgr: Manager, session: NodeSession, msg: wire.ApprovalExpired) -> None:
+    approval = await mgr.store.approval(msg.approval_id)
+    if approval is not None and approval["node_id"] != session.node_id:
+        mgr.hub.counters["foreign_messages"] += 1
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"approval {msg.approval_id!r} belongs to another node")
     if await mgr.store.decide_approval(msg.approval_id, ApprovalState.EXPIRED, "decline", "timeout"):
         mgr.hub.publish(wire.ApprovalResolved(approval_id=msg.approval_id, state=ApprovalState.EXPIRED.value,
                                               decision="decline", decided_by="timeout"))

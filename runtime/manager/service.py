@@ -16,6 +16,7 @@ from runtime.aiotasks import Background
 from runtime.logfmt import log
 from runtime.manager.config import ManagerConfig
 from runtime.manager.hub import Hub, NodeSession
+from runtime.manager.sender import Limits
 from runtime.manager.store import Store
 from runtime.protocol import CLOSE_REVOKED, CLOSE_SILENT, ApprovalState, Decision, ErrorKind, RelayError, TaskState, new_id
 from runtime.protocol import wire
@@ -34,6 +35,7 @@ class Manager:
         self.store = Store(config.db, config.busy_timeout_ms)
         self.hub = Hub()
         self.tasks = Background(logger)
+        self.limits = Limits(config.send_budget, config.send_timeout, config.close_timeout)
         self.started_at = time.time()
         self.unstored: dict[str, tuple[str | None, TaskOutcome]] = {}  # results that met a locked DB
 
@@ -61,10 +63,10 @@ class Manager:
     async def revoke_token(self, token_id: str) -> dict[str, Any]:
         if not await self.store.revoke_token(token_id):
             raise RelayError(ErrorKind.NOT_FOUND, f"no active token {token_id!r}: see /api/tokens")
-        closed = []
-        for session in self.hub.sessions_for_token(token_id):
-            closed.append(session.node_id)
-            await session.ws.close(code=CLOSE_REVOKED, message=b"token revoked")
+        sessions = self.hub.sessions_for_token(token_id)
+        closed = [s.node_id for s in sessions]
+        # Each close is bounded, and they run side by side: a node that stopped reading cannot hold up revoke.
+        await asyncio.gather(*(s.sender.close(CLOSE_REVOKED, b"token revoked") for s in sessions))
         log(logger, logging.INFO, "token_revoked", token_id=token_id, closed=",".join(closed))
         return {"token_id": token_id, "closed_sessions": closed}
 
@@ -83,7 +85,7 @@ class Manager:
         if not await self.store.create_task(assign, deadline=time.time() + timeout):
             return await self._await_existing(await self.store.task(assign.task_id), timeout)
         waiter = self.hub.wait_task(assign.task_id)
-        if not await session.send(assign):
+        if not session.send(assign):
             return await self._fail(assign.task_id, RelayError(ErrorKind.NODE_OFFLINE,
                                                                "the node went away during dispatch"))
         await self.store.advance_task(assign.task_id, TaskState.ASSIGNED)
@@ -109,7 +111,7 @@ class Manager:
             err = RelayError(ErrorKind.TIMEOUT, f"no result within {timeout:g}s")
             if session is None:  # a repeated caller gave up waiting; the task itself goes on
                 return {**wire.failed(err), "task_id": task_id}
-            await session.send(wire.TaskCancel(task_id=task_id))
+            session.send(wire.TaskCancel(task_id=task_id))
             return await self._fail(task_id, err)
         return {**result, "task_id": task_id}
 
@@ -168,7 +170,7 @@ class Manager:
             raise RelayError(ErrorKind.NODE_OFFLINE, f"node {node_id!r} is offline: wait for it or pick another node")
         request_id = new_id("rpc")
         waiter = self.hub.wait_rpc(node_id, request_id)
-        await session.send(wire.AppserverRequest(request_id=request_id, trace_id=trace_id, method=method,
+        session.send(wire.AppserverRequest(request_id=request_id, trace_id=trace_id, method=method,
                                                  params=params, timeout=timeout))
         try:
             return await asyncio.wait_for(waiter, timeout)
@@ -194,7 +196,7 @@ class Manager:
             raise RelayError(ErrorKind.CONFLICT, f"approval {approval_id} was already {current and current['state']}"
                                          f" by {current and current['decided_by']}")
         session = self.hub.online(approval["node_id"])
-        delivered = session is not None and await session.send(
+        delivered = session is not None and session.send(
             wire.ApprovalDecision(approval_id=approval_id, decision=decision))
         log(logger, logging.INFO, "approval_decided", approval_id=approval_id, decision=decision.value,
             decided_by=decided_by, node_id=approval["node_id"], task_id=approval.get("task_id"), delivered=delivered)
@@ -227,7 +229,9 @@ class Manager:
         cutoff = time.time() - self.config.offline_timeout
         for session in [s for s in self.hub.sessions.values() if s.last_seen < cutoff]:
             log(logger, logging.WARNING, "node_silent", node_id=session.node_id, last_seen=round(session.last_seen, 3))
-            await session.ws.close(code=CLOSE_SILENT, message=b"no heartbeat within the offline timeout")
+            # The sweep never waits on a peer: the close runs on its own, bounded by close_timeout.
+            self.tasks.spawn(session.sender.close(CLOSE_SILENT, b"no heartbeat within the offline timeout"),
+                             f"close-silent-{session.node_id}")
             await self.session_closed(session)
 
     async def _expire_overdue_tasks(self) -> None:

@@ -161,6 +161,17 @@ class Store:
         return await self.query("SELECT token_id, node_id, note, created_at, revoked_at FROM tokens "
                                 "ORDER BY created_at")
 
+    async def bind_token(self, token_id: str, node_id: str) -> str | None:
+        """Bind a token minted without a node_id to `node_id` unless another node got there first; returns
+        the node_id the token is bound to now."""
+        async with self.tx("bind_token") as db:
+            await db.execute("UPDATE tokens SET node_id = ? WHERE token_id = ? AND node_id IS NULL", (node_id, token_id))
+            rows = await fetch(db, "SELECT node_id FROM tokens WHERE token_id = ?", (token_id,))
+        bound: str | None = rows[0]["node_id"] if rows else None
+        if bound == node_id:
+            log(logger, logging.INFO, "token_bound", token_id=token_id, node_id=node_id)
+        return bound
+
     async def revoke_token(self, token_id: str) -> bool:
         async with self.tx("revoke_token") as db:
             cur = await db.execute("UPDATE tokens SET revoked_at = ? WHERE token_id = ? AND revoked_at IS NULL",

@@ -21,6 +21,7 @@ class ErrorKind(StrEnum):
     INVALID_REQUEST = "invalid_request"
     UNAUTHORIZED = "unauthorized"
     TOO_LARGE = "too_large"
+    BUSY = "busy"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     STORAGE_ERROR = "storage_error"
@@ -62,6 +63,8 @@ ERROR_KINDS: Final[Mapping[ErrorKind, KindInfo]] = _table(
     KindInfo(K.UNAUTHORIZED, False, "Missing or wrong credentials. Use a valid token.", 401),
     KindInfo(K.TOO_LARGE, False, "The request body is larger than the manager accepts. Send less, "
              "or split it.", 413),
+    KindInfo(K.BUSY, True, "The manager is at its limit of connections still being set up. Retry in a few "
+             "seconds.", 503),
     KindInfo(K.NOT_FOUND, False, "No such object. Check the id."),
     KindInfo(K.CONFLICT, False, "That was already decided or done; nothing changed."),
     KindInfo(K.STORAGE_ERROR, True, "The manager's database is busy or not writable; nothing was changed. "
