@@ -6,12 +6,23 @@ import sys
 import time
 from typing import Any
 
+MAX_VALUE = 2000  # characters of one value; a peer's megabyte frame is not copied into the log
+ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
-def _quote(value: Any) -> str:
+
+def _escape(c: str) -> str:
+    return ESCAPES.get(c) or (c if c.isprintable() else f"\\u{ord(c):04x}")
+
+
+def _quote(value: Any, limit: int = MAX_VALUE) -> str:
+    """One value, safe for one line: every line break (CR, U+0085, U+2028, ...) and control character is
+    escaped, so no id or text a peer sends can forge a log line. Readers split lines on \\n only."""
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\n\t'):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-    return text
+    if len(text) > limit:
+        text = f"{text[:limit]}...(+{len(text) - limit} chars)"
+    if text and text.isprintable() and not any(c in text for c in ' "=\\'):
+        return text
+    return '"' + "".join(_escape(c) for c in text) + '"'
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -24,7 +35,7 @@ class KeyValueFormatter(logging.Formatter):
         parts.extend(f"{k}={_quote(v)}" for k, v in fields.items() if v is not None)
         if record.exc_info and record.levelno >= logging.ERROR:
             # Unexpected failures keep their traceback for the operator's log file, on one line.
-            parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
+            parts.append(f"exc={_quote(self.formatException(record.exc_info), limit=1 << 16)}")
         return " ".join(parts)
 
 

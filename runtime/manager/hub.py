@@ -32,9 +32,9 @@ class NodeSession:
     def ws(self) -> web.WebSocketResponse:
         return self.sender.ws
 
-    def send(self, msg: Frame) -> bool:
+    def send(self, msg: Frame | bytes) -> bool:
         """Queued for the session's writer; False if the node is gone or was cut off for falling behind."""
-        return self.sender.put(encode_bytes(msg))
+        return self.sender.put(msg if isinstance(msg, bytes) else encode_bytes(msg))
 
 
 class Hub:

@@ -82,10 +82,11 @@ class Manager:
             raise RelayError(ErrorKind.NODE_OFFLINE, f"node {node_id!r} is offline: wait for it or pick another node")
         assign = wire.TaskAssign(task_id=task_id or new_id("task"), trace_id=trace_id, node_id=node_id,
                                  chat_key=chat_key, prompt=prompt, thread_id=thread_id, model=model, timeout=timeout)
+        frame = wire.encode_frame(assign)  # refused here if it cannot reach the node in one frame
         if not await self.store.create_task(assign, deadline=time.time() + timeout):
             return await self._await_existing(await self.store.task(assign.task_id), timeout)
         waiter = self.hub.wait_task(assign.task_id)
-        if not session.send(assign):
+        if not session.send(frame):
             return await self._fail(assign.task_id, RelayError(ErrorKind.NODE_OFFLINE,
                                                                "the node went away during dispatch"))
         await self.store.advance_task(assign.task_id, TaskState.ASSIGNED)
@@ -169,9 +170,10 @@ class Manager:
         if session is None:
             raise RelayError(ErrorKind.NODE_OFFLINE, f"node {node_id!r} is offline: wait for it or pick another node")
         request_id = new_id("rpc")
+        frame = wire.encode_frame(wire.AppserverRequest(request_id=request_id, trace_id=trace_id, method=method,
+                                                        params=params, timeout=timeout))
         waiter = self.hub.wait_rpc(node_id, request_id)
-        session.send(wire.AppserverRequest(request_id=request_id, trace_id=trace_id, method=method,
-                                                 params=params, timeout=timeout))
+        session.send(frame)
         try:
             return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:

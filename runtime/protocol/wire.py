@@ -296,6 +296,15 @@ def field_error(exc: msgspec.ValidationError) -> str:
     return str(exc)
 
 
+def encode_frame(msg: Frame) -> bytes:
+    """A frame to send; one over the frame limit is refused here, before the peer would drop the connection."""
+    raw = _encoder.encode(msg)
+    if len(raw) > MAX_FRAME_BYTES:
+        raise RelayError(ErrorKind.TOO_LARGE, f"the {msg.__struct_config__.tag} frame would be {len(raw)} bytes, "
+                         f"over the {MAX_FRAME_BYTES}-byte frame limit: send a shorter prompt or smaller params")
+    return raw
+
+
 def _decode(decoder: msgspec.json.Decoder[Any], raw: str | bytes) -> Any:
     if len(raw) > MAX_FRAME_BYTES:
         raise RelayError(ErrorKind.INVALID_REQUEST, f"frame larger than {MAX_FRAME_BYTES} bytes")
