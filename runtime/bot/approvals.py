@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.bot import render
-from runtime.bot.access import Access
+from runtime.bot.access import ADMIN, Access
 from runtime.bot.context import Reply, Req, chat_id_of
 from runtime.bot.delivery import Delivery
 from runtime.bot.manager_client import ManagerClient
 from runtime.logfmt import log
-from runtime.protocol import Api, ApprovalState, Decision, RelayError
+from runtime.protocol import Api, ApprovalState, Decision, ErrorKind, RelayError
 
 logger = logging.getLogger("codex_bot.approvals")
 
@@ -76,12 +76,14 @@ class Approvals:
     async def decide(self, req: Req, approval_id: str, decision: Decision) -> str:
         """Decide via the manager; a second decision is refused politely (the manager answers conflict)."""
         try:
+            admin = await self.access.role(req.user_id, req.trace_id) == ADMIN
             result = await self.manager.post(Api.APPROVALS_DECIDE, req.trace_id, {
-                "approval_id": approval_id, "decision": decision.value, "decided_by": req.user_label})
+                "approval_id": approval_id, "decision": decision.value, "decided_by": req.user_label,
+                "chat_key": req.chat_key, "admin": admin})
         except RelayError as err:
             log(logger, logging.INFO, "approval_decide_refused", approval_id=approval_id, chat_id=req.chat_id,
                 user_id=req.user_id, trace_id=req.trace_id, error_kind=err.kind)
-            if err.kind != "conflict":
+            if err.kind != ErrorKind.CONFLICT:
                 raise
             await self.resync(req.trace_id, only=approval_id)
             raise Reply(render.already_decided(approval_id, err.error)) from None

@@ -12,7 +12,7 @@ from typing import Any
 from runtime.bot import render
 from runtime.bot.context import Relay, Reply, Req
 from runtime.bot.render import USAGE, Cb
-from runtime.protocol import Api, Decision, RelayError
+from runtime.protocol import Api, Decision, ErrorKind, RelayError
 
 CommandFn = Callable[[Relay, Req, str], Awaitable[None]]   # (relay, request, the text after the command)
 ButtonFn = Callable[[Relay, Req, str], Awaitable[str]]     # (relay, request, callback argument) -> toast text
@@ -68,7 +68,7 @@ async def _select_node(relay: Relay, req: Req, node_id: str) -> str:
     try:
         node = await relay.manager.post(Api.STATUS, req.trace_id, {"node_id": node_id})
     except RelayError as err:
-        if err.kind != "not_found":
+        if err.kind != ErrorKind.NOT_FOUND:
             raise
         raise Reply(f"Unknown node {node_id}. /node lists the nodes.") from None
     if not node.get("online"):

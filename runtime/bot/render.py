@@ -7,7 +7,7 @@ from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from runtime.protocol import ApprovalState, Decision, user_error_line
+from runtime.protocol import ApprovalState, Decision, ErrorKind, user_error_line
 
 MAX_CALLBACK_DATA = 64  # Telegram's limit, in bytes
 
@@ -77,7 +77,7 @@ NO_NODES = "No nodes are registered yet. Create a token with /token generate and
 
 
 def failure(what: str, kind: str, error: str | None = None) -> str:
-    verb = "timed out" if kind == "timeout" else "failed"
+    verb = "timed out" if kind == ErrorKind.TIMEOUT else "failed"
     return f"{what} {verb}: {user_error_line(kind, error)}"
 
 

@@ -106,7 +106,7 @@ async def approvals(mgr: Manager, q: api.ApprovalsQuery, trace_id: str) -> dict[
 
 @handles("POST", Api.APPROVALS_DECIDE)
 async def decide(mgr: Manager, body: api.DecideBody, trace_id: str) -> dict[str, Any]:
-    return ok(**await mgr.decide(body.approval_id, body.decision, body.decided_by))
+    return ok(**await mgr.decide(body.approval_id, body.decision, body.decided_by, body.chat_key, body.admin))
 
 
 @handles("POST", Api.TOKENS)

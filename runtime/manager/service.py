@@ -188,10 +188,17 @@ class Manager:
             self.hub.publish(wire.ApprovalRequested(approval=wire.PendingApproval(
                 node_id=node_id, **msgspec.structs.asdict(msg))))
 
-    async def decide(self, approval_id: str, decision: Decision, decided_by: str) -> dict[str, Any]:
+    async def decide(self, approval_id: str, decision: Decision, decided_by: str, chat_key: str | None = None,
+                     admin: bool = False) -> dict[str, Any]:
         approval = await self.store.approval(approval_id)
         if approval is None:
             raise RelayError(ErrorKind.NOT_FOUND, f"no approval {approval_id!r}: see /api/approvals")
+        if chat_key is not None and not admin and approval.get("chat_key") != chat_key:
+            self.hub.counters["decisions_forbidden"] += 1
+            log(logger, logging.WARNING, "approval_decide_forbidden", approval_id=approval_id, chat_key=chat_key,
+                decided_by=decided_by)
+            raise RelayError(ErrorKind.FORBIDDEN, f"approval {approval_id} belongs to another chat: only that chat's "
+                                                  "users or an admin may decide it")
         state = DECISION_STATE[decision]
         if not await self.store.decide_approval(approval_id, state, decision.value, decided_by):
             current = await self.store.approval(approval_id)

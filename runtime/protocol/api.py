@@ -111,9 +111,14 @@ class ApprovalsQuery(Body):
 
 
 class DecideBody(Body):
+    """A chat front end passes where the decision was made and whether its user is an admin: an approval
+    belongs to the chat it was posted in, and only that chat or an admin may decide it. A call without
+    `chat_key` comes from the control token's holder, who may decide any."""
     approval_id: Id
     decision: Decision
     decided_by: Annotated[str, Meta(max_length=256)] = "api"
+    chat_key: Id | None = None
+    admin: bool = False
 
 
 class TokenBody(Body):

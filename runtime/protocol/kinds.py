@@ -23,6 +23,7 @@ class ErrorKind(StrEnum):
     TOO_LARGE = "too_large"
     BUSY = "busy"
     NOT_FOUND = "not_found"
+    FORBIDDEN = "forbidden"
     CONFLICT = "conflict"
     STORAGE_ERROR = "storage_error"
     INTERNAL = "internal"
@@ -65,6 +66,7 @@ ERROR_KINDS: Final[Mapping[ErrorKind, KindInfo]] = _table(
              "or split it.", 413),
     KindInfo(K.BUSY, True, "The manager is at its limit of connections still being set up. Retry in a few "
              "seconds.", 503),
+    KindInfo(K.FORBIDDEN, False, "You may not do that here. The refusal says who may."),
     KindInfo(K.NOT_FOUND, False, "No such object. Check the id."),
     KindInfo(K.CONFLICT, False, "That was already decided or done; nothing changed."),
     KindInfo(K.STORAGE_ERROR, True, "The manager's database is busy or not writable; nothing was changed. "
