@@ -8,11 +8,20 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 
-from harness.faults import db_locked
-from harness.peers import ScriptedNode
-from harness.stack import Stack
-from runtime.protocol import (CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_UNAUTHORIZED, MAX_FRAME_BYTES,
-                              Api, Msg, message, new_id)
+from harness.ends.peers import ScriptedNode
+from harness.faults.toxics import db_locked
+from harness.stack.stack import Stack
+from runtime.protocol import (
+    CLOSE_PROTOCOL,
+    CLOSE_REPLACED,
+    CLOSE_REVOKED,
+    CLOSE_UNAUTHORIZED,
+    MAX_FRAME_BYTES,
+    Api,
+    Msg,
+    message,
+    new_id,
+)
 
 # Short DB waits so a held lock surfaces as storage_error within the case, not after it. A1-10 waits out the
 # offline timeout and A1-17 a sweep (the retry of a deferred result), so both are short too; scripted nodes

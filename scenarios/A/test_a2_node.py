@@ -12,12 +12,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from harness import paths
-from harness.peers import ScriptedManager
-from harness.stack import Stack, free_port
+from harness.ends.peers import ScriptedManager
+from harness.stack import paths, ports
+from harness.stack.stack import Stack
 from runtime.node.config import EXIT_CODEX, EXIT_CWD
+from runtime.backoff import Backoff
 from runtime.protocol import Api, Event, Msg, decode, new_id
-
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +93,8 @@ async def test_reconnect_backoff_grows_and_caps(stack: Stack) -> None:
         node_id = new_id("a2backoff")
         await stack.add_node(node_id, wait=False, manager_url=f"ws://127.0.0.1:{refusing.port}{Api.NODE_WS}",
                              backoff_initial=0.1, backoff_max=1.0, backoff_jitter=0.1)
-        deadline = time.monotonic() + 30
-        while len(refusing.connects) < 9 and time.monotonic() < deadline:  # 8 gaps: growth, then the cap
-            await asyncio.sleep(0.1)
-        gaps = [b - a for a, b in zip(refusing.connects, refusing.connects[1:], strict=False)]
+        connects = await refusing.connected(9, timeout=30)  # 8 gaps: growth, then the cap
+        gaps = [b - a for a, b in zip(connects, connects[1:], strict=False)]
         assert len(gaps) >= 8, gaps
         assert gaps[3] > gaps[0] * 2, f"intervals do not grow: {gaps}"
         assert max(gaps) < 1.0 * 1.1 + 0.5, f"intervals exceed the cap: {gaps}"  # cap + jitter + a slow start
@@ -109,11 +107,13 @@ async def test_reconnect_backoff_grows_and_caps(stack: Stack) -> None:
 @pytest.mark.case("A2-04")
 async def test_registers_when_manager_returns(stack: Stack) -> None:
     """a node started with no manager registers by itself once one appears"""
-    port, node_id = free_port(), new_id("a2late")
+    # Bound but not listening: the node's connects are refused, and no other process can take the port.
+    sock, node_id = ports.reserved(), new_id("a2late")
+    port = sock.getsockname()[1]
     await stack.add_node(node_id, wait=False, manager_url=f"ws://127.0.0.1:{port}{Api.NODE_WS}",
                          backoff_initial=0.1, backoff_max=1.0)
     await stack.procs[node_id].wait_log("connect_failed", seen=1)  # a few refused attempts first
-    late = await ScriptedManager().start(port)
+    late = await ScriptedManager().start(sock)
     try:
         reg = await late.registered(timeout=10)
         assert reg["node_id"] == node_id
@@ -245,9 +245,9 @@ async def test_slow_call_does_not_block(stack: Stack, node: str) -> None:
     assert listed["ok"] and not turn.done(), "the relayed call waited for the turn"
     seen_before = await last_seen()  # after the call: its own answer is a frame, and refreshes last_seen too
     # A heartbeat must land while the turn still runs: look for one for up to three intervals.
-    beats_by = time.monotonic() + 3 * stack.node_settings[node]["heartbeat_interval"]
-    while await last_seen() <= seen_before and time.monotonic() < beats_by:
-        await asyncio.sleep(0.05)
+    async for _ in Backoff(0.05, factor=1).tries(3 * stack.node_settings[node]["heartbeat_interval"]):
+        if await last_seen() > seen_before:
+            break
     assert await last_seen() > seen_before, "heartbeats stopped while a turn was running"
     assert not turn.done()
     assert (await turn)["ok"]

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from harness.procs import Proc
-from harness.stack import Stack
-from harness.telegram import FakeTelegram, TelegramUser
+from harness.ends.telegram import FakeTelegram, TelegramUser
+from harness.stack.procs import Proc
+from harness.stack.stack import Stack
 from runtime.protocol import Api, new_id
 
 NODE = "a3n1"

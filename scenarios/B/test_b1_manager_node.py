@@ -9,8 +9,8 @@ from contextlib import AsyncExitStack
 import aiohttp
 import pytest
 
-from harness.gates import Gates
-from harness.stack import Stack
+from harness.gates.gates import Gates
+from harness.stack.stack import Stack
 from runtime.protocol import Api, new_id
 
 

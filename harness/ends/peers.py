@@ -5,6 +5,7 @@ They speak the protocol module's messages and nothing else; they never stand in 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
@@ -91,19 +92,21 @@ class ScriptedManager:
     def __init__(self, accept: bool = True) -> None:
         self.accept = accept
         self.connects: list[float] = []
+        self._connected = asyncio.Condition()
         self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.ws: web.WebSocketResponse | None = None
         self.runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, port: int = 0) -> ScriptedManager:
+    async def start(self, sock: socket.socket | None = None) -> ScriptedManager:
+        """Listen on a fresh loopback port, or on `sock`: a port reserved earlier (ports.reserved())."""
         app = web.Application()
         app.router.add_get(Api.NODE_WS, self._socket)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        site = web.SockSite(self.runner, sock) if sock is not None else web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self.runner.addresses[0][1])
         return self
 
     async def stop(self) -> None:
@@ -115,7 +118,9 @@ class ScriptedManager:
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        self.connects.append(time.monotonic())
+        async with self._connected:
+            self.connects.append(time.monotonic())
+            self._connected.notify_all()
         async for frame in ws:
             msg = decode(frame.data)
             if msg["type"] == Msg.REGISTER:
@@ -144,6 +149,12 @@ class ScriptedManager:
             msg = await asyncio.wait_for(self.frames.get(), left)
             if msg["type"] == kind and all(msg.get(k) == v for k, v in match.items()):
                 return msg
+
+    async def connected(self, count: int, timeout: float = 30.0) -> list[float]:
+        """When each connection attempt arrived, once `count` of them have."""
+        async with self._connected:
+            await asyncio.wait_for(self._connected.wait_for(lambda: len(self.connects) >= count), timeout)
+        return list(self.connects)
 
     async def registered(self, timeout: float = 30.0) -> dict[str, Any]:
         return await self.expect(Msg.REGISTER, timeout)
