@@ -7,12 +7,25 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from runtime.protocol import Api, Msg, decode, encode, message
+
+
+async def _next(queue: asyncio.Queue[dict[str, Any]], wanted: Callable[[dict[str, Any]], bool], timeout: float,
+                failure: str) -> dict[str, Any]:
+    """The next frame `wanted` accepts, skipping the others; TimeoutError(failure) when none comes in time."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not wanted(msg := await queue.get()):
+                pass
+    except TimeoutError:
+        raise TimeoutError(failure) from None
+    return msg
 
 
 class ScriptedNode:
@@ -49,14 +62,8 @@ class ScriptedNode:
 
     async def expect(self, *kinds: Msg, timeout: float = 10.0) -> dict[str, Any]:
         """The next frame of one of these types (others are skipped, heartbeat acks included)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{self.node_id}: no {[k.value for k in kinds]} within {timeout}s")
-            msg = await asyncio.wait_for(self.inbox.get(), left)
-            if msg.get("type") in kinds:
-                return msg
+        return await _next(self.inbox, lambda msg: msg.get("type") in kinds, timeout,
+                           f"{self.node_id}: no {[k.value for k in kinds]} within {timeout}s")
 
     async def closed(self, timeout: float = 10.0) -> int | None:
         """Wait for the manager to close this socket; returns the code the manager closed it with."""
@@ -141,14 +148,8 @@ class ScriptedManager:
         await self.ws.send_str(encode(msg))
 
     async def expect(self, kind: Msg, timeout: float = 30.0, **match: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no {kind.value} matching {match} within {timeout}s")
-            msg = await asyncio.wait_for(self.frames.get(), left)
-            if msg["type"] == kind and all(msg.get(k) == v for k, v in match.items()):
-                return msg
+        return await _next(self.frames, lambda msg: msg["type"] == kind and all(msg.get(k) == v for k, v in match.items()),
+                           timeout, f"no {kind.value} matching {match} within {timeout}s")
 
     async def connected(self, count: int, timeout: float = 30.0) -> list[float]:
         """When each connection attempt arrived, once `count` of them have."""

@@ -12,6 +12,7 @@ from harness.faults.sqlite_lock import db_locked
 from harness.faults.window import FaultWindow
 
 if TYPE_CHECKING:
+    from harness.faults.toxics import Toxics
     from harness.stack.stack import Stack
 
 # A fault's scope: the window it was active for, or None when there was nothing to fault right now.
@@ -86,29 +87,26 @@ def _latency(rng: random.Random) -> dict[str, Any]:
     return {"latency_ms": ms, "jitter_ms": ms // 2}
 
 
-@fault("latency", "node", "tab:olive", draw=_latency)
+def _on_link(toxic: Callable[[Toxics, str, dict[str, Any]], AbstractAsyncContextManager[FaultWindow]]) -> Scope:
+    """A Toxiproxy fault on the target node's link to the manager."""
+    @asynccontextmanager
+    async def scope(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+        assert stack.toxics is not None
+        async with toxic(stack.toxics, stack.manager_link(target), params) as w:
+            yield w
+    return scope
+
+
 @asynccontextmanager
-async def latency(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
-    assert stack.toxics is not None
-    link, ms, jitter = stack.manager_link(target), params["latency_ms"], params["jitter_ms"]
-    async with stack.toxics.latency(link, ms, jitter) as w, stack.toxics.latency(link, ms, jitter, stream="upstream"):
+async def _latency_both_ways(toxics: Toxics, link: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow]:
+    ms, jitter = params["latency_ms"], params["jitter_ms"]
+    async with toxics.latency(link, ms, jitter) as w, toxics.latency(link, ms, jitter, stream="upstream"):
         yield w
 
 
-@fault("reset_peer", "node", "tab:cyan")
-@asynccontextmanager
-async def reset_peer(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
-    assert stack.toxics is not None
-    async with stack.toxics.reset_peer(stack.manager_link(target)) as w:
-        yield w
-
-
-@fault("link_down", "node", "tab:blue")
-@asynccontextmanager
-async def link_down(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
-    assert stack.toxics is not None
-    async with stack.toxics.link_down(stack.manager_link(target)) as w:
-        yield w
+fault("latency", "node", "tab:olive", draw=_latency)(_on_link(_latency_both_ways))
+fault("reset_peer", "node", "tab:cyan")(_on_link(lambda toxics, link, params: toxics.reset_peer(link)))
+fault("link_down", "node", "tab:blue")(_on_link(lambda toxics, link, params: toxics.link_down(link)))
 
 
 @fault("upstream_drop", "upstream", "tab:brown")

@@ -324,6 +324,14 @@ class Stack:
         stats = await self.upstream("GET", "/_mock/stats")
         return int(stats["serves"].get(prompt_key(prompt), 0))
 
+    async def wait_served(self, prompt: str, timeout: float = 15.0) -> None:
+        """Until codex has asked the mock model for `prompt`: the turn is under way, mid-stream in codex.
+        Prompts are unique per run, so an earlier run's turn cannot answer for this one."""
+        async for _ in Backoff(0.05, factor=1).tries(timeout):
+            if await self.serves(prompt) >= 1:
+                return
+        raise TimeoutError(f"codex never asked the model for {prompt!r} within {timeout}s")
+
 
 # Paths served only as GET; TOKENS and USERS take both, so callers pass method="GET" to list them.
 GET_ONLY = {Api.SERVERS, Api.APPROVALS, Api.CHAT, Api.TASKS}

@@ -5,7 +5,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import pytest
 from harness.ends.peers import ScriptedManager
 from harness.stack import paths, ports
 from harness.stack.stack import Stack
-from runtime.node.config import EXIT_CODEX, EXIT_CWD
 from runtime.backoff import Backoff
+from runtime.node.config import EXIT_CODEX, EXIT_CWD
 from runtime.protocol import Api, Event, Msg, decode, new_id
 
 
@@ -42,16 +41,6 @@ async def impatient_node(stack: Stack) -> AsyncIterator[str]:
 
 async def dispatch(stack: Stack, node_id: str, prompt: str, timeout: float = 30) -> dict:
     return await stack.result(Api.DISPATCH, {"node_id": node_id, "prompt": prompt, "timeout": timeout})
-
-
-async def in_flight(stack: Stack, prompt: str, timeout: float = 15.0) -> None:
-    """Wait (bounded) until codex has asked the mock model for `prompt`: the turn is under way in codex.
-    Prompts are unique per run, so an earlier run's turn cannot answer for this one."""
-    deadline = time.monotonic() + timeout
-    while await stack.serves(prompt) < 1:
-        if time.monotonic() > deadline:
-            pytest.fail(f"codex never asked the model for {prompt!r} within {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 def run_node(tmp: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
@@ -131,7 +120,7 @@ async def test_queue_full(stack: Stack, queue_node: str) -> None:
     busy = f"busy {new_id('p')}"
     slow = asyncio.create_task(stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": f"{busy} [[mock:slow=2]]",
                                                            "thread_id": first["thread_id"], "timeout": 30}))
-    await in_flight(stack, busy)  # the one slot is taken
+    await stack.wait_served(busy)  # the one slot is taken
     second = await stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": "second", "timeout": 30,
                                                "thread_id": first["thread_id"]})
     assert not slow.done(), "a full queue must answer at once, not after the running turn"
@@ -174,6 +163,21 @@ async def test_task_progress_result(stack: Stack, node: str) -> None:
         await ws.close()
 
 
+async def offline_events(ws: aiohttp.ClientWebSocketResponse, node: str) -> list[dict]:
+    """The node_offline events for `node` among those already sent; a quiet socket means no more came."""
+    offline = []
+    while True:
+        try:
+            frame = await ws.receive(timeout=0.5 if not offline else 0.1)
+        except TimeoutError:
+            return offline
+        if frame.type != aiohttp.WSMsgType.TEXT:
+            return offline
+        event = json.loads(frame.data)
+        if event["type"] == Event.NODE_OFFLINE and event["node_id"] == node:
+            offline.append(event)
+
+
 @pytest.mark.case("A2-09")
 async def test_jitter_does_not_flap(stack: Stack, node: str) -> None:
     """latency with jitter on node<->manager: tasks complete and the node never goes offline"""
@@ -185,15 +189,9 @@ async def test_jitter_does_not_flap(stack: Stack, node: str) -> None:
         async with stack.toxics.latency(link, 300, 200), stack.toxics.latency(link, 300, 200, stream="upstream"):
             results = await asyncio.gather(*(dispatch(stack, node, f"jittery {i}") for i in range(2)))
             assert all(r["ok"] for r in results), results
-            # Heartbeats under jitter for two more intervals, so a flap would show.
+            # The subject: jitter held for two more heartbeat intervals, so a flap would show.
             await asyncio.sleep(2 * stack.node_settings[node]["heartbeat_interval"])
-        offline = []
-        while (frame := await ws.receive(timeout=0.5 if not offline else 0.1)).type == aiohttp.WSMsgType.TEXT:
-            event = json.loads(frame.data)
-            if event["type"] == Event.NODE_OFFLINE and event["node_id"] == node:
-                offline.append(event)
-    except TimeoutError:
-        pass
+        offline = await offline_events(ws, node)
     finally:
         await ws.close()
     assert not offline, f"node flapped offline under jitter: {offline}"
@@ -216,7 +214,7 @@ async def test_appserver_crash(stack: Stack, node: str) -> None:
     """killing the codex child fails the turn as appserver_crash (retriable); the next task works"""
     prompt = f"crash me {new_id('p')}"
     turn = asyncio.create_task(dispatch(stack, node, f"{prompt} [[mock:slow=3]]"))
-    await in_flight(stack, prompt)  # codex is mid-turn, waiting on the model
+    await stack.wait_served(prompt)  # codex is mid-turn, waiting on the model
     [codex] = stack.procs[node].children_named("codex")
     codex.kill()
     result = await turn
@@ -240,7 +238,7 @@ async def test_slow_call_does_not_block(stack: Stack, node: str) -> None:
 
     prompt = f"slow one {new_id('p')}"
     turn = asyncio.create_task(dispatch(stack, node, f"{prompt} [[mock:slow=2.5]]"))
-    await in_flight(stack, prompt)
+    await stack.wait_served(prompt)
     listed = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "timeout": 5})
     assert listed["ok"] and not turn.done(), "the relayed call waited for the turn"
     seen_before = await last_seen()  # after the call: its own answer is a frame, and refreshes last_seen too
