@@ -117,17 +117,22 @@ class Stack:
         self.upstream_port = await proc.wait_port("listen")
 
     async def start_manager(self) -> Proc:
+        """Start (or restart) the manager. The first start binds port 0; every later start, by the harness or
+        by a fault's restart, binds the port that one got, where every proxy to the manager points."""
+        proc = self.procs.get("manager") or self._proc("manager", self._manager_argv())
+        ready = len(proc.log_lines("manager_ready"))
+        proc.start()
+        self.manager_port = await proc.wait_port("manager_ready", seen=ready)
+        proc.argv = self._manager_argv()
+        await self.wait_manager()
+        return proc
+
+    def _manager_argv(self) -> list[str]:
         argv = [PY, "-m", "runtime.manager.main", "--port", str(self.manager_port), "--db", str(self.db_path),
                 "--control-token", self.control_token]
         for key, value in self.manager_args.items():
             argv += [f"--{key}", str(value)]
-        proc = self.procs.get("manager") or self._proc("manager", argv)
-        proc.argv = argv  # a restart binds the port the first start got: every proxy to the manager points there
-        ready = len(proc.log_lines("manager_ready"))
-        proc.start()
-        self.manager_port = await proc.wait_port("manager_ready", seen=ready)
-        await self.wait_manager()
-        return proc
+        return argv
 
     async def wait_manager(self, timeout: float = 20.0) -> None:
         await self._wait_http(f"{self.manager_url}{Api.HEALTHZ}", "manager", timeout, self.procs["manager"])
