@@ -1,4 +1,4 @@
-// Allure 3 config for harness/report.py, which sets every path below; categories come from
+// Allure 3 config for harness/report/allure.py, which sets every path below; categories come from
 // runtime/protocol.py's error kinds through a JSON file report.py writes, so none is spelled here.
 import { readFileSync } from "node:fs";
 // `allure` re-exports defineConfig, but importing it runs the whole CLI again: take it from its source.
@@ -7,7 +7,7 @@ import { defineConfig } from "@allurereport/plugin-api";
 const need = (name) => {
   const value = process.env[name];
   if (!value) {
-    throw new Error(`allurerc.mjs: ${name} is not set: build the report with harness/report.py generate()`);
+    throw new Error(`allurerc.mjs: ${name} is not set: build the report with harness/report/allure.py generate()`);
   }
   return value;
 };

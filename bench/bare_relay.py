@@ -1,7 +1,7 @@
 """The throughput baseline: a bare aiohttp relay, HTTP in -> WebSocket out -> WebSocket back -> HTTP out.
 
 It speaks the node protocol just enough for a simulated node to register, and has no logic otherwise:
-no auth, no validation, no store, no logging. `python -m bench.bare_relay --port 0 --ready-file F`.
+no auth, no validation, no store, no logging. `python -m bench.bare_relay --port 0`.
 """
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from harness import paths
-from harness.procs import Proc
-from harness.stack import Stack
+from harness.stack import paths
+from harness.stack.procs import Proc
+from harness.stack.stack import Stack
 from runtime import eventloop
 from runtime.protocol import Api, Msg, decode, encode, message
 
@@ -53,7 +52,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def serve(port: int, ready_file: Path) -> None:
+async def serve(port: int) -> None:
     app = web.Application()
     app.router.add_post(Api.APPSERVER, relay)
     app.router.add_get(Api.NODE_WS, node_socket)
@@ -61,7 +60,7 @@ async def serve(port: int, ready_file: Path) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    ready_file.write_text(json.dumps({"port": site._server.sockets[0].getsockname()[1]}))  # type: ignore[union-attr]
+    print(f"op=ready port={runner.addresses[0][1]}", file=sys.stderr, flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
@@ -71,19 +70,17 @@ async def serve(port: int, ready_file: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.bare_relay", description=__doc__)
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--ready-file", type=Path, required=True)
     a = p.parse_args()
     # The manager's loop, whichever it is: the baseline must differ from the manager only in its logic.
-    eventloop.run(serve(a.port, a.ready_file), os.environ.get("CODEX_RELAY_MANAGER_EVENT_LOOP", eventloop.DEFAULT))
+    eventloop.run(serve(a.port), os.environ.get("CODEX_RELAY_MANAGER_EVENT_LOOP", eventloop.DEFAULT))
 
 
 async def start(s: Stack) -> int:
     """Boot the bare relay as one more process of a stack (its close() stops it); returns its port."""
-    ready = s.root / "bare_relay.ready"
-    proc = Proc("bare_relay", [sys.executable, "-m", "bench.bare_relay", "--ready-file", str(ready)],
+    proc = Proc("bare_relay", [sys.executable, "-m", "bench.bare_relay"],
                 s.root / "logs" / "bare_relay.log", cwd=paths.REPO_ROOT).start()
     s.procs["bare_relay"] = proc
-    return int((await proc.wait_ready_file(ready))["port"])
+    return await proc.wait_port("ready")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ import aiohttp
 
 from bench import stacks
 from bench.figures import Figure, ms, pct
-from harness.stack import Stack
-from harness.telegram import FakeTelegram
+from harness.ends.telegram import FakeTelegram
+from harness.stack.stack import Stack
 from runtime.bot.context import chat_key
 from runtime.node.config import NodeConfig
 from runtime.protocol import Api, Event

@@ -15,7 +15,7 @@ from types import ModuleType
 from bench import chain, fleet, gatetime, recovery, relay, throughput
 from bench.figures import Figure, machine
 from bench.stacks import RUN_ID
-from harness.procs import reap_all
+from harness.stack.procs import reap_all
 
 FIGURES: dict[str, ModuleType] = {"relay": relay, "throughput": throughput, "fleet": fleet, "recovery": recovery,
                                   "chain": chain, "gates": gatetime}

@@ -19,7 +19,7 @@ import psutil
 from bench import stacks
 from bench.figures import Figure, ms, pct
 from bench.simnodes import SimFleet, raise_fd_limit
-from harness.stack import Stack
+from harness.stack.stack import Stack
 from runtime.protocol import Api, Event
 
 NAME = "fleet"

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from bench import stacks
 from bench.figures import Figure
-from harness import gates, paths
 from harness.cli import GROUPS
+from harness.gates import gates
+from harness.stack import paths
 
 NAME = "gates"
 TARGETS = {"A": 180.0, "A B C": 480.0}
@@ -45,7 +46,7 @@ async def _gate(stages: list[str], profile: str, log: Path, timeout: float,
     log.parent.mkdir(parents=True, exist_ok=True)
     run_id = f"{stacks.RUN_ID}-{profile}-{'-'.join(stages)}"
     started = time.monotonic()
-    with open(log, "wb") as out:
+    with await asyncio.to_thread(open, log, "wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "harness.cli", "gate", *stages, "--profile", profile,
             *(["--workers", str(workers)] if workers else []),
@@ -58,8 +59,9 @@ async def _gate(stages: list[str], profile: str, log: Path, timeout: float,
             await proc.wait()
     seconds = time.monotonic() - started
     summary = paths.REPORTS_DIR / run_id / "gates.json"
-    passed = summary.exists() and bool(json.loads(summary.read_text())["passed"])
-    table = [ln for ln in log.read_text(errors="replace").splitlines() if re.match(r"^\s*(A|B|C|D)\d?\s", ln)]
+    passed = await asyncio.to_thread(summary.exists) and bool(json.loads(summary.read_text())["passed"])
+    text = await asyncio.to_thread(log.read_text, errors="replace")
+    table = [ln for ln in text.splitlines() if re.match(r"^\s*(A|B|C|D)\d?\s", ln)]
     return seconds, passed, "; ".join(" ".join(ln.split()) for ln in table[-len(stages):])
 
 

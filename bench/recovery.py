@@ -15,8 +15,9 @@ import time
 from bench import stacks
 from bench.figures import Figure, median, pct
 from bench.simnodes import SimFleet
-from harness.procs import Proc
-from harness.stack import Stack
+from harness.stack.procs import Proc
+from harness.stack.stack import Stack
+from runtime.backoff import Backoff
 from runtime.protocol import Api
 
 NAME = "recovery"
@@ -42,9 +43,10 @@ async def _all_online(s: Stack, n: int, timeout: float) -> None:
 
 async def _registrations(manager: Proc, offset: int, n: int) -> list[tuple[float, str]]:
     """The `node_registered` lines since `offset`: a session is listed online a moment before its line."""
-    deadline = time.monotonic() + 10
-    while len(found := stacks.log_events(manager, "node_registered", offset)) < n and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    found: list[tuple[float, str]] = []
+    async for _ in Backoff(0.05, factor=1).tries(10):
+        if len(found := stacks.log_events(manager, "node_registered", offset)) >= n:
+            break
     return found
 
 

@@ -21,7 +21,7 @@ from bench import bare_relay, stacks
 from bench.figures import Figure, ms, pct
 from bench.load import OK_PREFIX, HttpClient
 from bench.simnodes import SimFleet
-from harness import paths
+from harness.stack import paths
 from runtime.node.appserver import AppServer
 from runtime.node.config import NodeConfig
 from runtime.protocol import Api, ErrorKind, RelayError

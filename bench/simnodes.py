@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from harness import paths
+from harness.stack import paths
 from runtime import eventloop, logfmt
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
@@ -133,7 +133,8 @@ class SimFleet:
                     "--prefix", self.prefix, "--first", str(first), "--count", str(count)]
             for key, value in self.options.items():
                 argv += [f"--{key.replace('_', '-')}", str(value)]
-            stderr = open(os.path.join(self.log_dir, f"simnodes-{first}.log"), "ab") if self.log_dir else None
+            stderr = await asyncio.to_thread(open, os.path.join(self.log_dir, f"simnodes-{first}.log"), "ab") \
+                if self.log_dir else None
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
                                                         stdout=asyncio.subprocess.PIPE,
                                                         stderr=stderr or asyncio.subprocess.DEVNULL,

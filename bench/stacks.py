@@ -7,14 +7,14 @@ from __future__ import annotations
 import calendar
 import re
 import time
-from contextlib import asynccontextmanager
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from harness import paths
-from harness.procs import Proc
-from harness.stack import Stack
+from harness.stack import paths
+from harness.stack.procs import Proc
+from harness.stack.stack import Stack
 
 RUN_ID = time.strftime("bench-%Y%m%d-%H%M%S")
 # Production defaults (runtime/manager/config.py), not the harness's fast-fault 1 s / 4 s.

@@ -16,7 +16,7 @@ import psutil
 from bench import bare_relay, stacks
 from bench.figures import Figure, median
 from bench.simnodes import SimFleet
-from harness import paths
+from harness.stack import paths
 from runtime.protocol import Api
 
 NAME = "throughput"

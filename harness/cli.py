@@ -13,8 +13,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from harness import gates, paths
+from harness.gates import gates
+from harness.stack import paths
 
 GROUPS = {"A": ["A1", "A2", "A3"], "B": ["B1", "B2"], "C": ["C"], "D": ["D"]}
 
@@ -98,14 +100,14 @@ def gate(args: argparse.Namespace) -> int:
     return 0 if passed else 1
 
 
-def _report(run_dir: Path, summary: dict[str, object]) -> Path | None:
-    from harness import report  # the report needs node tools; a gate run must not depend on them to finish
+def _report(run_dir: Path, summary: dict[str, Any]) -> Path | None:
+    from harness.report import allure as report  # the report needs node tools; a gate run must not depend on them to finish
 
     results = run_dir / "allure-results"
     results.mkdir(exist_ok=True)
     try:
         report.write_environment(results, str(summary["profile"]))
-        report.write_gate_results(results, list(summary["gates"]))  # type: ignore[arg-type]
+        report.write_gate_results(results, list(summary["gates"]))
         return report.generate(results, run_dir / "allure-report", f"Codex Relay gates {summary['run']}")
     except (RuntimeError, OSError) as exc:
         print(f"harness: the Allure report was not generated: {exc}", file=sys.stderr)
@@ -114,7 +116,7 @@ def _report(run_dir: Path, summary: dict[str, object]) -> Path | None:
 
 def soak(args: argparse.Namespace) -> int:
     """A soak outside pytest: progress in the terminal; Ctrl-C stops it and still judges what ran."""
-    from harness import soak as soak_mod  # the soak pulls in the stack and the plotting stack
+    from harness.load import soak as soak_mod  # the soak pulls in the stack and the plotting stack
 
     g: gates.Gates = args.gates
     settings = soak_mod.SoakSettings.from_gates(g)
@@ -140,7 +142,7 @@ def burst(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     """Judge a recorded soak again, offline: the checkers are pure functions of its files."""
-    from harness import soak as soak_mod
+    from harness.load import soak as soak_mod
 
     g: gates.Gates = args.gates
     return soak_mod.recheck(g, Path(args.run_dir))

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.gates import Gates
-from harness.plugin import GATES_KEY, STATE_KEY
-from harness.procs import reap_all
-from harness.stack import Stack
+from harness.gates.gates import Gates
+from harness.gates.plugin import GATES_KEY, STATE_KEY
+from harness.stack.procs import reap_all
+from harness.stack.stack import Stack
 
 
 @pytest.fixture(scope="session")

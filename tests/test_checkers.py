@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import checkers, evidence, gates, history
-from harness.checkers import Evidence
-from harness.history import Fault, History, Op
+from harness.checkers import checkers
+from harness.checkers.checkers import Evidence
+from harness.gates import gates
+from harness.history import evidence, history
+from harness.history.history import Fault, History, Op
 
 T0 = 1_800_000_000.0
 NODES = ("n1", "n2")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness import paths
+from harness.stack import paths
 
 
 def test_broken_node_config_fails_gate_a2_and_stops_the_run(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import paths
-from harness.stack import Stack
+from harness.stack import paths
+from harness.stack.stack import Stack
 from runtime.protocol import Api
 
 EXAMPLES_PER_OPERATION = 30

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.peers import ScriptedNode
-from harness.stack import Stack
+from harness.ends.peers import ScriptedNode
+from harness.stack.stack import Stack
 from runtime.protocol import Api, Msg
 
 IDS = [f"srv-{i}" for i in range(5)]

@@ -15,12 +15,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
 import aiohttp
 
-from harness import checkers, evidence, gates, history, paths
-from harness.checkers import ExactlyOnce
+from harness.checkers import checkers
+from harness.checkers.checkers import ExactlyOnce
+from harness.gates import gates
+from harness.history import evidence, history
 from harness.load.steady import ANSWER_GRACE_S, Client
-from harness.stack import Stack, free_port
+from harness.stack import paths, ports
+from harness.stack.stack import Stack
 
 LOCUSTFILE = paths.REPO_ROOT / "harness" / "load" / "locustfile.py"
 START_GRACE_S = 60.0  # Locust's own start-up and the users' last answers, past the run time
@@ -119,7 +123,7 @@ def _argv(*extra: str) -> list[str]:
 
 
 async def _spawn(argv: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
-    with open(log, "ab") as fh:  # the child keeps its own copy of the descriptor
+    with await asyncio.to_thread(open, log, "ab") as fh:  # the child keeps its own copy of the descriptor
         return await asyncio.create_subprocess_exec(*argv, env=env, cwd=paths.REPO_ROOT, stdout=fh,
                                                     stderr=asyncio.subprocess.STDOUT, start_new_session=True)
 
@@ -138,7 +142,7 @@ async def _stop(procs: list[asyncio.subprocess.Process], grace: float = 10.0) ->
 
 async def run(stack: Stack, settings: BurstSettings, out_dir: Path) -> BurstRun:
     """A headless burst (optionally distributed), then the evidence and the exactly-once check."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     for node in settings.nodes:
         if node not in stack.procs:
             await stack.add_node(node)
@@ -150,10 +154,11 @@ async def run(stack: Stack, settings: BurstSettings, out_dir: Path) -> BurstRun:
     procs: list[asyncio.subprocess.Process] = []
     try:
         if settings.workers:
-            port = free_port()
+            # Port 0: the master binds a free port itself, and the workers are told the one it got.
             procs.append(await _spawn(_argv(*common, "--master", "--master-bind-host", "127.0.0.1",
-                                            "--master-bind-port", str(port), "--expect-workers", str(settings.workers)),
+                                            "--master-bind-port", "0", "--expect-workers", str(settings.workers)),
                                       env, out_dir / "locust-master.log"))
+            port = await ports.listening(procs[0].pid, f"the Locust master (log: {out_dir / 'locust-master.log'})")
             for i in range(settings.workers):
                 procs.append(await _spawn(_argv("--worker", "--master-host", "127.0.0.1", "--master-port", str(port)),
                                           env, out_dir / f"locust-worker{i + 1}.log"))
@@ -164,9 +169,9 @@ async def run(stack: Stack, settings: BurstSettings, out_dir: Path) -> BurstRun:
     finally:
         await _stop(procs)
     stats_file = out_dir / "locust.json"
-    if not stats_file.exists():
+    if not await asyncio.to_thread(stats_file.exists):
         raise RuntimeError(f"Locust wrote no {stats_file.name} (exit {code}); see {out_dir}/locust*.log")
-    records = history.load(*sorted(out_dir.glob("history-*.jsonl")))
+    records = history.load(*sorted(await asyncio.to_thread(out_dir.glob, "history-*.jsonl")))
     ops, _, _ = history.split(records)
     async with aiohttp.ClientSession() as http:
         client = Client(http, stack.manager_url, stack.control_token)
@@ -216,7 +221,7 @@ async def web(g: gates.Gates, settings: BurstSettings, run_dir: Path, port: int,
         await stack.start()
         for node in settings.nodes:
             await stack.add_node(node)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
         procs.append(await _spawn(_argv("--web-host", "127.0.0.1", "--web-port", str(port), "--host", stack.manager_url,
                                         "-u", str(settings.users), "-r", str(settings.spawn_rate)),
                                   locust_env(stack, settings, run_dir), run_dir / "locust.log"))

@@ -18,7 +18,7 @@ from typing import Any
 
 from locust import HttpUser, between, events, task
 
-from harness.history import History, Op
+from harness.history.history import History, Op, Outcome
 from runtime.protocol import Api, new_id
 
 TOKEN = os.environ.get("RELAY_CONTROL_TOKEN", "")
@@ -44,7 +44,7 @@ class ChatUser(HttpUser):
         self.chat = new_id("burst")
         self.headers = {"Authorization": f"Bearer {TOKEN}"}
 
-    def _post(self, path: str, body: dict[str, Any], name: str, trace_id: str) -> tuple[str, dict[str, Any]]:
+    def _post(self, path: str, body: dict[str, Any], name: str, trace_id: str) -> tuple[Outcome, dict[str, Any]]:
         """(outcome, result); marks the request failed in Locust's stats when the business failed."""
         with self.client.post(path, json=body, name=name, catch_response=True, timeout=OP_TIMEOUT + ANSWER_GRACE_S,
                               headers={**self.headers, "X-Trace-Id": trace_id}) as resp:
@@ -73,7 +73,8 @@ class ChatUser(HttpUser):
             op.outcome, result = self._post(Api.DISPATCH_TEXT, body, "dispatch_text", op.trace_id or "")
             op.error_kind, op.retriable = result.get("error_kind"), result.get("retriable")
             if op.outcome == "ok" and result.get("text") != f"mock reply: {op.prompt}":
-                op.outcome, op.error_kind = "fail", "wrong_result"
+                op.outcome = "fail"
+                op.error_kind = "wrong_result"
         finally:
             op.end = time.time()
             if HISTORY is not None:

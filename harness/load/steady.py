@@ -15,8 +15,9 @@ from typing import Any
 
 import aiohttp
 
-from harness.history import History, Op
-from harness.upstream import prompt_key
+from harness.ends.upstream import prompt_key
+from harness.history.history import History, Op
+from runtime.backoff import Backoff
 from runtime.protocol import Api, new_id
 
 ANSWER_GRACE_S = 10.0   # the client waits this much past the manager's own timeout before calling an op unknown
@@ -50,7 +51,7 @@ class Client:
 
 def judge(op: Op, status: int, env: dict[str, Any], expect: str | None) -> None:
     """Fill the op's outcome from the envelope: outer ok is the control plane, result.ok the business."""
-    result = env.get("result") if isinstance(env.get("result"), dict) else {}
+    result: dict[str, Any] = env["result"] if isinstance(env.get("result"), dict) else {}
     if status != 200 or not env.get("ok"):
         op.outcome, op.error_kind, op.detail = "fail", env.get("error_kind") or f"http_{status}", env.get("error")
     elif not result.get("ok"):
@@ -111,8 +112,7 @@ class Operations:
 
     async def _approve(self, task_id: str, timeout: float) -> None:
         """Approve the turn's command as a user would: once it shows up among the pending approvals."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        async for _ in Backoff(APPROVAL_POLL_S, factor=1).tries(timeout):
             try:
                 _, env = await self.client.call("GET", Api.APPROVALS, {"state": "pending"}, 5)
                 for a in (env.get("result") or {}).get("approvals", []):
@@ -122,7 +122,6 @@ class Operations:
                         return
             except (TimeoutError, aiohttp.ClientError, ValueError):
                 pass  # the manager may be down right now; the turn's own outcome will say so
-            await asyncio.sleep(APPROVAL_POLL_S)
 
 
 class Steady:

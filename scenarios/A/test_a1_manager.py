@@ -8,11 +8,21 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import pytest
 
-from harness.faults import db_locked
-from harness.peers import ScriptedNode
-from harness.stack import Stack
-from runtime.protocol import (CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_REVOKED, CLOSE_UNAUTHORIZED, MAX_FRAME_BYTES,
-                              Api, Msg, message, new_id)
+from harness.ends.peers import ScriptedNode
+from harness.faults.sqlite_lock import db_locked
+from harness.stack.stack import Stack
+from runtime.backoff import Backoff
+from runtime.protocol import (
+    CLOSE_PROTOCOL,
+    CLOSE_REPLACED,
+    CLOSE_REVOKED,
+    CLOSE_UNAUTHORIZED,
+    MAX_FRAME_BYTES,
+    Api,
+    Msg,
+    message,
+    new_id,
+)
 
 # Short DB waits so a held lock surfaces as storage_error within the case, not after it. A1-10 waits out the
 # offline timeout and A1-17 a sweep (the retry of a deferred result), so both are short too; scripted nodes
@@ -36,7 +46,7 @@ async def peer(stack: Stack) -> AsyncIterator[Callable[..., ScriptedNode]]:
 
 async def approval_pending(stack: Stack, approval_id: str) -> None:
     """Wait (bounded) until the manager lists the approval as pending: it stores a request as it arrives."""
-    for _ in range(50):
+    async for _ in Backoff(0.05, factor=1).tries(5):
         pending = (await stack.call(Api.APPROVALS, {"state": "pending"}))["approvals"]
         if any(a["approval_id"] == approval_id for a in pending):
             return
@@ -186,7 +196,7 @@ async def test_heartbeat_and_offline_timeout(stack: Stack, peer: Callable[..., S
         return float(next(s["last_seen"] for s in (await stack.call(Api.SERVERS))["servers"]
                           if s["node_id"] == node.node_id))
     before = await last_seen()
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # not a wait for an event: time must pass for the heartbeat's stamp to be newer
     await node.send(message(Msg.HEARTBEAT, node_id=node.node_id))
     await node.expect(Msg.HEARTBEAT_ACK)
     assert await last_seen() > before
@@ -314,18 +324,18 @@ async def test_db_lock_conflict(stack: Stack, peer: Callable[..., ScriptedNode])
     # A result that meets the lock is kept and stored once the lock is gone: the node sent it only once.
     node = peer()
     await registered(stack, node)
+    manager = stack.procs["manager"]
     deferred_before = await stack.metric("results_deferred")
+    assigned, deferred = len(manager.log_lines("task_assigned")), len(manager.log_lines("result_deferred"))
     call = asyncio.create_task(stack.result(Api.DISPATCH, {"node_id": node.node_id, "prompt": "x", "timeout": 20}))
     assign = await node.expect(Msg.TASK_ASSIGN)
-    await asyncio.sleep(0.2)  # let the dispatch's own writes finish before the lock
+    await manager.wait_log("task_assigned", seen=assigned)  # the dispatch's last write: the lock must not meet it
     async with db_locked(stack.db_path, stack.faults):
         await node.send(message(Msg.TASK_RESULT, task_id=assign["task_id"], result={"ok": True, "text": "kept"}))
-        for _ in range(100):  # the manager waits out its busy timeout, then defers the result
-            if await stack.metric("results_deferred") > deferred_before:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail("the result was neither stored nor deferred while the DB was locked")
+        # The manager waits out its busy timeout, then defers the result.
+        line = await manager.wait_log("result_deferred", seen=deferred)
+        assert f"task_id={assign['task_id']}" in line, line
+        assert await stack.metric("results_deferred") == deferred_before + 1
     assert (await call)["text"] == "kept"
     assert (await stack.call(Api.TASKS, {"task_id": assign["task_id"]}))["task"]["state"] == "done"
 

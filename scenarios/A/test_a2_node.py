@@ -5,19 +5,18 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from harness import paths
-from harness.peers import ScriptedManager
-from harness.stack import Stack, free_port
+from harness.ends.peers import ScriptedManager
+from harness.stack import paths, ports
+from harness.stack.stack import Stack
+from runtime.backoff import Backoff
 from runtime.node.config import EXIT_CODEX, EXIT_CWD
 from runtime.protocol import Api, Event, Msg, decode, new_id
-
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +41,6 @@ async def impatient_node(stack: Stack) -> AsyncIterator[str]:
 
 async def dispatch(stack: Stack, node_id: str, prompt: str, timeout: float = 30) -> dict:
     return await stack.result(Api.DISPATCH, {"node_id": node_id, "prompt": prompt, "timeout": timeout})
-
-
-async def in_flight(stack: Stack, prompt: str, timeout: float = 15.0) -> None:
-    """Wait (bounded) until codex has asked the mock model for `prompt`: the turn is under way in codex.
-    Prompts are unique per run, so an earlier run's turn cannot answer for this one."""
-    deadline = time.monotonic() + timeout
-    while await stack.serves(prompt) < 1:
-        if time.monotonic() > deadline:
-            pytest.fail(f"codex never asked the model for {prompt!r} within {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 def run_node(tmp: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
@@ -93,10 +82,8 @@ async def test_reconnect_backoff_grows_and_caps(stack: Stack) -> None:
         node_id = new_id("a2backoff")
         await stack.add_node(node_id, wait=False, manager_url=f"ws://127.0.0.1:{refusing.port}{Api.NODE_WS}",
                              backoff_initial=0.1, backoff_max=1.0, backoff_jitter=0.1)
-        deadline = time.monotonic() + 30
-        while len(refusing.connects) < 9 and time.monotonic() < deadline:  # 8 gaps: growth, then the cap
-            await asyncio.sleep(0.1)
-        gaps = [b - a for a, b in zip(refusing.connects, refusing.connects[1:], strict=False)]
+        connects = await refusing.connected(9, timeout=30)  # 8 gaps: growth, then the cap
+        gaps = [b - a for a, b in zip(connects, connects[1:], strict=False)]
         assert len(gaps) >= 8, gaps
         assert gaps[3] > gaps[0] * 2, f"intervals do not grow: {gaps}"
         assert max(gaps) < 1.0 * 1.1 + 0.5, f"intervals exceed the cap: {gaps}"  # cap + jitter + a slow start
@@ -109,11 +96,13 @@ async def test_reconnect_backoff_grows_and_caps(stack: Stack) -> None:
 @pytest.mark.case("A2-04")
 async def test_registers_when_manager_returns(stack: Stack) -> None:
     """a node started with no manager registers by itself once one appears"""
-    port, node_id = free_port(), new_id("a2late")
+    # Bound but not listening: the node's connects are refused, and no other process can take the port.
+    sock, node_id = ports.reserved(), new_id("a2late")
+    port = sock.getsockname()[1]
     await stack.add_node(node_id, wait=False, manager_url=f"ws://127.0.0.1:{port}{Api.NODE_WS}",
                          backoff_initial=0.1, backoff_max=1.0)
     await stack.procs[node_id].wait_log("connect_failed", seen=1)  # a few refused attempts first
-    late = await ScriptedManager().start(port)
+    late = await ScriptedManager().start(sock)
     try:
         reg = await late.registered(timeout=10)
         assert reg["node_id"] == node_id
@@ -131,7 +120,7 @@ async def test_queue_full(stack: Stack, queue_node: str) -> None:
     busy = f"busy {new_id('p')}"
     slow = asyncio.create_task(stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": f"{busy} [[mock:slow=2]]",
                                                            "thread_id": first["thread_id"], "timeout": 30}))
-    await in_flight(stack, busy)  # the one slot is taken
+    await stack.wait_served(busy)  # the one slot is taken
     second = await stack.result(Api.DISPATCH, {"node_id": queue_node, "prompt": "second", "timeout": 30,
                                                "thread_id": first["thread_id"]})
     assert not slow.done(), "a full queue must answer at once, not after the running turn"
@@ -174,6 +163,21 @@ async def test_task_progress_result(stack: Stack, node: str) -> None:
         await ws.close()
 
 
+async def offline_events(ws: aiohttp.ClientWebSocketResponse, node: str) -> list[dict]:
+    """The node_offline events for `node` among those already sent; a quiet socket means no more came."""
+    offline = []
+    while True:
+        try:
+            frame = await ws.receive(timeout=0.5 if not offline else 0.1)
+        except TimeoutError:
+            return offline
+        if frame.type != aiohttp.WSMsgType.TEXT:
+            return offline
+        event = json.loads(frame.data)
+        if event["type"] == Event.NODE_OFFLINE and event["node_id"] == node:
+            offline.append(event)
+
+
 @pytest.mark.case("A2-09")
 async def test_jitter_does_not_flap(stack: Stack, node: str) -> None:
     """latency with jitter on node<->manager: tasks complete and the node never goes offline"""
@@ -185,15 +189,9 @@ async def test_jitter_does_not_flap(stack: Stack, node: str) -> None:
         async with stack.toxics.latency(link, 300, 200), stack.toxics.latency(link, 300, 200, stream="upstream"):
             results = await asyncio.gather(*(dispatch(stack, node, f"jittery {i}") for i in range(2)))
             assert all(r["ok"] for r in results), results
-            # Heartbeats under jitter for two more intervals, so a flap would show.
+            # The subject: jitter held for two more heartbeat intervals, so a flap would show.
             await asyncio.sleep(2 * stack.node_settings[node]["heartbeat_interval"])
-        offline = []
-        while (frame := await ws.receive(timeout=0.5 if not offline else 0.1)).type == aiohttp.WSMsgType.TEXT:
-            event = json.loads(frame.data)
-            if event["type"] == Event.NODE_OFFLINE and event["node_id"] == node:
-                offline.append(event)
-    except TimeoutError:
-        pass
+        offline = await offline_events(ws, node)
     finally:
         await ws.close()
     assert not offline, f"node flapped offline under jitter: {offline}"
@@ -216,7 +214,7 @@ async def test_appserver_crash(stack: Stack, node: str) -> None:
     """killing the codex child fails the turn as appserver_crash (retriable); the next task works"""
     prompt = f"crash me {new_id('p')}"
     turn = asyncio.create_task(dispatch(stack, node, f"{prompt} [[mock:slow=3]]"))
-    await in_flight(stack, prompt)  # codex is mid-turn, waiting on the model
+    await stack.wait_served(prompt)  # codex is mid-turn, waiting on the model
     [codex] = stack.procs[node].children_named("codex")
     codex.kill()
     result = await turn
@@ -240,14 +238,14 @@ async def test_slow_call_does_not_block(stack: Stack, node: str) -> None:
 
     prompt = f"slow one {new_id('p')}"
     turn = asyncio.create_task(dispatch(stack, node, f"{prompt} [[mock:slow=2.5]]"))
-    await in_flight(stack, prompt)
+    await stack.wait_served(prompt)
     listed = await stack.result(Api.APPSERVER, {"node_id": node, "method": "thread/list", "params": {}, "timeout": 5})
     assert listed["ok"] and not turn.done(), "the relayed call waited for the turn"
     seen_before = await last_seen()  # after the call: its own answer is a frame, and refreshes last_seen too
     # A heartbeat must land while the turn still runs: look for one for up to three intervals.
-    beats_by = time.monotonic() + 3 * stack.node_settings[node]["heartbeat_interval"]
-    while await last_seen() <= seen_before and time.monotonic() < beats_by:
-        await asyncio.sleep(0.05)
+    async for _ in Backoff(0.05, factor=1).tries(3 * stack.node_settings[node]["heartbeat_interval"]):
+        if await last_seen() > seen_before:
+            break
     assert await last_seen() > seen_before, "heartbeats stopped while a turn was running"
     assert not turn.done()
     assert (await turn)["ok"]

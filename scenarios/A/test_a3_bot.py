@@ -1,19 +1,18 @@
 """A3: the real bot against the fake Bot API, with the real manager and one real node (real codex, mock model)."""
 from __future__ import annotations
 
-import asyncio
 import itertools
 import re
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.procs import Proc
-from harness.stack import Stack
-from harness.telegram import FakeTelegram, TelegramUser
+from harness.ends.telegram import FakeTelegram, TelegramUser
+from harness.stack.procs import Proc
+from harness.stack.stack import Stack
+from runtime.backoff import Backoff
 from runtime.protocol import Api, new_id
 
 NODE = "a3n1"
@@ -63,15 +62,12 @@ async def token_ids(stack: Stack) -> list[str]:
 
 async def logged(proc: Proc, op: str, timeout: float = 10.0, **fields: object) -> dict[str, str]:
     """The first `op` line in `proc`'s log carrying `fields`; a handler logs its outcome after it replies."""
-    deadline = time.monotonic() + timeout
-    while True:
+    async for _ in Backoff(0.05, factor=1).tries(timeout):
         for line in proc.log_lines(op):
             kv = {k: v[1:-1] if v.startswith('"') else v for k, v in KV.findall(line)}
             if all(kv.get(k) == str(v) for k, v in fields.items()):
                 return kv
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{proc.name} logged no op={op} with {fields} within {timeout}s")
-        await asyncio.sleep(0.05)
+    raise AssertionError(f"{proc.name} logged no op={op} with {fields} within {timeout}s")
 
 
 async def manager_paths(stack: Stack, user: TelegramUser, cmd: str) -> set[str]:

@@ -9,8 +9,9 @@ from contextlib import AsyncExitStack
 import aiohttp
 import pytest
 
-from harness.gates import Gates
-from harness.stack import Stack
+from harness.gates.gates import Gates
+from harness.stack.stack import Stack
+from runtime.backoff import Backoff
 from runtime.protocol import Api, new_id
 
 
@@ -119,13 +120,12 @@ async def test_dispatch_once_and_task(stack: Stack, node: str) -> None:
 
 
 async def _decide_when_asked(stack: Stack, task_id: str, decision: str) -> dict:
-    for _ in range(200):
+    async for _ in Backoff(0.05, factor=1).tries(10):
         for approval in (await stack.call(Api.APPROVALS, {"state": "pending"}))["approvals"]:
             if approval.get("task_id") == task_id:
                 assert approval["command"] and approval["cwd"]
                 return await stack.call(Api.APPROVALS_DECIDE, {"approval_id": approval["approval_id"],
                                                                "decision": decision, "decided_by": "b1"})
-        await asyncio.sleep(0.05)
     raise AssertionError(f"no approval for {task_id}")
 
 
@@ -162,14 +162,14 @@ async def test_network_cut_and_restore(stack: Stack, node: str, cut: str) -> Non
     link, task_id = stack.manager_link(node), new_id("task")
     prompt = f"through the cut {task_id}"
     turn = asyncio.create_task(dispatch(stack, node, f"{prompt} [[mock:slow=1.5]]", timeout=60, task_id=task_id))
-    await asyncio.sleep(0.5)
+    await stack.wait_served(prompt)  # the turn is mid-stream in codex when the cut comes
     async with AsyncExitStack() as faults:
         if cut == "hold":  # data stops both ways, the sockets stay open: only silence gives it away
             await faults.enter_async_context(stack.toxics.hold(link))
             await faults.enter_async_context(stack.toxics.hold(link, stream="upstream"))
         else:
             await faults.enter_async_context(getattr(stack.toxics, cut)(link))
-        await asyncio.sleep(2.5)  # the turn finishes while the node cannot reach the manager
+        await asyncio.sleep(2.5)  # the subject: the turn finishes while the node cannot reach the manager
     restored = time.time()
     result = await turn
     assert result["ok"] and result["text"] == f"mock reply: {prompt}", result
@@ -196,9 +196,9 @@ async def test_duplicate_task_id_and_reply(stack: Stack, node: str) -> None:
     task_id = new_id("task")
     prompt = f"twice delivered {task_id}"
     turn = asyncio.create_task(dispatch(stack, node, f"{prompt} [[mock:slow=1]]", timeout=60, task_id=task_id))
-    await asyncio.sleep(0.3)
+    await stack.wait_served(prompt)  # mid-turn: the result will be made while the link is cut
     async with stack.toxics.reset_peer(stack.manager_link(node)):
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # the subject: the cut outlasts the turn, so its result waits in the outbox
     result = await turn
     assert result["ok"], result
     await exactly_once(stack, task_id, prompt)
@@ -211,15 +211,13 @@ async def test_manager_killed_mid_task(stack: Stack, node: str) -> None:
     task_id = new_id("task")
     prompt = f"survive the crash {task_id}"
     turn = asyncio.create_task(dispatch(stack, node, f"{prompt} [[mock:slow=2]]", timeout=60, task_id=task_id))
-    await asyncio.sleep(0.7)
+    await stack.wait_served(prompt)  # the task is running on the node when the manager dies
     await stack.restart_manager()
     with pytest.raises(aiohttp.ClientError):
         await turn  # the caller's connection died with the manager; the task must not
     await stack.wait_online(node, timeout=20)
-    for _ in range(100):
-        task = (await stack.call(Api.TASKS, {"task_id": task_id}))["task"]
-        if task["state"] in ("done", "failed"):
+    async for _ in Backoff(0.1, factor=1).tries(10):
+        if (await stack.call(Api.TASKS, {"task_id": task_id}))["task"]["state"] in ("done", "failed"):
             break
-        await asyncio.sleep(0.1)
     task = await exactly_once(stack, task_id, prompt)
     assert task["state"] == "done" and task["result"]["text"] == f"mock reply: {prompt}"

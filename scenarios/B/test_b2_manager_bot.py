@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from harness.stack import Stack
-from harness.telegram import FakeTelegram, TelegramUser
+from harness.ends.telegram import FakeTelegram, TelegramUser
+from harness.stack.stack import Stack
 from runtime.protocol import Api
 
 NODE = "b2n1"

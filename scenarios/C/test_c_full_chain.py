@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from harness import paths
-from harness.stack import Stack
-from harness.telegram import FakeTelegram, TelegramUser
+from harness.ends.telegram import FakeTelegram, TelegramUser
+from harness.stack import paths
+from harness.stack.stack import Stack
 from runtime.protocol import Api, new_id
 
 NODE = "c1"

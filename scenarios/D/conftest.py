@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import gates
-from harness.plugin import GATES_KEY
-from harness.soak import SoakRun, SoakSettings
-from harness.soak import run as run_soak
-from harness.stack import Stack
+from harness.gates import gates
+from harness.gates.plugin import GATES_KEY
+from harness.load.soak import SoakRun, SoakSettings
+from harness.load.soak import run as run_soak
+from harness.stack.stack import Stack
 
 # Past its own duration, a soak settles, gathers evidence and draws; a burst waits for its last answers.
 AFTER_S = 300

@@ -8,10 +8,11 @@ import aiohttp
 import allure
 import pytest
 
-from harness import checkers, evidence
-from harness.history import History
+from harness.checkers import checkers
+from harness.history import evidence
+from harness.history.history import History
 from harness.load.steady import Client, LoadSettings, Operations
-from harness.stack import Stack
+from harness.stack.stack import Stack
 from runtime.protocol import kind_of, user_error_line
 
 TURNS = 5  # the seed's five sequential dispatch_text

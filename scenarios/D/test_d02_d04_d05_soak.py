@@ -5,8 +5,8 @@ from __future__ import annotations
 import allure
 import pytest
 
-from harness import gates
-from harness.soak import SoakRun, criteria
+from harness.gates import gates
+from harness.load.soak import SoakRun, criteria
 
 PNG = allure.attachment_type.PNG
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import allure
 import pytest
 
-from harness import gates
+from harness.gates import gates
 from harness.load import burst
-from harness.stack import Stack
+from harness.stack.stack import Stack
 
 
 @pytest.mark.case("D-03")

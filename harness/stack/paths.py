@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Final
 
-REPO_ROOT: Final[Path] = Path(__file__).resolve().parent.parent
+REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[2]
 REPORTS_DIR: Final[Path] = REPO_ROOT / "reports"
 
 # The native binary: node_modules/.bin/codex is a Node wrapper that adds a process per spawn.

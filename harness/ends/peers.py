@@ -5,13 +5,27 @@ They speak the protocol module's messages and nothing else; they never stand in 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from runtime.protocol import Api, Msg, decode, encode, message
+
+
+async def _next(queue: asyncio.Queue[dict[str, Any]], wanted: Callable[[dict[str, Any]], bool], timeout: float,
+                failure: str) -> dict[str, Any]:
+    """The next frame `wanted` accepts, skipping the others; TimeoutError(failure) when none comes in time."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not wanted(msg := await queue.get()):
+                pass
+    except TimeoutError:
+        raise TimeoutError(failure) from None
+    return msg
 
 
 class ScriptedNode:
@@ -48,14 +62,8 @@ class ScriptedNode:
 
     async def expect(self, *kinds: Msg, timeout: float = 10.0) -> dict[str, Any]:
         """The next frame of one of these types (others are skipped, heartbeat acks included)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"{self.node_id}: no {[k.value for k in kinds]} within {timeout}s")
-            msg = await asyncio.wait_for(self.inbox.get(), left)
-            if msg.get("type") in kinds:
-                return msg
+        return await _next(self.inbox, lambda msg: msg.get("type") in kinds, timeout,
+                           f"{self.node_id}: no {[k.value for k in kinds]} within {timeout}s")
 
     async def closed(self, timeout: float = 10.0) -> int | None:
         """Wait for the manager to close this socket; returns the code the manager closed it with."""
@@ -91,19 +99,21 @@ class ScriptedManager:
     def __init__(self, accept: bool = True) -> None:
         self.accept = accept
         self.connects: list[float] = []
+        self._connected = asyncio.Condition()
         self.frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.ws: web.WebSocketResponse | None = None
         self.runner: web.AppRunner | None = None
         self.port = 0
 
-    async def start(self, port: int = 0) -> ScriptedManager:
+    async def start(self, sock: socket.socket | None = None) -> ScriptedManager:
+        """Listen on a fresh loopback port, or on `sock`: a port reserved earlier (ports.reserved())."""
         app = web.Application()
         app.router.add_get(Api.NODE_WS, self._socket)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", port)
+        site = web.SockSite(self.runner, sock) if sock is not None else web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = int(self.runner.addresses[0][1])
         return self
 
     async def stop(self) -> None:
@@ -115,7 +125,9 @@ class ScriptedManager:
     async def _socket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        self.connects.append(time.monotonic())
+        async with self._connected:
+            self.connects.append(time.monotonic())
+            self._connected.notify_all()
         async for frame in ws:
             msg = decode(frame.data)
             if msg["type"] == Msg.REGISTER:
@@ -136,14 +148,14 @@ class ScriptedManager:
         await self.ws.send_str(encode(msg))
 
     async def expect(self, kind: Msg, timeout: float = 30.0, **match: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no {kind.value} matching {match} within {timeout}s")
-            msg = await asyncio.wait_for(self.frames.get(), left)
-            if msg["type"] == kind and all(msg.get(k) == v for k, v in match.items()):
-                return msg
+        return await _next(self.frames, lambda msg: msg["type"] == kind and all(msg.get(k) == v for k, v in match.items()),
+                           timeout, f"no {kind.value} matching {match} within {timeout}s")
+
+    async def connected(self, count: int, timeout: float = 30.0) -> list[float]:
+        """When each connection attempt arrived, once `count` of them have."""
+        async with self._connected:
+            await asyncio.wait_for(self._connected.wait_for(lambda: len(self.connects) >= count), timeout)
+        return list(self.connects)
 
     async def registered(self, timeout: float = 30.0) -> dict[str, Any]:
         return await self.expect(Msg.REGISTER, timeout)

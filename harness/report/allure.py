@@ -17,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from harness import paths
-from harness.checks import INVARIANT_BROKEN
-from harness.records import head_commit
+from harness.checkers.invariants import INVARIANT_BROKEN
+from harness.report.records import head_commit
+from harness.stack import paths
 from runtime.protocol import ERROR_KINDS
 
 CONFIG_FILE: Final[Path] = paths.REPO_ROOT / "allurerc.mjs"
@@ -176,6 +176,6 @@ def generate(results_dir: Path, out_dir: Path, name: str) -> Path:
     left = [mark for mark in ANALYTICS_MARKS if mark in html]
     if left:
         raise RuntimeError(f"{index} still mentions {', '.join(left)} after stripping the analytics tag: "
-                           "the Awesome template changed; update harness/report.py's _strip_analytics")
+                           "the Awesome template changed; update harness/report/allure.py's _strip_analytics")
     index.write_text(html, encoding="utf-8")
     return index

@@ -8,23 +8,21 @@ from typing import Any
 
 import matplotlib
 
+from harness.checkers.checkers import Summary
+from harness.faults.kinds import KINDS
+from harness.history.history import Fault, Op
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen before pyplot loads
 
-from harness.checkers import Summary  # noqa: E402
-from harness.history import Fault, Op  # noqa: E402
-
 COLORS = {"ok": "tab:green", "fail": "tab:red", "unknown": "tab:gray"}
-FAULT_COLORS = {"manager_kill": "tab:red", "node_kill": "tab:orange", "node_stop": "tab:purple",
-                "codex_stop": "tab:pink", "latency": "tab:olive", "reset_peer": "tab:cyan",
-                "link_down": "tab:blue", "upstream_drop": "tab:brown", "db_lock": "tab:gray"}
 
 
 def latency(ops: list[Op], faults: list[Fault], t0: float, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(12, 4.5))
     for f in faults:
-        ax.axvspan((f.start - t0) / 60, (f.end - t0) / 60, color=FAULT_COLORS.get(f.fault, "gray"), alpha=0.2,
-                   label=f.fault)
+        color = KINDS[f.fault].color if f.fault in KINDS else "gray"
+        ax.axvspan((f.start - t0) / 60, (f.end - t0) / 60, color=color, alpha=0.2, label=f.fault)
     for outcome, color in COLORS.items():
         pts = [((o.start - t0) / 60, (o.latency_ms or 0) / 1000) for o in ops if o.outcome == outcome and o.end]
         if pts:

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from harness.cases import Case, stage_cases
-from harness.paths import REPO_ROOT
+from harness.gates.cases import Case, stage_cases
+from harness.stack.paths import REPO_ROOT
 
 GATES_FILE = REPO_ROOT / "gates.yaml"
 STAGES = ("A1", "A2", "A3", "B1", "B2", "C", "D")
@@ -152,7 +152,7 @@ def _check_d(g: Gates) -> None:
     unknown_mix = sorted(set(g.setting("gates.D.soak.mix")) - set(MIX_KINDS))
     if unknown_mix:
         raise GatesError(f"gates.yaml: `gates.D.soak.mix` has unknown kinds {unknown_mix}: use {', '.join(MIX_KINDS)}")
-    from harness.nemesis import KINDS  # the nemesis is where fault kinds are defined
+    from harness.faults.kinds import KINDS  # where each fault kind is declared
 
     unknown = sorted(set(g.setting("gates.D.faults.kinds")) - set(KINDS))
     if unknown:

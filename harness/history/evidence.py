@@ -6,17 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
 import aiohttp
 
-from harness.checkers import Evidence
-from harness.history import History, Op, Resolution
+from harness.checkers.checkers import Evidence
+from harness.history.history import History, Op, Resolution
 from harness.load.steady import Client
-from harness.stack import Stack
+from harness.stack.stack import Stack
+from runtime.backoff import Backoff
 from runtime.protocol import Api
 
 FINAL_LINE = re.compile(r"\btask_id=(\S+)")
@@ -25,17 +25,15 @@ LOOKUPS_IN_FLIGHT = 8
 
 async def settle(client: Client, timeout_s: float) -> list[str]:
     """Wait until the manager holds no open task (bounded); returns those still open at the end."""
-    deadline = time.monotonic() + timeout_s
     still: list[str] = []
-    while time.monotonic() < deadline:
+    async for _ in Backoff(0.5, factor=1).tries(timeout_s):
         try:
             _, env = await client.call("GET", Api.TASKS, {}, 10)
-            still = [t["task_id"] for t in env["result"]["open"]]
-            if not still:
-                return []
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError):
-            pass  # the manager is still coming back
-        await asyncio.sleep(0.5)
+        except (TimeoutError, aiohttp.ClientError, ValueError):
+            continue  # the manager is still coming back
+        still = [t["task_id"] for t in env["result"]["open"]]
+        if not still:
+            return []
     return still
 
 

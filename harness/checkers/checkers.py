@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness.history import Fault, Op
+from harness.history.history import Fault, Op
 
 FINAL = ("done", "failed")
 EXAMPLES = 10  # violations listed by id; the counts hold the rest
@@ -45,7 +45,7 @@ def uses_path(op: Op, fault: Fault) -> bool:
     """Does the op go through what the fault broke? Upstream faults hurt only ops that reach the model."""
     if fault.scope not in ("all", op.node):
         return False
-    return op.prompt is not None if fault.fault == "upstream_drop" else True
+    return op.prompt is not None if fault.target == "upstream" else True
 
 
 @dataclass
@@ -68,7 +68,9 @@ def recoveries(ops: list[Op], faults: list[Fault]) -> list[Recovery]:
             after = [o for o in ops if o.node == node and o.outcome == "ok" and o.end is not None
                      and o.start >= f.end and uses_path(o, f)]
             firsts.append(min(after, key=lambda o: o.end or math.inf, default=None))
-        last = None if not firsts or None in firsts else max(firsts, key=lambda o: o.end or math.inf)  # type: ignore[arg-type, return-value]
+        answered = [o for o in firsts if o is not None]
+        # Recovered only when every node in scope answered ok: one that never did leaves the fault unrecovered.
+        last = max(answered, key=lambda o: o.end or math.inf) if answered and len(answered) == len(firsts) else None
         out.append(Recovery(f.fault, f.target, f.start, f.end,
                             None if last is None or last.end is None else round(last.end - f.end, 3),
                             last.op_id if last else None))

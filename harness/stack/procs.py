@@ -4,15 +4,16 @@ A process group per service means SIGKILL or SIGSTOP reaches its children too (a
 """
 from __future__ import annotations
 
-import asyncio
-import json
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import psutil
+
+from runtime.backoff import Backoff
 
 LIVE: set[Proc] = set()  # every started process, so a session-wide teardown can reap strays
 
@@ -112,7 +113,7 @@ class Proc:
 
     def log_lines(self, op: str | None = None) -> list[str]:
         lines = self.log_text().splitlines()
-        return [ln for ln in lines if op is None or f" op={op} " in ln + " "]
+        return [ln for ln in lines if op is None or f" op={op} " in f" {ln} "]
 
     async def wait_log(self, op: str, timeout: float = 15.0, seen: int = 0) -> str:
         """The first log line with `op=<op>` after the `seen` already there, waiting for it to appear.
@@ -120,26 +121,24 @@ class Proc:
         The log is appended across restarts: pass how many lines a restart began with to wait for the
         new process's own line. A process that exits without logging it fails at once, not at the timeout.
         """
-        deadline = time.monotonic() + timeout
-        while len(lines := self.log_lines(op)) <= seen:
-            if not self.alive and len(self.log_lines(op)) <= seen:
+        async for _ in Backoff(0.05, factor=1).tries(timeout):
+            if len(lines := self.log_lines(op)) > seen:
+                return lines[seen]
+            if not self.alive:
+                # Read again: the line may have landed between the read above and the process's exit.
+                if len(lines := self.log_lines(op)) > seen:
+                    return lines[seen]
                 raise RuntimeError(f"{self.name} exited with {self.returncode} before it logged op={op}; "
                                    f"see {self.log_path}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} logged no new op={op} within {timeout}s; see {self.log_path}")
-            await asyncio.sleep(0.05)
-        return lines[seen]
+        raise TimeoutError(f"{self.name} logged no new op={op} within {timeout}s; see {self.log_path}")
 
-    async def wait_ready_file(self, path: Path, timeout: float = 20.0) -> dict[str, int]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if path.exists():
-                return dict(json.loads(path.read_text()))
-            if not self.alive:
-                raise RuntimeError(f"{self.name} exited with {self.returncode} before it was ready; "
-                                   f"see {self.log_path}")
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"{self.name} not ready within {timeout}s; see {self.log_path}")
+    async def wait_port(self, op: str, timeout: float = 20.0, seen: int = 0) -> int:
+        """The port a server bound (it was given port 0), from the `op=<op> ... port=N` line it logs when ready."""
+        line = await self.wait_log(op, timeout, seen)
+        found = re.search(r"(?:^| )port=(\d+)", line)
+        if found is None:
+            raise RuntimeError(f"{self.name}'s op={op} line names no port: {line}")
+        return int(found[1])
 
 
 def reap_all() -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from harness.procs import Proc
+from harness.stack.procs import Proc
 
 CHAIN = ("manager", "bot")  # plus every node, which the stack names by node_id
 

@@ -20,9 +20,12 @@ from typing import Any
 import allure
 import pytest
 
-from harness import checks, gates, paths, records
-from harness.cases import Case, catalogue
-from harness.stack import Stack
+from harness.checkers import invariants as checks
+from harness.gates import gates
+from harness.gates.cases import Case, catalogue
+from harness.report import records
+from harness.stack import paths
+from harness.stack.stack import Stack
 
 GATES_KEY = pytest.StashKey[gates.Gates]()
 STATE_KEY = pytest.StashKey[dict[str, Any]]()

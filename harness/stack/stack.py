@@ -5,12 +5,10 @@ link can be faulted. Every process logs to a file under the stack's directory in
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import secrets
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -21,11 +19,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from harness import paths
-from harness.faults import FaultLog, Toxics
-from harness.procs import Proc
-from harness.telegram import FakeTelegram
-from harness.upstream import prompt_key
+from harness.ends.telegram import FakeTelegram
+from harness.ends.upstream import prompt_key
+from harness.faults.toxics import FaultLog, Toxics
+from harness.stack import paths, ports
+from harness.stack.procs import Proc
+from runtime.backoff import Backoff
 from runtime.protocol import Api, new_id
 
 PY = sys.executable
@@ -62,20 +61,12 @@ request_max_retries = 0  # fail fast: the harness judges each fault, not codex's
 stream_max_retries = 0
 stream_idle_timeout_ms = {idle_ms}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Stack:
     def __init__(self, root: Path, manager_args: dict[str, Any] | None = None) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.control_token = "ctl_" + secrets.token_hex(12)
-        self.manager_port = free_port()
+        self.manager_port = 0  # bound by the manager's first start, then kept across restarts
         self.db_path = root / "manager.sqlite3"
         self.manager_args = {"heartbeat-interval": 1.0, "offline-timeout": 4.0, "result-grace": 30.0,
                              **(manager_args or {})}
@@ -116,27 +107,32 @@ class Stack:
             self.toxics = Toxics(parsed.hostname or "127.0.0.1", parsed.port or 8474, self.faults,
                                  shared_prefix=f"{self.root.name}_")
             return
-        port = free_port()
-        self._proc("toxiproxy", [str(paths.toxiproxy_server()), "-host", "127.0.0.1", "-port", str(port)]).start()
-        await self._wait_http(f"http://127.0.0.1:{port}/version", "toxiproxy")
+        proc = self._proc("toxiproxy", [str(paths.toxiproxy_server()), "-host", "127.0.0.1", "-port", "0"]).start()
+        port = await ports.listening(proc.pid, f"toxiproxy (log: {proc.log_path})")
+        await self._wait_http(f"http://127.0.0.1:{port}/version", "toxiproxy", proc=proc)
         self.toxics = Toxics("127.0.0.1", port, self.faults)
 
     async def _start_upstream(self) -> None:
-        ready = self.root / "upstream.ready"
-        ready.unlink(missing_ok=True)
-        proc = self._proc("upstream", [PY, "-m", "harness.upstream", "--host", "127.0.0.1", "--port", "0",
-                                       "--ready-file", str(ready)]).start()
-        self.upstream_port = int((await proc.wait_ready_file(ready))["port"])
+        proc = self._proc("upstream", [PY, "-m", "harness.ends.upstream", "--host", "127.0.0.1", "--port", "0"]).start()
+        self.upstream_port = await proc.wait_port("listen")
 
     async def start_manager(self) -> Proc:
+        """Start (or restart) the manager. The first start binds port 0; every later start, by the harness or
+        by a fault's restart, binds the port that one got, where every proxy to the manager points."""
+        proc = self.procs.get("manager") or self._proc("manager", self._manager_argv())
+        ready = len(proc.log_lines("manager_ready"))
+        proc.start()
+        self.manager_port = await proc.wait_port("manager_ready", seen=ready)
+        proc.argv = self._manager_argv()
+        await self.wait_manager()
+        return proc
+
+    def _manager_argv(self) -> list[str]:
         argv = [PY, "-m", "runtime.manager.main", "--port", str(self.manager_port), "--db", str(self.db_path),
                 "--control-token", self.control_token]
         for key, value in self.manager_args.items():
             argv += [f"--{key}", str(value)]
-        proc = self.procs.get("manager") or self._proc("manager", argv)
-        proc.start()
-        await self.wait_manager()
-        return proc
+        return argv
 
     async def wait_manager(self, timeout: float = 20.0) -> None:
         await self._wait_http(f"{self.manager_url}{Api.HEALTHZ}", "manager", timeout, self.procs["manager"])
@@ -149,17 +145,15 @@ class Stack:
 
     async def _wait_http(self, url: str, what: str, timeout: float = 20.0, proc: Proc | None = None) -> None:
         assert self._http is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        async for _ in Backoff(0.05, factor=1).tries(timeout):
             try:
                 async with self._http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
                     if resp.status == 200:
                         return
             except (TimeoutError, aiohttp.ClientError):
-                pass
+                pass  # not listening yet, or busy starting
             if proc is not None and not proc.alive:
                 raise RuntimeError(f"{what} exited with {proc.returncode}; see {proc.log_path}")
-            await asyncio.sleep(0.05)
         raise TimeoutError(f"{what} not ready at {url} within {timeout}s")
 
     # ---- nodes -----------------------------------------------------------------------------
@@ -173,9 +167,8 @@ class Stack:
         home, cwd = self.root / "nodes" / node_id / "codex_home", self.root / "nodes" / node_id / "cwd"
         home.mkdir(parents=True, exist_ok=True)
         cwd.mkdir(parents=True, exist_ok=True)
-        up_port, mgr_port = free_port(), free_port()
-        await self.toxics.create(self.upstream_link(node_id), up_port, self.upstream_port)
-        await self.toxics.create(self.manager_link(node_id), mgr_port, self.manager_port)
+        up_port = await self.toxics.create(self.upstream_link(node_id), self.upstream_port)
+        mgr_port = await self.toxics.create(self.manager_link(node_id), self.manager_port)
         idle_ms = int(settings.pop("stream_idle_timeout_ms", 10000))
         (home / "config.toml").write_text(CODEX_CONFIG.format(port=up_port, idle_ms=idle_ms))
         if token is None:
@@ -218,17 +211,15 @@ class Stack:
         await self.wait_online(node_id)
 
     async def wait_online(self, node_id: str, online: bool = True, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        async for _ in Backoff(0.1, factor=1).tries(timeout):
             try:
-                if (node_id in (await self.call(Api.SERVERS))["online"]) == online:
+                if (node_id in (await self.call(Api.SERVERS, record=False))["online"]) == online:
                     return
-            except (TimeoutError, aiohttp.ClientError, AssertionError):
-                pass
+            except (TimeoutError, aiohttp.ClientError):
+                pass  # the manager is restarting: ask again
             proc = self.procs.get(node_id)
             if online and proc is not None and not proc.alive:
                 raise RuntimeError(f"node {node_id} exited with {proc.returncode}; see {proc.log_path}")
-            await asyncio.sleep(0.1)
         raise TimeoutError(f"node {node_id} not {'online' if online else 'offline'} within {timeout}s")
 
     @asynccontextmanager
@@ -246,12 +237,10 @@ class Stack:
         After a fault that held data, a node can look online for a few seconds before either side gives
         up on the old socket; this waits for proof that frames flow again.
         """
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        async for _ in Backoff(0.2, factor=1).tries(timeout):
             servers = (await self.call(Api.SERVERS, record=False))["servers"]
             if any(s["node_id"] == node_id and s["online"] and s["last_seen"] > after for s in servers):
                 return
-            await asyncio.sleep(0.2)
         raise TimeoutError(f"node {node_id} sent no heartbeat after {after:.3f} within {timeout}s")
 
     # ---- the bot and its fake Telegram ------------------------------------------------------
@@ -261,14 +250,11 @@ class Stack:
     async def start_bot(self, **settings: Any) -> FakeTelegram:
         """The fake Bot API and the real bot; bot->manager and bot->Telegram go through Toxiproxy."""
         assert self.toxics is not None and self._http is not None
-        ready = self.root / "telegram.ready"
-        ready.unlink(missing_ok=True)
-        tg = self._proc("telegram", [PY, "-m", "harness.fake_telegram", "--host", "127.0.0.1", "--port", "0",
-                                     "--token", self.BOT_TOKEN, "--ready-file", str(ready)]).start()
-        tg_port = int((await tg.wait_ready_file(ready))["port"])
-        to_tg, to_mgr = free_port(), free_port()
-        await self.toxics.create(self.bot_telegram_link, to_tg, tg_port)
-        await self.toxics.create(self.bot_manager_link, to_mgr, self.manager_port)
+        tg = self._proc("telegram", [PY, "-m", "harness.ends.fake_telegram", "--host", "127.0.0.1", "--port", "0",
+                                     "--token", self.BOT_TOKEN]).start()
+        tg_port = await tg.wait_port("ready")
+        to_tg = await self.toxics.create(self.bot_telegram_link, tg_port)
+        to_mgr = await self.toxics.create(self.bot_manager_link, self.manager_port)
         options = {"telegram_token": self.BOT_TOKEN, "telegram_base_url": f"http://127.0.0.1:{to_tg}/bot",
                    "manager_url": f"http://127.0.0.1:{to_mgr}", "control_token": self.control_token,
                    "allowed_users": f"{self.ADMIN},{self.USER}", "admin_users": str(self.ADMIN),
@@ -342,6 +328,14 @@ class Stack:
         """How many times the mock model was asked this prompt: the evidence against double execution."""
         stats = await self.upstream("GET", "/_mock/stats")
         return int(stats["serves"].get(prompt_key(prompt), 0))
+
+    async def wait_served(self, prompt: str, timeout: float = 15.0) -> None:
+        """Until codex has asked the mock model for `prompt`: the turn is under way, mid-stream in codex.
+        Prompts are unique per run, so an earlier run's turn cannot answer for this one."""
+        async for _ in Backoff(0.05, factor=1).tries(timeout):
+            if await self.serves(prompt) >= 1:
+                return
+        raise TimeoutError(f"codex never asked the model for {prompt!r} within {timeout}s")
 
 
 # Paths served only as GET; TOKENS and USERS take both, so callers pass method="GET" to list them.

@@ -6,7 +6,7 @@ from functools import cache
 
 import yaml
 
-from harness.paths import REPO_ROOT
+from harness.stack.paths import REPO_ROOT
 
 CATALOGUE = REPO_ROOT / "scenarios" / "catalogue.yaml"
 

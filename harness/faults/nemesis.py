@@ -9,21 +9,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness import faults
-from harness.faults import FaultWindow
-from harness.history import Fault, History
+from harness.faults.kinds import KINDS
+from harness.history.history import Fault, History
 from harness.load.steady import Operations
-from harness.stack import Stack
+from harness.stack.stack import Stack
+from runtime.backoff import Backoff
 
-KINDS = ("manager_kill", "node_kill", "node_stop", "codex_stop", "latency", "reset_peer", "link_down",
-         "upstream_drop", "db_lock")
 MAX_FAULTS = 10_000
-LATENCIES_MS = (300, 1000, 2000)
 
 
 @dataclass(frozen=True)
@@ -45,7 +40,8 @@ def schedule(seed: int, nodes: list[str], kinds: list[str], start_s: float, end_
     short run still sees every kind once before any kind repeats."""
     rng = random.Random(seed)
     out: list[Planned] = []
-    t, deck = start_s, []
+    t = start_s
+    deck: list[str] = []
     while len(out) < MAX_FAULTS:
         t += rng.uniform(0.5, 1.5) * interval_s
         length = round(rng.uniform(*duration_s), 2)
@@ -54,14 +50,9 @@ def schedule(seed: int, nodes: list[str], kinds: list[str], start_s: float, end_
         if not deck:
             deck = list(kinds)
             rng.shuffle(deck)
-        kind = deck.pop()
-        target = "manager" if kind in ("manager_kill", "db_lock") else "upstream" if kind == "upstream_drop" \
-            else rng.choice(nodes)
-        params: dict[str, Any] = {}
-        if kind == "latency":
-            ms = rng.choice(LATENCIES_MS)
-            params = {"latency_ms": ms, "jitter_ms": ms // 2}
-        out.append(Planned(round(t, 2), kind, target, length, params))
+        kind = KINDS[deck.pop()]
+        target = rng.choice(nodes) if kind.target == "node" else kind.target
+        out.append(Planned(round(t, 2), kind.name, target, length, kind.draw(rng)))
         t += length
     return out
 
@@ -86,18 +77,18 @@ class Nemesis:
 
     async def play(self, p: Planned, stop: asyncio.Event) -> None:
         self.last = f"{p.kind} on {p.target} for {p.duration_s:.1f}s (now)"
-        async with AsyncExitStack() as scope:
-            window = await scope.enter_async_context(self._fault(p))
+        kind = KINDS[p.kind]
+        async with kind.scope(self.stack, p.target, p.params) as window:
             if window is None:
                 self.skipped.append(f"{p.kind} on {p.target}: nothing to fault right now")
                 return
-            await _sleep(stop, p.duration_s)
+            await _sleep(stop, p.duration_s)  # holding the fault for its planned time is the point
         assert window.end is not None
         fault = Fault(p.kind, p.target, p.scope, window.start, window.end, p.params)
         self.history.add(fault)
         self.done.append(fault)
-        if p.kind == "manager_kill":
-            await self.stack.wait_manager(timeout=30)
+        if kind.after is not None:
+            await kind.after(self.stack)
         rto = await self.recover(p.scope, fault.end)
         self.last = f"{p.kind} on {p.target} ({p.duration_s:.1f}s), " + \
             (f"recovered in {rto:.1f}s" if rto is not None else "NOT recovered")
@@ -110,64 +101,12 @@ class Nemesis:
 
     async def _probe(self, node: str, since: float) -> float | None:
         deadline = since + self.recovery_timeout_s
-        while time.time() < deadline:
+        async for _ in Backoff(self.probe_interval_s, factor=1).tries(deadline - time.time()):
             op = await self.ops.run("probe", node, self.ops.chat(node, -1),
                                     timeout=max(1.0, min(10.0, deadline - time.time())))
             if op.outcome == "ok" and op.end is not None:
                 return op.end - since
-            await asyncio.sleep(self.probe_interval_s)
         return None
-
-    @asynccontextmanager
-    async def _fault(self, p: Planned) -> AsyncIterator[FaultWindow | None]:
-        s, log = self.stack, self.stack.faults
-        assert s.toxics is not None
-        if p.kind == "manager_kill":
-            async with faults.killed(s.procs["manager"], log) as w:
-                yield w
-        elif p.kind == "node_kill":
-            async with faults.killed(s.procs[p.target], log) as w:
-                yield w
-        elif p.kind == "node_stop":
-            async with faults.stopped(s.procs[p.target].pid, p.target, log) as w:
-                yield w
-        elif p.kind == "codex_stop":
-            codex = [c.pid for c in s.procs[p.target].children() if "codex" in _name(c)]
-            if not codex:
-                yield None
-                return
-            async with faults.stopped(codex[0], f"{p.target}/codex", log) as w:
-                yield w
-        elif p.kind == "latency":
-            link = s.manager_link(p.target)
-            async with s.toxics.latency(link, p.params["latency_ms"], p.params["jitter_ms"]) as w, \
-                    s.toxics.latency(link, p.params["latency_ms"], p.params["jitter_ms"], stream="upstream"):
-                yield w
-        elif p.kind == "reset_peer":
-            async with s.toxics.reset_peer(s.manager_link(p.target)) as w:
-                yield w
-        elif p.kind == "link_down":
-            async with s.toxics.link_down(s.manager_link(p.target)) as w:
-                yield w
-        elif p.kind == "upstream_drop":
-            async with log.window("upstream_drop", "upstream") as w:
-                await s.upstream("POST", "/_mock/mode", {"behavior": "drop"})
-                try:
-                    yield w
-                finally:
-                    await s.upstream("POST", "/_mock/mode", {"behavior": None})
-        elif p.kind == "db_lock":
-            async with faults.db_locked(s.db_path, log) as w:
-                yield w
-        else:
-            raise ValueError(f"unknown fault kind {p.kind!r}: use one of {', '.join(KINDS)}")
-
-
-def _name(proc: Any) -> str:
-    try:
-        return str(proc.name())
-    except Exception:  # noqa: BLE001 - it exited between listing and naming
-        return ""
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> bool:

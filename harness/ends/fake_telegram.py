@@ -427,21 +427,12 @@ def build_app(token: str, username: str = "relay_test_bot") -> web.Application:
     return app
 
 
-def _write_ready(path: str, port: int) -> None:
-    tmp = f"{path}.tmp"  # written aside then renamed: a reader never sees half a file
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"port": port, "pid": os.getpid()}, fh)
-    os.replace(tmp, path)
-
-
 async def serve(args: argparse.Namespace) -> None:
     runner = web.AppRunner(build_app(args.token, args.username), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port).start()
     port = runner.addresses[0][1]
-    if args.ready_file:
-        _write_ready(args.ready_file, port)
-    log("ready", host=args.host, port=port, pid=os.getpid())
+    log("ready", host=args.host, port=port, pid=os.getpid())  # the harness reads the port from this line
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -456,7 +447,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", required=True)
     parser.add_argument("--username", default="relay_test_bot")
-    parser.add_argument("--ready-file", default="")
     asyncio.run(serve(parser.parse_args(argv)))
 
 

@@ -20,13 +20,16 @@ from typing import Any
 
 import aiohttp
 
-from harness import checkers, evidence, gates, plots
-from harness.checkers import Summary
-from harness.history import Fault, History
+from harness.checkers import checkers
+from harness.checkers.checkers import Summary
+from harness.faults.nemesis import Nemesis, Planned, plan_json, schedule
+from harness.gates import gates
+from harness.history import evidence
+from harness.history.history import Fault, History
+from harness.history.resources import Sampler
 from harness.load.steady import ANSWER_GRACE_S, Client, LoadSettings, Operations, Steady
-from harness.nemesis import Nemesis, Planned, plan_json, schedule
-from harness.resources import Sampler
-from harness.stack import Stack
+from harness.report import plots
+from harness.stack.stack import Stack
 
 SETTLE_EXTRA_S = 15.0  # past the op timeout and the manager's result grace, for the sweep to close stragglers
 
@@ -137,7 +140,7 @@ def _clock(seconds: float) -> str:
 async def run(stack: Stack, settings: SoakSettings, out_dir: Path, stop: asyncio.Event,
               say: Callable[[str], None] = print) -> SoakRun:
     """Run the soak on a started stack (the nodes are added here), then judge it. `stop` ends it early."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
     for node in settings.nodes:
         if node not in stack.procs:
             await stack.add_node(node)
@@ -244,7 +247,7 @@ def conclude(g: gates.Gates, result: SoakRun, seconds: float) -> int:
 
 def _allure(out: Path, profile: str, verdict: gates.Verdict, result: SoakRun) -> Path | None:
     """The gate verdict as a result with a step per threshold, and the soak's evidence as attachments."""
-    from harness import report
+    from harness.report import allure as report
 
     results = out / "allure-results"
     results.mkdir(exist_ok=True)
@@ -276,8 +279,8 @@ def _allure(out: Path, profile: str, verdict: gates.Verdict, result: SoakRun) ->
 
 def recheck(g: gates.Gates, run_dir: Path) -> int:
     """The checkers again over a recorded soak: same files in, same figures out."""
-    from harness import history as hist
-    from harness import resources
+    from harness.history import history as hist
+    from harness.history import resources
 
     if not (run_dir / "schedule.json").exists() and (run_dir / "D-soak" / "schedule.json").exists():
         run_dir = run_dir / "D-soak"  # a gate run keeps its soak in a folder of its own

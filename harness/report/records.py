@@ -12,9 +12,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from harness.cases import Case
-from harness.paths import REPO_ROOT
-from harness.procs import Proc
+from harness.gates.cases import Case
+from harness.stack.paths import REPO_ROOT
+from harness.stack.procs import Proc
 
 MAX_LOG_LINES = 200  # per process and case: enough to locate, small enough to read
 

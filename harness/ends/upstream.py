@@ -19,6 +19,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from runtime.backoff import Backoff
+
 Json = dict[str, Any]
 MARKER = re.compile(r"\[\[mock:([a-z0-9_]+)(?:=([^\]]*))?\]\]")
 FRAGMENT = re.compile(r"<([a-z_]+)>.*</\1>\Z", re.DOTALL)
@@ -142,13 +144,9 @@ def _log(**kv: Any) -> None:
 
 async def _wait_or_gone(request: web.Request, seconds: float) -> bool:
     """Sleep up to `seconds`; False as soon as the client disconnects (aiohttp does not cancel the handler)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while (left := deadline - loop.time()) > 0:
-        tr = request.transport
-        if tr is None or tr.is_closing():
+    async for _ in Backoff(0.1, factor=1).tries(seconds):
+        if request.transport is None or request.transport.is_closing():
             return False
-        await asyncio.sleep(min(0.1, left))
     return True
 
 
@@ -291,23 +289,13 @@ def build_app(state: MockUpstream | None = None) -> web.Application:
     return app
 
 
-def _write_ready(path: str, port: int) -> None:
-    # Rename is atomic, so a launcher polling for the file never reads half of it.
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"port": port, "pid": os.getpid()}, fh)
-    os.replace(tmp, path)
-
-
-async def _serve(host: str, port: int, ready_file: str | None) -> None:
+async def _serve(host: str, port: int) -> None:
     runner = web.AppRunner(build_app(), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1]
-    if ready_file:
-        _write_ready(ready_file, bound)
-    _log(op="listen", host=host, port=bound, pid=os.getpid())
+    _log(op="listen", host=host, port=bound, pid=os.getpid())  # the harness reads the port from this line
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -321,9 +309,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m harness.upstream", description=__doc__)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--ready-file")
     args = ap.parse_args(argv)
-    asyncio.run(_serve(args.host, args.port, args.ready_file))
+    asyncio.run(_serve(args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ Each returns the list of violations it found, in words that name what is wrong.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 
 import aiohttp
 
-from harness.stack import Stack
+from harness.stack.stack import Stack
+from runtime.backoff import Backoff
 from runtime.protocol import Api
 
 # The words a broken invariant fails with; the report files such failures under their own category.
@@ -41,21 +41,21 @@ async def deadlocked(stack: Stack, health_timeout: float, roundtrip_timeout: flo
 async def _round_trip(stack: Stack, node_id: str, timeout: float) -> str | None:
     """A relayed thread/list within `timeout`; a node that is reconnecting may be asked again, not a stuck one."""
     deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
+    result: dict[str, object] = {}
+    async for _ in Backoff(0.2, factor=1).tries(timeout):
         result = await stack.result(Api.APPSERVER, {"node_id": node_id, "method": "thread/list", "params": {},
-                                                    "timeout": max(left, 0.1)}, record=False)
+                                                    "timeout": max(deadline - time.monotonic(), 0.1)}, record=False)
         if result["ok"]:
             return None
-        if result.get("error_kind") != "node_offline" or time.monotonic() > deadline:
-            return f"node {node_id} round trip failed: {result.get('error_kind')}: {result.get('error')}"
-        await asyncio.sleep(0.2)
+        if result.get("error_kind") != "node_offline":
+            break
+    return f"node {node_id} round trip failed: {result.get('error_kind')}: {result.get('error')}"
 
 
 async def polluted(stack: Stack, settle_timeout: float) -> list[str]:
     """No task left open, no approval left pending, and the DB's online set equal to the live sockets."""
-    deadline = time.monotonic() + settle_timeout
-    while True:
+    problems: list[str] = []
+    async for _ in Backoff(0.1, factor=1).tries(settle_timeout):
         problems = []
         open_tasks = (await stack.call(Api.TASKS, record=False))["open"]
         if open_tasks:
@@ -69,6 +69,6 @@ async def polluted(stack: Stack, settle_timeout: float) -> list[str]:
         stored = sorted(s["node_id"] for s in servers["servers"] if s["stored_online"])
         if stored != sorted(servers["online"]):
             problems.append(f"online set {sorted(servers['online'])} differs from the stored one {stored}")
-        if not problems or time.monotonic() > deadline:
-            return problems
-        await asyncio.sleep(0.1)
+        if not problems:
+            break
+    return problems

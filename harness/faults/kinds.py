@@ -1,0 +1,127 @@
+"""The nemesis's fault kinds, each declared once: what it targets, how it is drawn, how it is done and undone."""
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from harness.faults import signals
+from harness.faults.sqlite_lock import db_locked
+from harness.faults.window import FaultWindow
+
+if TYPE_CHECKING:
+    from harness.faults.toxics import Toxics
+    from harness.stack.stack import Stack
+
+# A fault's scope: the window it was active for, or None when there was nothing to fault right now.
+Scope = Callable[["Stack", str, dict[str, Any]], AbstractAsyncContextManager[FaultWindow | None]]
+LATENCIES_MS = (300, 1000, 2000)
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    target: Literal["manager", "upstream", "node"]  # "node": one node, drawn from the schedule's seed
+    color: str                                        # its shade in the latency figure
+    scope: Scope
+    draw: Callable[[random.Random], dict[str, Any]]  # the kind's parameters, from the schedule's seed
+    after: Callable[[Stack], Awaitable[None]] | None  # waited for once the fault is undone, before recovery probes
+
+
+KINDS: dict[str, Kind] = {}
+
+
+def _no_params(rng: random.Random) -> dict[str, Any]:
+    return {}
+
+
+def fault(name: str, target: Literal["manager", "upstream", "node"], color: str,
+          draw: Callable[[random.Random], dict[str, Any]] = _no_params,
+          after: Callable[[Stack], Awaitable[None]] | None = None) -> Callable[[Scope], Scope]:
+    def register(scope: Scope) -> Scope:
+        KINDS[name] = Kind(name, target, color, scope, draw, after)
+        return scope
+    return register
+
+
+async def _manager_back(stack: Stack) -> None:
+    await stack.wait_manager(timeout=30)
+
+
+@fault("manager_kill", "manager", "tab:red", after=_manager_back)
+@asynccontextmanager
+async def manager_kill(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+    async with signals.killed(stack.procs["manager"], stack.faults) as w:
+        yield w
+
+
+@fault("node_kill", "node", "tab:orange")
+@asynccontextmanager
+async def node_kill(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+    async with signals.killed(stack.procs[target], stack.faults) as w:
+        yield w
+
+
+@fault("node_stop", "node", "tab:purple")
+@asynccontextmanager
+async def node_stop(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+    async with signals.stopped(stack.procs[target].pid, target, stack.faults) as w:
+        yield w
+
+
+@fault("codex_stop", "node", "tab:pink")
+@asynccontextmanager
+async def codex_stop(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+    codex = stack.procs[target].children_named("codex")
+    if not codex:
+        yield None  # the node has no codex child right now
+        return
+    async with signals.stopped(codex[0].pid, f"{target}/codex", stack.faults) as w:
+        yield w
+
+
+def _latency(rng: random.Random) -> dict[str, Any]:
+    ms = rng.choice(LATENCIES_MS)
+    return {"latency_ms": ms, "jitter_ms": ms // 2}
+
+
+def _on_link(toxic: Callable[[Toxics, str, dict[str, Any]], AbstractAsyncContextManager[FaultWindow]]) -> Scope:
+    """A Toxiproxy fault on the target node's link to the manager."""
+    @asynccontextmanager
+    async def scope(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+        assert stack.toxics is not None
+        async with toxic(stack.toxics, stack.manager_link(target), params) as w:
+            yield w
+    return scope
+
+
+@asynccontextmanager
+async def _latency_both_ways(toxics: Toxics, link: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow]:
+    ms, jitter = params["latency_ms"], params["jitter_ms"]
+    async with toxics.latency(link, ms, jitter) as w, toxics.latency(link, ms, jitter, stream="upstream"):
+        yield w
+
+
+fault("latency", "node", "tab:olive", draw=_latency)(_on_link(_latency_both_ways))
+fault("reset_peer", "node", "tab:cyan")(_on_link(lambda toxics, link, params: toxics.reset_peer(link)))
+fault("link_down", "node", "tab:blue")(_on_link(lambda toxics, link, params: toxics.link_down(link)))
+
+
+@fault("upstream_drop", "upstream", "tab:brown")
+@asynccontextmanager
+async def upstream_drop(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+    async with stack.faults.window("upstream_drop", "upstream") as w:
+        await stack.upstream("POST", "/_mock/mode", {"behavior": "drop"})
+        try:
+            yield w
+        finally:
+            await stack.upstream("POST", "/_mock/mode", {"behavior": None})
+
+
+@fault("db_lock", "manager", "tab:gray")
+@asynccontextmanager
+async def db_lock(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+    async with db_locked(stack.db_path, stack.faults) as w:
+        yield w

@@ -1,0 +1,1 @@
+"""Gates: thresholds from gates.yaml, the case catalogue, and the pytest plugin that judges each stage."""

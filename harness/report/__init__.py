@@ -1,0 +1,1 @@
+"""Report: each run's record, the figures, and the Allure report."""

@@ -1,0 +1,1 @@
+"""Stack: boots, kills and restarts the real processes on loopback."""
