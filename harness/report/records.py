@@ -57,7 +57,7 @@ def located_logs(procs: list[Proc], ids: list[str], start: float, end: float) ->
     found: dict[str, list[str]] = {}
     wanted = [i for i in ids if len(i) >= 4]
     for proc in procs:
-        lines = [ln for ln in proc.log_text().splitlines() if any(i in ln for i in wanted) and _within(ln, start, end)]
+        lines = [ln for ln in proc.log_lines() if any(i in ln for i in wanted) and _within(ln, start, end)]
         if lines:
             found[proc.name] = lines[-MAX_LOG_LINES:]
     return found
@@ -68,7 +68,7 @@ def troubles(procs: list[Proc], start: float, end: float, per_proc: int = 8) -> 
     case prints them: CI keeps the terminal, not the run's folder."""
     out = [", ".join(f"{p.name} {'up' if p.alive else f'exited {p.returncode}'}" for p in procs)]
     for proc in procs:
-        lines = [ln for ln in proc.log_text().splitlines()
+        lines = [ln for ln in proc.log_lines()
                  if ln.startswith("ts=") and (" level=warning " in ln or " level=error " in ln)
                  and _within(ln, start, end)]
         out += [f"{proc.name}: {ln}" for ln in lines[-per_proc:]]

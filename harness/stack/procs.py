@@ -112,7 +112,9 @@ class Proc:
             return ""
 
     def log_lines(self, op: str | None = None) -> list[str]:
-        lines = self.log_text().splitlines()
+        """Lines split on \\n only, the rule the services log by: a U+2028 or a CR inside a value is text, and
+        str.splitlines() would let a peer that sends one forge a line of evidence."""
+        lines = [ln for ln in self.log_text().split("\n") if ln]
         return [ln for ln in lines if op is None or f" op={op} " in f" {ln} "]
 
     async def wait_log(self, op: str, timeout: float = 15.0, seen: int = 0) -> str:
