@@ -33,7 +33,8 @@ async def relay(request: web.Request) -> web.Response:
     fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     WAITERS[request_id] = fut
     await SOCKETS[body["node_id"]].send_str(encode(message(Msg.APPSERVER_REQUEST, request_id=request_id,
-                                                           method=body["method"], params=body.get("params") or {})))
+                                                           method=body["method"], params=body.get("params") or {},
+                                                           timeout=30.0)))
     return web.Response(text=encode({"ok": True, "result": await fut}), content_type="application/json")
 
 
@@ -48,7 +49,7 @@ async def node_socket(request: web.Request) -> web.WebSocketResponse:
             await ws.send_str(encode(message(Msg.HEARTBEAT_ACK)))
         elif msg["type"] == Msg.REGISTER:
             SOCKETS[msg["node_id"]] = ws
-            await ws.send_str(encode(message(Msg.REGISTER_OK, node_id=msg["node_id"])))
+            await ws.send_str(encode(message(Msg.REGISTER_OK, node_id=msg["node_id"], session_id="bare")))
     return ws
 
 

@@ -113,10 +113,15 @@ async def _register(mgr: Manager, ws: web.WebSocketResponse, sender: Sender, fra
         row = await mgr.store.token_for(msg.token)
         if row is None or row["revoked_at"] is not None:
             raise RelayError(ErrorKind.UNAUTHORIZED, "token is unknown or revoked: ask an admin for a new one")
-        # A token minted without a node_id belongs to the first node that registers with it, and to no other.
-        bound = row["node_id"] or await mgr.store.bind_token(row["token_id"], msg.node_id)
-        if bound != msg.node_id:
-            raise RelayError(ErrorKind.UNAUTHORIZED, f"token is bound to node_id {bound!r}, not {msg.node_id!r}")
+        if row["node_id"] and row["node_id"] != msg.node_id:
+            raise RelayError(ErrorKind.UNAUTHORIZED,
+                             f"token is bound to node_id {row['node_id']!r}, not {msg.node_id!r}")
+        # A token minted without a node_id (one for a fleet) may bring up new nodes, but never take over a node
+        # that registered with another live token: only a token minted for that node_id may.
+        owner = None if row["node_id"] else await mgr.store.node_token(msg.node_id)
+        if owner is not None and owner != row["token_id"]:
+            raise RelayError(ErrorKind.UNAUTHORIZED, f"node {msg.node_id!r} registered with another token: use it, "
+                             f"or mint one with node_id={msg.node_id!r}")
     except RelayError as err:
         code = CLOSE_UNAUTHORIZED if err.kind == ErrorKind.UNAUTHORIZED else CLOSE_PROTOCOL
         await _refuse(mgr, ws, err, code)

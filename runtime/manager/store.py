@@ -161,16 +161,11 @@ class Store:
         return await self.query("SELECT token_id, node_id, note, created_at, revoked_at FROM tokens "
                                 "ORDER BY created_at")
 
-    async def bind_token(self, token_id: str, node_id: str) -> str | None:
-        """Bind a token minted without a node_id to `node_id` unless another node got there first; returns
-        the node_id the token is bound to now."""
-        async with self.tx("bind_token") as db:
-            await db.execute("UPDATE tokens SET node_id = ? WHERE token_id = ? AND node_id IS NULL", (node_id, token_id))
-            rows = await fetch(db, "SELECT node_id FROM tokens WHERE token_id = ?", (token_id,))
-        bound: str | None = rows[0]["node_id"] if rows else None
-        if bound == node_id:
-            log(logger, logging.INFO, "token_bound", token_id=token_id, node_id=node_id)
-        return bound
+    async def node_token(self, node_id: str) -> str | None:
+        """The live (not revoked) token the node last registered with, if any."""
+        rows = await self.query("SELECT n.token_id FROM nodes n JOIN tokens t ON t.token_id = n.token_id "
+                                "WHERE n.node_id = ? AND t.revoked_at IS NULL", (node_id,))
+        return rows[0]["token_id"] if rows else None
 
     async def revoke_token(self, token_id: str) -> bool:
         async with self.tx("revoke_token") as db:
