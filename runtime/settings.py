@@ -13,11 +13,11 @@ import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar, get_args, get_origin, get_type_hints
 
 import msgspec
 
-from runtime import __version__
+from runtime import __version__, logfmt
 from runtime.logfmt import log
 
 if TYPE_CHECKING:
@@ -51,6 +51,26 @@ def setting(description: str, *, secret: bool = False, required: bool = False, c
 def startup_failed(logger: logging.Logger, err: ConfigError) -> NoReturn:
     log(logger, logging.ERROR, "startup_failed", error=err.error, fix=err.fix, exit_code=err.exit_code)
     sys.exit(err.exit_code)
+
+
+class HasLogLevel(Protocol):
+    @property
+    def log_level(self) -> str: ...
+
+
+C = TypeVar("C", bound=HasLogLevel)
+
+
+def load_or_exit(load: Callable[[Sequence[str] | None], C], argv: Sequence[str] | None,
+                 logger: logging.Logger) -> C:
+    """A service's settings, with its logging set to their level; a bad one ends the process with one line."""
+    logfmt.setup()
+    try:
+        config = load(argv)
+    except ConfigError as err:
+        startup_failed(logger, err)
+    logfmt.setup(config.log_level)
+    return config
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from telegram import BotCommand, Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ApplicationBuilder
 
-from runtime import __version__, logfmt
+from runtime import __version__
 from runtime.bot import config as config_mod
 from runtime.bot import handlers
 from runtime.bot.access import Access
@@ -32,7 +32,7 @@ from runtime.aiotasks import cancel
 from runtime.backoff import Backoff
 from runtime.logfmt import log
 from runtime.protocol import Event
-from runtime.settings import EXIT_CONFIG, ConfigError, startup_failed
+from runtime.settings import EXIT_CONFIG, load_or_exit
 
 logger = logging.getLogger("codex_bot")
 
@@ -137,12 +137,7 @@ async def run(config: BotConfig) -> int:
 def main(argv: list[str] | None = None) -> None:
     # Opt in to PTB's timedelta durations now, instead of a deprecation warning on every RetryAfter.
     os.environ.setdefault("PTB_TIMEDELTA", "true")
-    logfmt.setup()
-    try:
-        config = config_mod.load(argv)
-    except ConfigError as err:
-        startup_failed(logger, err)
-    logfmt.setup(config.log_level)
+    config = load_or_exit(config_mod.load, argv, logger)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per Bot API call otherwise
     sys.exit(asyncio.run(run(config)))
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from runtime import __version__, eventloop, logfmt
+from runtime import __version__, eventloop
 from runtime.logfmt import log
 from runtime.manager import config as config_mod
 from runtime.manager.config import ManagerConfig
@@ -20,7 +20,7 @@ from runtime.manager.keys import COLLECTOR, MANAGER
 from runtime.manager.node_ws import node_socket
 from runtime.manager.service import Manager
 from runtime.protocol import CLOSE_SHUTDOWN, MAX_BODY_BYTES, Api, RelayError
-from runtime.settings import ConfigError, startup_failed
+from runtime.settings import load_or_exit
 
 logger = logging.getLogger("codex_manager")
 
@@ -106,12 +106,7 @@ async def serve(config: ManagerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logfmt.setup()
-    try:
-        config = config_mod.load(argv)
-    except ConfigError as err:
-        startup_failed(logger, err)
-    logfmt.setup(config.log_level)
+    config = load_or_exit(config_mod.load, argv, logger)
     sys.exit(eventloop.run(serve(config), config.event_loop))
 
 

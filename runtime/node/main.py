@@ -7,7 +7,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from runtime import __version__, eventloop, logfmt
+from runtime import __version__, eventloop
 from runtime.aiotasks import cancel
 from runtime.logfmt import log
 from runtime.node import config as config_mod
@@ -17,7 +17,7 @@ from runtime.node.link import ManagerLink
 from runtime.node.tasks import Runner
 from runtime.protocol import RelayError
 from runtime.protocol import wire
-from runtime.settings import ConfigError, startup_failed
+from runtime.settings import ConfigError, load_or_exit, startup_failed
 
 logger = logging.getLogger("codex_node")
 
@@ -75,10 +75,8 @@ class Node:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logfmt.setup("info")
+    config = load_or_exit(config_mod.load, argv, logger)
     try:
-        config = config_mod.load(argv)
-        logfmt.setup(config.log_level)
         codex_version = config_mod.check_environment(config)
     except ConfigError as err:
         startup_failed(logger, err)
