@@ -27,6 +27,8 @@ class NodeSession:
     protocol: int
     connected_at: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
+    codex_rss_mb: float = 0.0  # as its last heartbeat said
+    codex_recycles: int = 0
 
     @property
     def ws(self) -> web.WebSocketResponse:

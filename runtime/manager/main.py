@@ -47,6 +47,11 @@ async def metrics(request: web.Request) -> web.Response:
         counts = {}
     lines.append("# TYPE relay_tasks gauge")
     lines += [f'relay_tasks{{state="{state}"}} {n}' for state, n in sorted(counts.items())]
+    sessions = list(mgr.hub.sessions.values())
+    lines += ["# TYPE relay_codex_recycles gauge",
+              f"relay_codex_recycles {sum(s.codex_recycles for s in sessions)}",
+              "# TYPE relay_codex_rss_max_mb gauge",
+              f"relay_codex_rss_max_mb {max((s.codex_rss_mb for s in sessions), default=0.0)}"]
     lines += request.app[COLLECTOR].metric_lines()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 

@@ -175,6 +175,7 @@ async def _sync_tasks(mgr: Manager, session: NodeSession) -> None:
 
 @on(wire.Heartbeat)
 async def _heartbeat(mgr: Manager, session: NodeSession, msg: wire.Heartbeat) -> None:
+    session.codex_rss_mb, session.codex_recycles = msg.codex_rss_mb, msg.codex_recycles
     session.send(wire.HeartbeatAck(ts=time.time()))
 
 

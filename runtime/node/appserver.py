@@ -40,11 +40,43 @@ class AppServer:
         self._next_id = 1
         self._supervisor: asyncio.Task[None] | None = None
         self.tasks = Background(logger, node_id=config.node_id)
+        self.recycles = 0
+        self._recycling: str | None = None  # why the child is being restarted on purpose
         self._closing = False
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    def usage(self) -> tuple[int, int]:
+        """The child's RSS in bytes and its open files, from /proc; (0, 0) when it is not running."""
+        pid = self.pid
+        try:
+            with open(f"/proc/{pid}/statm") as fh:
+                rss = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            return rss, len(os.listdir(f"/proc/{pid}/fd"))
+        except (OSError, ValueError, IndexError):
+            return 0, 0
+
+    @property
+    def idle(self) -> bool:
+        return not self._pending
+
+    async def recycle(self, reason: str) -> None:
+        """Restart the child at once (not as a crash): its memory goes, its threads resume on their next turn.
+
+        The caller makes sure no turn runs; calls that arrive meanwhile wait for the new child."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None or not self.idle:
+            return
+        self.ready.clear()
+        self._recycling = reason
+        assert proc.stdin is not None
+        proc.stdin.close()  # codex exits on stdin EOF within ~30 ms
+        try:
+            await asyncio.wait_for(proc.wait(), 3)
+        except TimeoutError:
+            proc.kill()
 
     def start(self) -> None:
         self._supervisor = asyncio.create_task(self._supervise(), name="appserver")
@@ -76,6 +108,12 @@ class AppServer:
             self._fail_pending(RelayError(ErrorKind.APPSERVER_CRASH, f"codex app-server exited (code {code})"))
             if self._closing:
                 return
+            if self._recycling is not None:
+                self.recycles += 1
+                log(logger, logging.INFO, "appserver_recycled", node_id=self.config.node_id, reason=self._recycling,
+                    code=code, recycles=self.recycles)
+                self._recycling = None
+                continue
             delay = backoff.next()
             log(logger, logging.WARNING, "appserver_exited", node_id=self.config.node_id, code=code,
                 restart_in=round(delay, 2))

@@ -45,6 +45,13 @@ class NodeConfig:
     backoff_jitter: Annotated[float, setting("each reconnect delay varies at random by up to this share",
                                              ge=0, le=1)] = 0.1
     progress_interval: Annotated[float, setting("seconds between progress messages of one turn", ge=0)] = 0.5
+    # Codex keeps every thread it loaded in memory: the node restarts its child between turns past these bounds.
+    recycle_rss_mb: Annotated[int, setting("restart the codex child between turns once its RSS passes this many "
+                                           "MiB; 0 never", ge=0)] = 1024
+    recycle_threads: Annotated[int, setting("restart the codex child between turns once it has loaded this many "
+                                            "threads; 0 never", ge=0)] = 100
+    recycle_fds: Annotated[int, setting("restart the codex child between turns once it holds this many open "
+                                        "files; 0 never", ge=0)] = 2000
     log_level: Annotated[str, setting("log level", choices=LOG_LEVELS)] = "info"
     event_loop: Annotated[str, setting("event loop; asyncio e.g. for its debug mode",
                                        choices=eventloop.LOOPS)] = eventloop.DEFAULT

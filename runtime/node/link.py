@@ -29,10 +29,13 @@ DURABLE = (wire.TaskResult, wire.ApprovalExpired, wire.ApprovalRequest)
 
 
 class ManagerLink:
-    def __init__(self, config: NodeConfig, version: str, handler: Handler) -> None:
+    def __init__(self, config: NodeConfig, version: str, handler: Handler,
+                 health: Callable[[], wire.Heartbeat] | None = None) -> None:
         self.config = config
         self.version = version
         self.handler = handler
+        # What each heartbeat reports besides being alive (the codex child's memory and recycles).
+        self.health = health or (lambda: wire.Heartbeat())
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.registered = asyncio.Event()
         self.outbox: deque[wire.Frame] = deque(maxlen=OUTBOX_MAX)
@@ -124,8 +127,9 @@ class ManagerLink:
                 await ws.close()
                 return
             try:
-                await ws.send_frame(encode_bytes(wire.Heartbeat(node_id=self.config.node_id, ts=time.time())),
-                                    aiohttp.WSMsgType.TEXT)
+                beat = self.health()
+                beat.node_id, beat.ts = self.config.node_id, time.time()
+                await ws.send_frame(encode_bytes(beat), aiohttp.WSMsgType.TEXT)
             except (ConnectionError, RuntimeError):
                 return
 

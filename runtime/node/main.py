@@ -25,7 +25,7 @@ logger = logging.getLogger("codex_node")
 class Node:
     def __init__(self, config: NodeConfig, codex_version: str) -> None:
         self.config = config
-        self.link = ManagerLink(config, __version__, self.handle)
+        self.link = ManagerLink(config, __version__, self.handle, self._health)
         self.app = AppServer(config, self._on_notify, self._on_server_request, __version__)
         self.runner = Runner(config, self.link, self.app)
         self.codex_version = codex_version
@@ -34,6 +34,10 @@ class Node:
             wire.TaskAssign: self.runner.on_assign, wire.TaskSync: self.runner.on_sync,
             wire.TaskCancel: self.runner.on_cancel, wire.ApprovalDecision: self.runner.on_decision,
             wire.AppserverRequest: self._relay}
+
+    def _health(self) -> wire.Heartbeat:
+        rss, _ = self.app.usage()
+        return wire.Heartbeat(codex_rss_mb=round(rss / (1 << 20), 1), codex_recycles=self.app.recycles)
 
     def _on_notify(self, method: str, params: dict[str, Any]) -> None:
         self.runner.on_notify(method, params)

@@ -150,6 +150,25 @@ class Runner:
         log(logger, logging.INFO, "task_final", node_id=self.config.node_id, task_id=task.task_id,
             trace_id=turn.trace_id, ok=result.ok, error_kind=result.error_kind, duration_ms=result.duration_ms)
         await self._report(task)
+        await self._recycle_if_due()
+
+    async def _recycle_if_due(self) -> None:
+        """Between turns only: past a bound the codex child is restarted, and its threads resume when next used."""
+        if self.active() or not self.app.idle:
+            return
+        c = self.config
+        rss, fds = self.app.usage()
+        threads = sum(1 for g in self.loaded.values() if g == self.app.generation)
+        reasons = [f"{name} {value} >= {bound}" for name, value, bound in (
+            ("rss_mb", rss >> 20, c.recycle_rss_mb), ("threads", threads, c.recycle_threads), ("fds", fds, c.recycle_fds))
+            if bound and value >= bound]
+        if not reasons:
+            return
+        # What the old child knew goes with it: every thread resumes on its next turn.
+        self.loaded.clear()
+        for thread_id in [t for t, lock in self.locks.items() if not lock.locked() and t not in self.turns]:
+            del self.locks[thread_id]
+        await self.app.recycle(", ".join(reasons))
 
     async def _turn(self, task: Task, turn: Turn, msg: wire.TaskAssign) -> TaskOutcome:
         thread_id = msg.thread_id
@@ -167,7 +186,9 @@ class Runner:
             await self.link.send(wire.TaskStateReport(task_id=task.task_id, state=task.state.value))
             if self.loaded.get(thread_id) != self.app.generation:
                 # A restarted app-server has no threads loaded; resuming keeps the thread's history.
-                await self.app.request("thread/resume", {"threadId": thread_id}, self.config.rpc_timeout)
+                # excludeTurns: the node needs the thread loaded, not its history (asking for it is deprecated).
+                await self.app.request("thread/resume", {"threadId": thread_id, "excludeTurns": True},
+                                       self.config.rpc_timeout)
                 self.loaded[thread_id] = self.app.generation
             self.turns[thread_id] = turn
             generation = self.app.generation

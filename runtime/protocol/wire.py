@@ -109,6 +109,8 @@ class Register(Frame, tag=Msg.REGISTER.value, kw_only=True):
 class Heartbeat(Frame, tag=Msg.HEARTBEAT.value, kw_only=True):
     node_id: str = ""
     ts: float = 0.0
+    codex_rss_mb: float = 0.0  # the codex child's memory now
+    codex_recycles: int = 0  # times the node restarted its codex child on purpose (recycle bounds)
 
 
 class TaskAck(Frame, tag=Msg.TASK_ACK.value, kw_only=True):
