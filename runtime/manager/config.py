@@ -30,6 +30,8 @@ class ManagerConfig:
     log_level: Annotated[str, setting("log level", choices=LOG_LEVELS)] = "info"
     event_loop: Annotated[str, setting("event loop; asyncio e.g. for its debug mode",
                                        choices=eventloop.LOOPS)] = eventloop.DEFAULT
+    retention_days: Annotated[float, setting("days finished tasks (with their prompts) and decided approvals are "
+                                             "kept; 0 keeps them forever", ge=0)] = 30.0
     # Hostile and broken peers: runtime/manager/sender.py says why every send is bounded.
     send_timeout: Annotated[float, setting("seconds one frame to a node or event subscriber may take to leave; "
                                            "a slower peer is disconnected", gt=0)] = 10.0

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from runtime import __version__, eventloop
 from runtime.logfmt import log
+from runtime.manager import backup
 from runtime.manager import config as config_mod
 from runtime.manager.config import ManagerConfig
 from runtime.manager.collector import Collector
@@ -42,7 +43,7 @@ async def metrics(request: web.Request) -> web.Response:
              f"relay_waiters{{kind=\"rpc\"}} {len(mgr.hub.rpc_waiters)}", "# TYPE relay_events_total counter"]
     lines += [f'relay_events_total{{event="{name}"}} {n}' for name, n in sorted(mgr.hub.counters.items())]
     try:
-        counts = await mgr.store.task_counts()
+        counts = await mgr.store.open_task_counts()  # finished ones are counted by relay_events_total
     except RelayError:
         counts = {}
     lines.append("# TYPE relay_tasks gauge")
@@ -111,7 +112,11 @@ async def serve(config: ManagerConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    config = load_or_exit(config_mod.load, argv, logger)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["backup"]:
+        backup.main(args[1:])
+        return
+    config = load_or_exit(config_mod.load, args, logger)
     sys.exit(eventloop.run(serve(config), config.event_loop))
 
 

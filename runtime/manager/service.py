@@ -24,6 +24,8 @@ from runtime.protocol.wire import RpcOutcome, TaskOutcome
 
 logger = logging.getLogger("codex_manager")
 LAST_SEEN_FLUSH = 30.0  # seconds between writes of live nodes' last_seen to the DB
+PRUNE_EVERY = 10  # sweeps between retention passes: pruning is not urgent, and a sweep must stay short
+PRUNE_BATCH = 1000  # rows per table per pass, so one pass never holds the write lock for long
 
 DECISION_STATE = {Decision.ACCEPT: ApprovalState.APPROVED, Decision.ACCEPT_FOR_SESSION: ApprovalState.APPROVED,
                   Decision.DECLINE: ApprovalState.DECLINED, Decision.CANCEL: ApprovalState.DECLINED}
@@ -217,9 +219,13 @@ class Manager:
     # ---- background sweeps ------------------------------------------------------------------
     async def _sweep_forever(self) -> None:
         last_flush = time.time()
+        sweeps = 0
         while True:
             await asyncio.sleep(self.config.sweep_interval)
+            sweeps += 1
             try:
+                if self.config.retention_days and sweeps % PRUNE_EVERY == 0:
+                    await self._prune()
                 await self._reap_silent_nodes()
                 for task_id, (node_id, result) in list(self.unstored.items()):
                     await self.accept_result(node_id, task_id, result)
@@ -233,6 +239,14 @@ class Manager:
                 continue  # the DB is locked; the next sweep retries
             except Exception:
                 logger.exception("sweep failed", extra={"kv": {"op": "sweep_failed"}})
+
+    async def _prune(self) -> None:
+        tasks, approvals = await self.store.prune(time.time() - self.config.retention_days * 86400, PRUNE_BATCH)
+        if tasks or approvals:
+            self.hub.counters["pruned_tasks"] += tasks
+            self.hub.counters["pruned_approvals"] += approvals
+            log(logger, logging.INFO, "pruned", tasks=tasks, approvals=approvals,
+                retention_days=self.config.retention_days)
 
     async def _reap_silent_nodes(self) -> None:
         cutoff = time.time() - self.config.offline_timeout
