@@ -90,6 +90,13 @@ class Proc:
         self.popen.wait(10)
         LIVE.discard(self)
 
+    def sigterm(self) -> None:
+        """SIGTERM to the process alone (its children are its own to stop), as systemd's KillMode=mixed sends it;
+        returns at once, so a case can watch the shutdown."""
+        if self.popen is not None and self.alive:
+            self.stopped_by_harness = True
+            os.kill(self.pid, signal.SIGTERM)
+
     def terminate(self, grace: float = 5.0) -> None:
         self.stopped_by_harness = True
         if self.popen is None or not self.alive:

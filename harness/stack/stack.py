@@ -176,6 +176,7 @@ class Stack:
         self.node_settings[node_id] = {
             "node_id": node_id, "token": token, "manager_url": f"ws://127.0.0.1:{mgr_port}{Api.NODE_WS}",
             "cwd": str(cwd), "codex_bin": str(paths.codex_bin()), "codex_home": str(home),
+            "state_dir": str(self.root / "nodes" / node_id / "state"),
             # Heartbeats every 0.5 s: cases that wait for one (or for proof there was none) wait less. The
             # silence limit stays above the longest request a case holds in a link (B2's 2 s app-server call).
             "heartbeat_interval": 0.5, "manager_silence": 4.0, **settings, **NODE_OVERRIDES}

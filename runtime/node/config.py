@@ -28,11 +28,15 @@ class NodeConfig:
     cwd: Annotated[str, setting("directory Codex works in")] = "."
     codex_bin: Annotated[str, setting("codex binary: the native one, not the node_modules/.bin wrapper")] = "codex"
     codex_home: Annotated[str, setting("CODEX_HOME for the codex child; empty inherits the environment's")] = ""
+    state_dir: Annotated[str, setting("where the node keeps finished results until the manager has them; empty "
+                                      "is $XDG_STATE_HOME (or ~/.local/state)/codex-relay/<node_id>")] = ""
     approval_policy: Annotated[str, setting("Codex approvalPolicy for new threads")] = "on-request"
     sandbox: Annotated[str, setting("Codex sandbox for new threads")] = "read-only"
     max_pending: Annotated[int, setting("turns queued or running at once; more are refused as queue_full",
                                         ge=1)] = 10
     task_timeout: Annotated[float, setting("seconds one task may run", gt=0)] = 300.0
+    drain_timeout: Annotated[float, setting("seconds a stopping node (SIGTERM) lets running turns finish before "
+                                            "it interrupts them", ge=0)] = 60.0
     approval_timeout: Annotated[float, setting("seconds an approval request waits for a decision", gt=0)] = 120.0
     rpc_timeout: Annotated[float, setting("seconds one app-server call may take", gt=0)] = 30.0
     heartbeat_interval: Annotated[float, setting("seconds between heartbeats to the manager", gt=0)] = 5.0
@@ -65,7 +69,9 @@ def load(argv: Sequence[str] | None = None) -> NodeConfig:
     config = SETTINGS.load(argv)
     # The codex child runs in `cwd`: a relative binary path must not be resolved from there.
     codex_bin = config.codex_bin if os.sep not in config.codex_bin else os.path.abspath(config.codex_bin)
-    return replace(config, codex_bin=shutil.which(codex_bin) or codex_bin)
+    state_dir = config.state_dir or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "codex-relay", config.node_id)
+    return replace(config, codex_bin=shutil.which(codex_bin) or codex_bin, state_dir=os.path.abspath(state_dir))
 
 
 def check_environment(config: NodeConfig) -> str:

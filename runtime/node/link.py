@@ -18,6 +18,7 @@ from runtime.aiotasks import Background
 from runtime.backoff import Backoff
 from runtime.logfmt import log
 from runtime.node.config import NodeConfig
+from runtime.node.outbox import Outbox
 from runtime.protocol import CLOSE_REPLACED, MAX_FRAME_BYTES, PROTOCOL_VERSION, RelayError, encode_bytes
 from runtime.protocol import wire
 
@@ -25,7 +26,7 @@ logger = logging.getLogger("codex_node")
 
 Handler = Callable[[wire.ManagerFrame], Coroutine[Any, Any, None]]
 OUTBOX_MAX = 10_000  # bounded: a node cut off for days must not grow without limit
-DURABLE = (wire.TaskResult, wire.ApprovalExpired, wire.ApprovalRequest)
+DURABLE = (wire.ApprovalExpired, wire.ApprovalRequest)
 
 
 class ManagerLink:
@@ -38,21 +39,34 @@ class ManagerLink:
         self.health = health or (lambda: wire.Heartbeat())
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.registered = asyncio.Event()
-        self.outbox: deque[wire.Frame] = deque(maxlen=OUTBOX_MAX)
+        self.outbox: deque[bytes] = deque(maxlen=OUTBOX_MAX)  # approval frames while the link is down
+        self.results = Outbox(config.state_dir)  # task results, on disk until sent
         self.tasks = Background(logger, node_id=config.node_id)
         self.link_losses = 0  # ended sessions and failed connects: 0 means the link never dropped
         self._last_ack = time.monotonic()
 
     async def send(self, msg: wire.Frame) -> bool:
-        """Send now if registered; durable messages otherwise wait in the outbox."""
+        """Send now if registered. A task's result is on disk first (outbox.py); approval frames otherwise
+        wait in memory; both go out after the next registration."""
+        raw = encode_bytes(msg)
+        if isinstance(msg, wire.TaskResult):
+            self.results.put(msg.task_id, raw)
+            if sent := await self.send_raw(raw):
+                self.results.sent(msg.task_id)
+            return sent
+        if await self.send_raw(raw):
+            return True
+        if isinstance(msg, DURABLE):
+            self.outbox.append(raw)
+        return False
+
+    async def send_raw(self, raw: bytes) -> bool:
         if self.registered.is_set() and self.ws is not None and not self.ws.closed:
             try:
-                await self.ws.send_frame(encode_bytes(msg), aiohttp.WSMsgType.TEXT)
+                await self.ws.send_frame(raw, aiohttp.WSMsgType.TEXT)
                 return True
             except (ConnectionError, RuntimeError):
                 pass
-        if isinstance(msg, DURABLE):
-            self.outbox.append(msg)
         return False
 
     async def run_forever(self) -> None:
@@ -113,9 +127,11 @@ class ManagerLink:
         log(logger, logging.INFO, "registered", node_id=self.config.node_id, session_id=msg.session_id,
             manager_protocol=msg.protocol, outbox=len(self.outbox))
         while self.outbox:
-            pending = self.outbox[0]
-            await ws.send_frame(encode_bytes(pending), aiohttp.WSMsgType.TEXT)
+            await ws.send_frame(self.outbox[0], aiohttp.WSMsgType.TEXT)
             self.outbox.popleft()  # dropped only once the frame left, so a failure keeps it for next time
+        for task_id, raw in self.results.unsent():
+            await ws.send_frame(raw, aiohttp.WSMsgType.TEXT)
+            self.results.sent(task_id)
         return True
 
     async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse) -> None:

@@ -70,12 +70,15 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log(logger, logging.INFO, "node_started", node_id=self.config.node_id, version=__version__, codex=self.codex_version,
-            manager_url=self.config.manager_url, max_pending=self.config.max_pending)
+        log(logger, logging.INFO, "node_started", node_id=self.config.node_id, version=__version__,
+            codex=self.codex_version, manager_url=self.config.manager_url, max_pending=self.config.max_pending)
         await stop.wait()
+        await self.runner.drain(self.config.drain_timeout)
         await cancel(link)
         await self.link.tasks.close()
         await self.app.close()
+        self.link.results.close()
+        log(logger, logging.INFO, "node_stopped", node_id=self.config.node_id)
 
 
 def main(argv: list[str] | None = None) -> None:

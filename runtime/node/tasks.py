@@ -48,6 +48,7 @@ class Task:
     state: TaskState = TaskState.QUEUED
     result: TaskOutcome | None = None
     runner: asyncio.Task[None] | None = None
+    stopped: RelayError | None = None  # why its runner was cancelled: the manager's timeout, or a drain
 
 
 def classify(turn: dict[str, Any], errors: list[dict[str, Any]]) -> RelayError:
@@ -72,6 +73,7 @@ class Runner:
         self.locks: dict[str, asyncio.Lock] = {}
         self.loaded: dict[str, int] = {}              # thread_id -> app-server generation that loaded it
         self.approvals: dict[str, asyncio.Future[str]] = {}
+        self.draining = False
 
     def active(self) -> int:
         return sum(1 for t in self.tasks.values() if t.state in (TaskState.QUEUED, TaskState.RUNNING))
@@ -86,6 +88,11 @@ class Runner:
             return
         task = Task(task_id)
         self._remember(task)
+        if self.draining:
+            self._finish(task, _failure(RelayError(ErrorKind.NODE_OFFLINE, "the node is shutting down and takes "
+                                                   "no new work; send it again once it is back, or to another node")))
+            await self._report(task)
+            return
         if self.active() > self.config.max_pending:
             self._finish(task, _failure(RelayError(
                 ErrorKind.QUEUE_FULL, f"node queue full (max={self.config.max_pending})")))
@@ -97,15 +104,35 @@ class Runner:
     async def on_sync(self, msg: wire.TaskSync) -> None:
         for task_id in msg.task_ids:
             known = self.tasks.get(task_id)
-            if known is None:
-                await self.link.send(wire.TaskStateReport(task_id=task_id, state="unknown"))
-            else:
+            if known is not None:
                 await self._report(known)
+            elif (raw := self.link.results.frame(task_id)) is not None:
+                await self.link.send_raw(raw)  # finished before a restart: the result is on disk
+            else:
+                await self.link.send(wire.TaskStateReport(task_id=task_id, state="unknown"))
 
     async def on_cancel(self, msg: wire.TaskCancel) -> None:
         task = self.tasks.get(msg.task_id)
         if task is not None and task.runner is not None and not task.runner.done():
+            task.stopped = RelayError(ErrorKind.TIMEOUT, "cancelled by the manager after its timeout")
             task.runner.cancel()
+
+    async def drain(self, timeout: float) -> None:
+        """A SIGTERM: take no new work, let running turns finish within `timeout`, then interrupt the rest;
+        each ends with a result (retriable when cut short), reported or kept on disk for the next start."""
+        self.draining = True
+        running = {t.runner: t for t in self.tasks.values() if t.runner is not None and not t.runner.done()}
+        log(logger, logging.INFO, "node_draining", node_id=self.config.node_id, running=len(running),
+            timeout_s=timeout)
+        if not running:
+            return
+        _, late = await asyncio.wait(running, timeout=timeout)
+        for runner in late:
+            running[runner].stopped = RelayError(ErrorKind.NODE_OFFLINE, "the node shut down before the turn "
+                                                 "finished (its drain timeout passed); send it again")
+            runner.cancel()
+        if late:
+            await asyncio.wait(late, timeout=10)  # each interrupts its codex turn and reports its result
 
     async def on_decision(self, msg: wire.ApprovalDecision) -> None:
         fut = self.approvals.get(msg.approval_id)
@@ -139,7 +166,7 @@ class Runner:
         except TimeoutError:
             result = _failure(RelayError(ErrorKind.TIMEOUT, f"the turn did not finish within {msg.timeout:g}s"))
         except asyncio.CancelledError:
-            result = _failure(RelayError(ErrorKind.TIMEOUT, "cancelled by the manager after its timeout"))
+            result = _failure(task.stopped or RelayError(ErrorKind.TIMEOUT, "cancelled by the manager after its timeout"))
         except RelayError as err:
             result = _failure(err)
         finally:
