@@ -259,7 +259,7 @@ class Stack:
         options = {"telegram_token": self.BOT_TOKEN, "telegram_base_url": f"http://127.0.0.1:{to_tg}/bot",
                    "manager_url": f"http://127.0.0.1:{to_mgr}", "control_token": self.control_token,
                    "allowed_users": f"{self.ADMIN},{self.USER}", "admin_users": str(self.ADMIN),
-                   "poll_timeout": 5, "progress_interval": 1.0, **settings}
+                   "poll_timeout": 5, "progress_interval": 1.0, "state_dir": str(self.root / "bot"), **settings}
         argv = [PY, "-m", "runtime.bot.main"]
         for key, value in options.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]

@@ -1,8 +1,9 @@
 """Bot settings, declared once; runtime/settings.py reads them from flags, CODEX_RELAY_BOT_* and --config."""
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated
 
 from runtime.settings import LOG_LEVELS, Loader, setting
@@ -38,6 +39,8 @@ class BotConfig:
     webhook_port: Annotated[int, setting("port the webhook server listens on", ge=0, le=65535)] = 8443
     webhook_secret: Annotated[str, setting("secret Telegram sends with each webhook call", secret=True)] = field(
         default="", repr=False)
+    state_dir: Annotated[str, setting("where the bot keeps its place in the manager's events, so a restart "
+                                      "catches up; empty is $XDG_STATE_HOME (or ~/.local/state)/codex-relay/bot")] = ""
     log_level: Annotated[str, setting("log level", choices=LOG_LEVELS)] = "info"
 
 
@@ -45,4 +48,7 @@ SETTINGS = Loader(BotConfig, "bot", "Codex Relay Telegram bot: the chat front en
 
 
 def load(argv: Sequence[str] | None = None) -> BotConfig:
-    return SETTINGS.load(argv)
+    config = SETTINGS.load(argv)
+    state_dir = config.state_dir or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "codex-relay", "bot")
+    return replace(config, state_dir=os.path.abspath(state_dir))

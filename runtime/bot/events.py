@@ -14,6 +14,7 @@ import msgspec
 
 from runtime.aiotasks import Background
 from runtime.backoff import Backoff
+from runtime.bot.cursor import Cursor
 from runtime.bot.manager_client import ManagerClient
 from runtime.logfmt import log
 from runtime.protocol import Api, Event, RelayError, decode_event, new_id
@@ -25,10 +26,11 @@ EventHandler = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
 
 class EventStream:
     def __init__(self, manager: ManagerClient, handlers: Mapping[str, EventHandler],
-                 on_connect: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+                 on_connect: Callable[[str], Coroutine[Any, Any, None]], cursor: Cursor) -> None:
         self.manager = manager
         self.handlers = handlers
         self.on_connect = on_connect
+        self.cursor = cursor
         self.tasks = Background(logger)
 
     async def run_forever(self) -> None:
@@ -56,7 +58,7 @@ class EventStream:
         """One connection; True if it got as far as the manager's hello (so the backoff starts over)."""
         hello = False
         async with self.manager.session.ws_connect(self.manager.url(Api.EVENTS), heartbeat=20.0,
-                                                   headers={"X-Trace-Id": trace_id},
+                                                   headers={"X-Trace-Id": trace_id}, params=self.cursor.query(),
                                                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0)) as ws:
             async for frame in ws:
                 if frame.type != aiohttp.WSMsgType.TEXT:
@@ -66,13 +68,28 @@ class EventStream:
                     continue
                 if event.get("type") == Event.HELLO and not hello:
                     hello = True
-                    log(logger, logging.INFO, "events_connected", trace_id=trace_id, online=event.get("online"))
+                    self.cursor.hello(str(event.get("manager_id") or ""), int(event.get("last_seq") or 0),
+                                      int(event.get("replayed") or 0))
+                    log(logger, logging.INFO, "events_connected", trace_id=trace_id, online=event.get("online"),
+                        after=self.cursor.seq, replayed=event.get("replayed") or 0)
                     self.tasks.spawn(self.on_connect(trace_id), "events-resync")
                     continue
+                seq = int(event.get("seq") or 0)
+                if seq and not self.cursor.taken(seq):
+                    continue  # handled before a reconnect or a restart
                 handler = self.handlers.get(event["type"])  # StrEnum keys match the wire string
                 if handler is not None:
-                    self.tasks.spawn(handler(event), f"event-{event['type']}")
+                    self.tasks.spawn(self._handle(handler, event, seq), f"event-{event['type']}")
+                elif seq:
+                    self.cursor.done(seq)
         return hello
+
+    async def _handle(self, handler: EventHandler, event: dict[str, Any], seq: int) -> None:
+        try:
+            await handler(event)
+        finally:
+            if seq:
+                self.cursor.done(seq)  # handled, or failed and logged: either way not to be shown twice
 
     @staticmethod
     def _decode(raw: str) -> dict[str, Any] | None:

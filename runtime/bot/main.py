@@ -24,6 +24,7 @@ from runtime.bot.approvals import Approvals
 from runtime.bot.commands import COMMANDS
 from runtime.bot.config import EXIT_TELEGRAM, BotConfig
 from runtime.bot.context import Relay
+from runtime.bot.cursor import Cursor
 from runtime.bot.delivery import Delivery
 from runtime.bot.events import EventStream
 from runtime.bot.manager_client import ManagerClient
@@ -62,7 +63,7 @@ def build(config: BotConfig) -> tuple[Application, Relay, EventStream]:  # type:
 
     events = EventStream(manager, {Event.APPROVAL_REQUESTED: requested, Event.APPROVAL_RESOLVED: resolved,
                                    Event.TASK_PROGRESS: relay.turns.on_progress, Event.TASK_RESULT: relay.turns.on_result},
-                         on_connect=relay.approvals.resync)
+                         on_connect=relay.approvals.resync, cursor=Cursor(config.state_dir))
     return app, relay, events
 
 

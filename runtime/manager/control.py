@@ -27,6 +27,7 @@ from runtime.protocol import api
 from runtime.protocol.wire import Hello, RpcOutcome, field_error
 
 logger = logging.getLogger("codex_manager.control")
+REPLAY_MAX = 10_000  # missed events sent to one reconnecting client; older ones are its loss, and logged
 
 Handler = Callable[[Manager, Any, str], Awaitable[Any]]
 HANDLERS: dict[tuple[str, Api], Handler] = {}
@@ -226,10 +227,21 @@ async def events(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         return _reply(control_fail(RelayError(ErrorKind.INVALID_REQUEST, "the event stream is a WebSocket: "
                                               "connect with `Upgrade: websocket`")), 400)
+    try:
+        after = _cursor(request)
+    except RelayError as err:
+        return _reply(control_fail(err), 400)
     await ws.prepare(request)
     sender = Sender(ws, request, mgr.limits, "subscriber", mgr.hub.counters)
-    sender.put(encode_bytes(Hello(online=sorted(mgr.hub.sessions))))
+    # Subscribed first, so nothing published during the read below is lost; it waits, and follows the hello
+    # and what this client missed, without repeats.
+    sender.hold()
     mgr.hub.subscribers.add(sender)
+    missed = [] if after is None else await mgr.store.events_after(after, REPLAY_MAX)
+    hello = Hello(online=sorted(mgr.hub.sessions), manager_id=mgr.store.manager_id, last_seq=mgr.store.last_seq,
+                  replayed=len(missed))
+    sender.release([encode_bytes(hello)] + [frame for _, frame in missed],
+                   missed[-1][0] if missed else after or 0)
     writer = mgr.tasks.spawn(sender.run(), "event-writer")
     reader = mgr.tasks.spawn(_drain(ws), "event-reader")
     try:
@@ -241,6 +253,16 @@ async def events(request: web.Request) -> web.StreamResponse:
         await cancel(reader)
         await sender.close(1000, b"")
     return ws
+
+
+def _cursor(request: web.Request) -> int | None:
+    """The numbered event a reconnecting client handled last, if it names this manager's database."""
+    after, manager_id = request.query.get("after"), request.query.get("manager")
+    if after is None or manager_id != request.app[MANAGER].store.manager_id:
+        return None  # a new client, or numbers from another database: live events only
+    if not after.isdigit() or not after.isascii():
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"`after` must be an event number, got {after!r}")
+    return int(after)
 
 
 async def _drain(ws: web.WebSocketResponse) -> None:

@@ -98,9 +98,10 @@ class Hub:
             self.subscribers.discard(sender)
             sender.finish()
 
-    def publish(self, event: EventFrame) -> None:
-        frame = encode_bytes(event)
+    def publish(self, event: EventFrame, frame: bytes | None = None) -> None:
+        """To every subscriber; `frame` is the event already encoded (a numbered one, by Store.add_event)."""
+        raw = encode_bytes(event) if frame is None else frame
         for sender in list(self.subscribers):
             # A reader past its byte budget is cut off (Sender.put) rather than growing the manager's memory.
-            if not sender.put(frame):
+            if not sender.put(raw, event.seq):
                 self.subscribers.discard(sender)

@@ -242,8 +242,8 @@ async def _approval_expired(mgr: Manager, session: NodeSession, msg: wire.Approv
         mgr.hub.counters["foreign_messages"] += 1
         raise RelayError(ErrorKind.INVALID_REQUEST, f"approval {msg.approval_id!r} belongs to another node")
     if await mgr.store.decide_approval(msg.approval_id, ApprovalState.EXPIRED, "decline", "timeout"):
-        mgr.hub.publish(wire.ApprovalResolved(approval_id=msg.approval_id, state=ApprovalState.EXPIRED.value,
-                                              decision="decline", decided_by="timeout"))
+        await mgr.publish(wire.ApprovalResolved(approval_id=msg.approval_id, state=ApprovalState.EXPIRED.value,
+                                                decision="decline", decided_by="timeout"))
 
 
 @on(wire.ErrorReply)

@@ -37,15 +37,33 @@ class Sender:
         self.queued = 0  # bytes waiting in the queue or being written
         self.dropped: str | None = None
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._held: list[tuple[int, bytes]] | None = None  # live events kept back while missed ones are queued
 
     @property
     def open(self) -> bool:
         return self.dropped is None and not self.ws.closed
 
-    def put(self, frame: bytes) -> bool:
+    def hold(self) -> None:
+        """Keep live frames back until release(): a reconnecting subscriber gets what it missed first."""
+        self._held = []
+
+    def release(self, first: list[bytes], replayed_up_to: int) -> None:
+        """Queue `first` (a hello, the replay), then the frames held meanwhile, less those the replay already
+        carried (numbered up to `replayed_up_to`)."""
+        held, self._held = self._held or [], None
+        for frame in first:
+            self.put(frame)
+        for seq, frame in held:
+            if seq == 0 or seq > replayed_up_to:
+                self.put(frame, seq)
+
+    def put(self, frame: bytes, seq: int = 0) -> bool:
         """Queue one frame; False if the peer is gone or was just cut off for falling behind."""
         if not self.open:
             return False
+        if self._held is not None:
+            self._held.append((seq, frame))
+            return True
         if self.queued + len(frame) > self.limits.budget:
             self.drop("send_budget", queued=self.queued, frame=len(frame))
             return False

@@ -50,6 +50,16 @@ class Manager:
         await self.tasks.close()
         await self.store.close()
 
+    async def publish(self, event: wire.EventFrame) -> None:
+        """A result or approval event is numbered and kept before it goes out, so a client that was away
+        (a restarted bot) gets it on reconnect; if the DB refuses, it still goes out live."""
+        try:
+            frame = await self.store.add_event(event)
+        except RelayError:
+            self.hub.counters["events_unnumbered"] += 1
+            event.seq, frame = 0, None
+        self.hub.publish(event, frame)
+
     # ---- sessions ---------------------------------------------------------------------------
     async def session_closed(self, session: NodeSession) -> None:
         if self.hub.sessions.get(session.node_id) is not session:
@@ -149,11 +159,11 @@ class Manager:
         log(logger, logging.INFO, "task_final", trace_id=task["trace_id"], node_id=task["node_id"], task_id=task_id,
             state=finished["state"], error_kind=clean.get("error_kind"))
         for approval_id in finished["expired_approvals"]:
-            self.hub.publish(wire.ApprovalResolved(approval_id=approval_id, state=ApprovalState.EXPIRED.value,
-                                                   decision="decline", decided_by="task_ended"))
+            await self.publish(wire.ApprovalResolved(approval_id=approval_id, state=ApprovalState.EXPIRED.value,
+                                                     decision="decline", decided_by="task_ended"))
         self.hub.resolve_task(task_id, clean)
-        self.hub.publish(wire.TaskResultEvent(task_id=task_id, node_id=task["node_id"], chat_key=task["chat_key"],
-                                              trace_id=task["trace_id"], result=result))
+        await self.publish(wire.TaskResultEvent(task_id=task_id, node_id=task["node_id"], chat_key=task["chat_key"],
+                                                trace_id=task["trace_id"], result=result))
         return clean
 
     async def accept_task_state(self, node_id: str, task_id: str, state: str) -> None:
@@ -187,7 +197,7 @@ class Manager:
         if await self.store.add_approval(node_id, msg):
             log(logger, logging.INFO, "approval_requested", node_id=node_id, task_id=msg.task_id,
                 approval_id=msg.approval_id, trace_id=msg.trace_id)
-            self.hub.publish(wire.ApprovalRequested(approval=wire.PendingApproval(
+            await self.publish(wire.ApprovalRequested(approval=wire.PendingApproval(
                 node_id=node_id, **msgspec.structs.asdict(msg))))
 
     async def decide(self, approval_id: str, decision: Decision, decided_by: str, chat_key: str | None = None,
@@ -211,8 +221,8 @@ class Manager:
             wire.ApprovalDecision(approval_id=approval_id, decision=decision))
         log(logger, logging.INFO, "approval_decided", approval_id=approval_id, decision=decision.value,
             decided_by=decided_by, node_id=approval["node_id"], task_id=approval.get("task_id"), delivered=delivered)
-        self.hub.publish(wire.ApprovalResolved(approval_id=approval_id, state=state.value, decision=decision.value,
-                                               decided_by=decided_by))
+        await self.publish(wire.ApprovalResolved(approval_id=approval_id, state=state.value, decision=decision.value,
+                                                 decided_by=decided_by))
         return {"approval_id": approval_id, "state": state.value, "decision": decision.value,
                 "decided_by": decided_by, "delivered": delivered}
 

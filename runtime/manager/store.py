@@ -19,8 +19,8 @@ import aiosqlite
 
 from runtime.logfmt import log
 from runtime.manager.nodeview import COLUMNS as NODE_COLUMNS, NodeView
-from runtime.protocol import FINAL_STATES, ApprovalState, ErrorKind, RelayError, TaskState, encode, new_id
-from runtime.protocol.wire import ApprovalRequest, TaskAssign
+from runtime.protocol import FINAL_STATES, ApprovalState, ErrorKind, RelayError, TaskState, encode, encode_bytes, new_id
+from runtime.protocol.wire import ApprovalRequest, EventFrame, TaskAssign
 
 logger = logging.getLogger("codex_manager.store")
 
@@ -53,6 +53,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX tasks_final_age ON tasks (updated_at) WHERE state IN ('done', 'failed');
     CREATE INDEX approvals_decided_age ON approvals (decided_at) WHERE decided_at IS NOT NULL;
     """,
+    # The event cursor: numbered events a client can ask for again, and this database's identity.
+    """
+    CREATE TABLE events (seq INTEGER PRIMARY KEY, frame BLOB NOT NULL, at REAL NOT NULL);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta VALUES ('manager_id', lower(hex(randomblob(8))));
+    """,
 )
 
 
@@ -79,6 +85,8 @@ class Store:
         # One connection serves every coroutine, so write transactions must take turns.
         self._write_lock = asyncio.Lock()
         self.nodes = NodeView()
+        self.manager_id = ""
+        self.last_seq = 0  # of the events table; numbers are handed out under the write lock
 
     async def open(self) -> None:
         try:
@@ -88,6 +96,8 @@ class Store:
             await self._db.execute("PRAGMA journal_mode = WAL")
             await self._db.execute("PRAGMA synchronous = NORMAL")
             await self._migrate()
+            self.manager_id = (await self.query("SELECT value FROM meta WHERE key = 'manager_id'"))[0]["value"]
+            self.last_seq = (await self.query("SELECT COALESCE(MAX(seq), 0) AS seq FROM events"))[0]["seq"]
             self.nodes.load(await self.query(f"SELECT {', '.join(NODE_COLUMNS)} FROM nodes"))
         except sqlite3.Error as exc:
             raise RelayError(ErrorKind.STORAGE_ERROR, f"cannot open database {self.path}: {exc}") from None
@@ -312,6 +322,21 @@ class Store:
         sql = "SELECT task_id, trace_id, node_id, state, deadline FROM tasks WHERE state NOT IN ('done', 'failed')"
         return await self.query(sql + (" AND node_id = ?" if node_id else ""), (node_id,) if node_id else ())
 
+    # ---- numbered events --------------------------------------------------------------------
+    async def add_event(self, event: EventFrame) -> bytes:
+        """Number the event, keep it, and return its frame. Numbers follow commit order, and the caller
+        publishes before its next await, so subscribers see them in order."""
+        async with self.tx("add_event") as db:
+            event.seq = self.last_seq + 1
+            frame = encode_bytes(event)
+            await db.execute("INSERT INTO events VALUES (?, ?, ?)", (event.seq, frame, event.ts))
+        self.last_seq = event.seq
+        return frame
+
+    async def events_after(self, seq: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = await self.query("SELECT seq, frame FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))
+        return [(r["seq"], bytes(r["frame"])) for r in rows]
+
     async def open_task_counts(self) -> dict[str, int]:
         """Tasks not yet final, by state: read off the partial index, so it costs the same with a million done."""
         rows = await self.query("SELECT state, COUNT(*) AS n FROM tasks WHERE state NOT IN ('done', 'failed') "
@@ -326,6 +351,8 @@ class Store:
             approvals = await db.execute("DELETE FROM approvals WHERE approval_id IN (SELECT approval_id FROM "
                                          "approvals WHERE decided_at IS NOT NULL AND decided_at < ? LIMIT ?)",
                                          (before, batch))
+            await db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE at < ? ORDER BY seq "
+                             "LIMIT ?)", (before, batch))
         return tasks.rowcount, approvals.rowcount
 
     async def task_counts(self) -> dict[str, int]:

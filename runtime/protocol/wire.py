@@ -233,10 +233,20 @@ ManagerFrame = (RegisterOk | RegisterError | HeartbeatAck | TaskAssign | TaskCan
 
 class EventFrame(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=True):
     ts: float = msgspec.field(default_factory=now)
+    # Events a client must not miss (results, approvals) are numbered and kept: a client that reconnects with
+    # ?after=<seq>&manager=<manager_id> gets those it missed first. 0: live only (progress, node up/down).
+    seq: int = 0
+
+
+DURABLE_EVENTS: Final = frozenset({Event.TASK_RESULT.value, Event.APPROVAL_REQUESTED.value,
+                                   Event.APPROVAL_RESOLVED.value})
 
 
 class Hello(EventFrame, tag=Event.HELLO.value, kw_only=True):
     online: list[str]
+    manager_id: str = ""  # this manager's database: numbers from another one mean nothing here
+    last_seq: int = 0  # the newest numbered event, where a new client starts
+    replayed: int = 0  # how many missed events follow, before the live ones
 
 
 class ApprovalRequested(EventFrame, tag=Event.APPROVAL_REQUESTED.value, kw_only=True):

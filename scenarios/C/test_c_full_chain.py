@@ -177,3 +177,32 @@ async def test_upstream_disconnect_then_recovery(stack: Stack, tg: FakeTelegram)
     failed = await turn(user, "this one drops [[mock:drop]]", "kind=upstream_disconnect")
     assert "retriable=yes" in failed["text"]
     await turn(user, "and this one works", "mock reply: and this one works")
+
+
+@pytest.mark.case("R-04")
+async def test_bot_killed_while_turns_finish(stack: Stack, tg: FakeTelegram) -> None:
+    """the bot is SIGKILLed while a turn finishes; after its restart the answer arrives once, and never again"""
+    user = await fresh_chat(tg)
+    run = new_id("r04")
+    prompt = f"{run} finishes while the bot is down"
+    answer = f"mock reply: {prompt}"
+    placeholder = await user.sent(await user.say(f"{prompt} [[mock:slow=2]]"))
+    assert placeholder["text"].startswith("⏳"), placeholder
+    await stack.wait_served(prompt)
+    bot, manager = stack.procs["bot"], stack.procs["manager"]
+    finals = len(manager.log_lines("task_final"))
+    bot.kill()
+    await manager.wait_log("task_final", seen=finals, timeout=30)  # the answer exists, with no bot to show it
+
+    async def restart_bot() -> None:
+        bot.kill()
+        polls = await tg.last_seq()
+        bot.start()
+        await tg.wait_call("getUpdates", None, polls, 30)
+        await turn(user, f"{run} ping", f"mock reply: {run} ping")  # the bot is back and caught up
+
+    await restart_bot()
+    await user.until_shown(lambda m: m["text"] == answer, 30)
+    await restart_bot()  # its place in the events was kept: nothing shown before comes again
+    shown = [m for m in await user.messages() if m.get("from_bot") and m["text"] == answer]
+    assert len(shown) == 1, f"the answer was shown {len(shown)} times: {shown}"
