@@ -64,6 +64,14 @@ if ! fresh toxiproxy "$hash" .tools/bin/toxiproxy-server; then
   fi
 fi
 
+# --- systemd-analyze: tests/test_deploy_units.py verifies deploy/systemd with it ---
+if ! command -v systemd-analyze >/dev/null; then
+  command -v apt-get >/dev/null && [[ $(id -u) == 0 ]] ||
+    die "systemd-analyze not found: install Debian's systemd package (apt-get install systemd)"
+  say "systemd: apt-get install systemd (for systemd-analyze)"
+  apt-get update -qq && apt-get install -y -qq systemd >/dev/null
+fi
+
 # --- Verify: one line per tool ------------------------------------------------
 echo "python:    $(.venv/bin/python -V 2>&1) in .venv"
 version=$("$CODEX_BIN" --version) || die "$CODEX_BIN --version failed"
@@ -77,3 +85,4 @@ if [[ -x .tools/bin/toxiproxy-server ]]; then
 fi
 version=$(node_modules/.bin/allure --version 2>&1) || die "node_modules/.bin/allure --version failed"
 echo "allure:    $version (node_modules/.bin/allure)"
+echo "systemd:   $(systemd-analyze --version | head -1)"
