@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated
 
+from runtime import tls
 from runtime.settings import LOG_LEVELS, Loader, setting
 
 EXIT_TELEGRAM = 3      # Telegram refused the bot token; runtime.settings.EXIT_CONFIG (2) is every bad setting
@@ -18,7 +19,10 @@ class BotConfig:
     # PTB appends the token: `<base_url><token>/<method>`; the fake Bot API lives at http://127.0.0.1:PORT/bot
     telegram_base_url: Annotated[str, setting("Bot API base URL; the token is appended")] = \
         "https://api.telegram.org/bot"
-    manager_url: Annotated[str, setting("the manager's control API URL")] = "http://127.0.0.1:8780"
+    manager_url: Annotated[str, setting("the manager's control API URL; https:// for TLS")] = "http://127.0.0.1:8780"
+    manager_tls_ca: Annotated[str, setting("PEM CA file the manager's certificate must chain to (https:// only)")] = ""
+    manager_tls_fingerprint: Annotated[str, setting("SHA-256 of the manager's certificate, pinned instead of a CA "
+                                                    "(https:// only)")] = ""
     control_token: Annotated[str, setting("the manager's control token", secret=True, required=True)] = field(
         default="", repr=False)
     allowed_users: Annotated[frozenset[int], setting("Telegram user ids allowed to use the bot")] = frozenset()
@@ -49,6 +53,7 @@ SETTINGS = Loader(BotConfig, "bot", "Codex Relay Telegram bot: the chat front en
 
 def load(argv: Sequence[str] | None = None) -> BotConfig:
     config = SETTINGS.load(argv)
+    tls.client_ssl(config.manager_url, config.manager_tls_ca, config.manager_tls_fingerprint)
     state_dir = config.state_dir or os.path.join(
         os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "codex-relay", "bot")
     return replace(config, state_dir=os.path.abspath(state_dir))

@@ -16,7 +16,7 @@ from telegram import BotCommand, Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ApplicationBuilder
 
-from runtime import __version__
+from runtime import __version__, tls
 from runtime.bot import config as config_mod
 from runtime.bot import handlers
 from runtime.bot.access import Access
@@ -48,7 +48,8 @@ def build(config: BotConfig) -> tuple[Application, Relay, EventStream]:  # type:
            .read_timeout(config.telegram_timeout).write_timeout(config.telegram_timeout)
            .connect_timeout(5.0).pool_timeout(5.0)
            .build())
-    manager = ManagerClient(config.manager_url, config.control_token, config.request_timeout)
+    manager = ManagerClient(config.manager_url, config.control_token, config.request_timeout,
+                            tls.client_ssl(config.manager_url, config.manager_tls_ca, config.manager_tls_fingerprint))
     delivery = Delivery(app.bot, config.send_attempts)
     access = Access(config, manager)
     relay = Relay(config, manager, access, delivery, Approvals(manager, delivery, access),

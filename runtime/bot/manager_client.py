@@ -6,11 +6,13 @@ caller ever shows a traceback to a user, and every call carries and logs its X-T
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from typing import Any
 
 import aiohttp
 
+from runtime import tls
 from runtime.logfmt import log
 from runtime.protocol import Api, ErrorKind, RelayError, parse_kind
 
@@ -25,16 +27,19 @@ class MaybeDelivered(RelayError):
 
 
 class ManagerClient:
-    def __init__(self, base_url: str, control_token: str, timeout: float) -> None:
+    def __init__(self, base_url: str, control_token: str, timeout: float,
+                 secure: ssl.SSLContext | aiohttp.Fingerprint | bool = True) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.secure = secure  # runtime/tls.py: how the manager's certificate is checked on an https:// URL
         self._headers = {"Authorization": f"Bearer {control_token}"}
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(headers=self._headers)
+            self._session = aiohttp.ClientSession(headers=self._headers,
+                                                  connector=aiohttp.TCPConnector(ssl=self.secure))
         return self._session
 
     async def close(self) -> None:
@@ -75,6 +80,8 @@ class ManagerClient:
                     status = resp.status
                     payload = await resp.json(content_type=None)
             except aiohttp.ClientConnectorError as exc:
+                if (problem := tls.failure(exc)) is not None:
+                    raise RelayError(ErrorKind.MANAGER_UNAVAILABLE, problem) from None
                 # Nothing reached the manager: it is down or unreachable.
                 raise RelayError(ErrorKind.MANAGER_UNAVAILABLE,
                                  f"cannot connect: {exc.strerror or type(exc).__name__}") from None

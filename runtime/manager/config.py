@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from runtime import eventloop
+from runtime import eventloop, tls
 from runtime.settings import LOG_LEVELS, ConfigError, Loader, setting
 
 
@@ -16,6 +16,9 @@ class ManagerConfig:
     port: Annotated[int, setting("TCP port for the control API and the node socket; 0 picks a free one",
                                  ge=0, le=65535)] = 8780
     db: Annotated[str, setting("SQLite database file; created if missing")] = "manager.sqlite3"
+    tls_cert: Annotated[str, setting("PEM certificate (chain) to serve HTTPS/WSS with; empty serves plain "
+                                     "HTTP, for loopback")] = ""
+    tls_key: Annotated[str, setting("PEM private key of tls_cert")] = ""
     control_token: Annotated[str, setting("bearer token for the control API", secret=True, required=True)] = field(
         default="", repr=False)
     heartbeat_interval: Annotated[float, setting("seconds between node heartbeats, told to each node", gt=0)] = 5.0
@@ -51,6 +54,7 @@ SETTINGS = Loader(ManagerConfig, "manager", "Codex Relay manager: the hub every 
 
 def load(argv: Sequence[str] | None = None) -> ManagerConfig:
     config = SETTINGS.load(argv)
+    tls.server_context(config.tls_cert, config.tls_key)  # a bad certificate stops the start, named
     if config.offline_timeout <= config.heartbeat_interval:
         raise ConfigError(f"offline_timeout ({config.offline_timeout:g} s) must be longer than heartbeat_interval "
                           f"({config.heartbeat_interval:g} s), or every node flaps offline",

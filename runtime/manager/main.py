@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from runtime import __version__, eventloop
+from runtime import __version__, eventloop, tls
 from runtime.logfmt import log
 from runtime.manager import backup
 from runtime.manager import config as config_mod
@@ -97,10 +97,11 @@ async def serve(config: ManagerConfig) -> int:
         log(logger, logging.ERROR, "startup_failed", error_kind=err.kind, error=err.error,
             fix=f"check that {config_mod.SETTINGS.where('db')} names a writable file", exit_code=EXIT_STORAGE)
         return EXIT_STORAGE
-    site = web.TCPSite(runner, config.host, config.port)
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls.server_context(config.tls_cert, config.tls_key))
     await site.start()
     port = runner.addresses[0][1]
-    log(logger, logging.INFO, "manager_ready", host=config.host, port=port, db=config.db, version=__version__)
+    log(logger, logging.INFO, "manager_ready", host=config.host, port=port, db=config.db, version=__version__,
+        tls=bool(config.tls_cert))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated
 
-from runtime import eventloop
+from runtime import eventloop, tls
 from runtime.settings import LOG_LEVELS, ConfigError, Loader, setting
 
 # Documented exit codes (README, "Node"), after runtime.settings.EXIT_CONFIG (2) for every bad setting.
@@ -24,7 +24,11 @@ class NodeConfig:
     node_id: Annotated[str, setting("this node's name, as its token was created for", required=True)] = ""
     token: Annotated[str, setting("node token from the manager's POST /api/tokens", secret=True,
                                   required=True)] = field(default="", repr=False)
-    manager_url: Annotated[str, setting("the manager's node WebSocket URL")] = "ws://127.0.0.1:8780/ws/node"
+    manager_url: Annotated[str, setting("the manager's node WebSocket URL; wss:// for TLS")] = \
+        "ws://127.0.0.1:8780/ws/node"
+    tls_ca: Annotated[str, setting("PEM CA file the manager's certificate must chain to (wss:// only)")] = ""
+    tls_fingerprint: Annotated[str, setting("SHA-256 of the manager's certificate, pinned instead of a CA "
+                                            "(wss:// only)")] = ""
     cwd: Annotated[str, setting("directory Codex works in")] = "."
     codex_bin: Annotated[str, setting("codex binary: the native one, not the node_modules/.bin wrapper")] = "codex"
     codex_home: Annotated[str, setting("CODEX_HOME for the codex child; empty inherits the environment's")] = ""
@@ -67,6 +71,7 @@ SETTINGS = Loader(NodeConfig, "node", "Codex Relay node: runs Codex on this mach
 
 def load(argv: Sequence[str] | None = None) -> NodeConfig:
     config = SETTINGS.load(argv)
+    tls.client_ssl(config.manager_url, config.tls_ca, config.tls_fingerprint)  # a bad TLS setting stops the start
     # The codex child runs in `cwd`: a relative binary path must not be resolved from there.
     codex_bin = config.codex_bin if os.sep not in config.codex_bin else os.path.abspath(config.codex_bin)
     state_dir = config.state_dir or os.path.join(

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from runtime import tls
 from runtime.aiotasks import Background
 from runtime.backoff import Backoff
 from runtime.logfmt import log
@@ -72,7 +73,8 @@ class ManagerLink:
     async def run_forever(self) -> None:
         c = self.config
         backoff = Backoff(c.backoff_initial, c.backoff_factor, c.backoff_max, c.backoff_jitter)
-        async with aiohttp.ClientSession() as http:
+        secure = tls.client_ssl(c.manager_url, c.tls_ca, c.tls_fingerprint)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=secure)) as http:
             while True:
                 if await self._session(http):
                     backoff.reset()
@@ -88,7 +90,11 @@ class ManagerLink:
             self.ws = await http.ws_connect(self.config.manager_url, max_msg_size=MAX_FRAME_BYTES,
                                             heartbeat=None, timeout=aiohttp.ClientWSTimeout(ws_close=2))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log(logger, logging.WARNING, "connect_failed", node_id=self.config.node_id, error=str(exc) or type(exc).__name__)
+            if (problem := tls.failure(exc)) is not None:
+                log(logger, logging.ERROR, "connect_failed", node_id=self.config.node_id, error=problem)
+            else:
+                log(logger, logging.WARNING, "connect_failed", node_id=self.config.node_id,
+                    error=str(exc) or type(exc).__name__)
             return False
         try:
             if not await self._register(self.ws):
