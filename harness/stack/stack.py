@@ -68,7 +68,9 @@ class Stack:
         self.control_token = "ctl_" + secrets.token_hex(12)
         self.manager_port = 0  # bound by the manager's first start, then kept across restarts
         self.db_path = root / "manager.sqlite3"
-        self.manager_args = {"heartbeat-interval": 1.0, "offline-timeout": 4.0, "result-grace": 30.0,
+        # auth-failures 0: every client here is 127.0.0.1, and cases that present bad tokens on purpose must not
+        # lock the rest out; tests/test_auth_throttle.py turns it on.
+        self.manager_args = {"heartbeat-interval": 1.0, "offline-timeout": 4.0, "result-grace": 30.0, "auth-failures": 0,
                              **(manager_args or {})}
         self.faults = FaultLog(root / "faults.jsonl")
         self.procs: dict[str, Proc] = {}

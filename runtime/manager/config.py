@@ -35,6 +35,9 @@ class ManagerConfig:
                                        choices=eventloop.LOOPS)] = eventloop.DEFAULT
     retention_days: Annotated[float, setting("days finished tasks (with their prompts) and decided approvals are "
                                              "kept; 0 keeps them forever", ge=0)] = 30.0
+    auth_failures: Annotated[int, setting("bad credentials one address may present per auth_window before it "
+                                          "must wait (429); 0 never throttles", ge=0)] = 20
+    auth_window: Annotated[float, setting("seconds over which auth_failures are counted", gt=0)] = 60.0
     # Hostile and broken peers: runtime/manager/sender.py says why every send is bounded.
     send_timeout: Annotated[float, setting("seconds one frame to a node or event subscriber may take to leave; "
                                            "a slower peer is disconnected", gt=0)] = 10.0

@@ -165,9 +165,16 @@ async def user_set(mgr: Manager, body: api.UserSetBody, trace_id: str) -> dict[s
 
 # ---- plumbing ----------------------------------------------------------------------------------
 
-def authorized(request: web.Request) -> bool:
-    expected = f"Bearer {request.app[MANAGER].config.control_token}".encode()
-    return hmac.compare_digest(request.headers.get("Authorization", "").encode(errors="replace"), expected)
+def authorize(request: web.Request) -> None:
+    """The control token, compared in constant time; an address that keeps guessing is made to wait."""
+    mgr = request.app[MANAGER]
+    if wait := mgr.throttle.wait(request.remote):
+        mgr.hub.counters["auth_throttled"] += 1
+        raise RelayError(ErrorKind.RATE_LIMITED, f"too many bad tokens from {request.remote}: retry in {wait:.0f} s")
+    expected = f"Bearer {mgr.config.control_token}".encode()
+    if not hmac.compare_digest(request.headers.get("Authorization", "").encode(errors="replace"), expected):
+        mgr.throttle.failed(request.remote)
+        raise RelayError(ErrorKind.UNAUTHORIZED, "missing or wrong control token: send `Authorization: Bearer <token>`")
 
 
 def _reply(payload: Any, status: int = 200) -> web.Response:
@@ -199,9 +206,7 @@ def _view(r: Route, handler: Handler) -> Callable[[web.Request], Awaitable[web.R
         mgr = request.app[MANAGER]
         trace_id = trace_id_of(request)
         try:
-            if not authorized(request):
-                raise RelayError(ErrorKind.UNAUTHORIZED,
-                                 "missing or wrong control token: send `Authorization: Bearer <token>`")
+            authorize(request)
             body = await _body(request, r)
             # A bulk handler never awaits, so nothing else runs while the collector is off.
             with collection_paused() if r.bulk else contextlib.nullcontext():
@@ -220,8 +225,10 @@ def _view(r: Route, handler: Handler) -> Callable[[web.Request], Awaitable[web.R
 
 async def events(request: web.Request) -> web.StreamResponse:
     """The event stream: approvals, task progress and results, node up/down, as WebSocket text frames."""
-    if not authorized(request):
-        return _reply(control_fail(RelayError(ErrorKind.UNAUTHORIZED, "missing or wrong control token")), 401)
+    try:
+        authorize(request)
+    except RelayError as err:
+        return _reply(control_fail(err), err.http_status)
     mgr = request.app[MANAGER]
     ws = web.WebSocketResponse(heartbeat=10, timeout=mgr.config.close_timeout)
     if not ws.can_prepare(request).ok:

@@ -59,7 +59,7 @@ async def node_socket(request: web.Request) -> web.StreamResponse:
             await _refuse(mgr, ws, RelayError(ErrorKind.INVALID_REQUEST, "no register message in time"),
                           CLOSE_PROTOCOL)
             return ws
-        session = await _register(mgr, ws, sender, first)
+        session = await _register(mgr, ws, sender, first, request.remote)
     finally:
         mgr.hub.unregistered -= 1
     if session is None:
@@ -93,7 +93,8 @@ async def _serve(mgr: Manager, session: NodeSession) -> None:
             session.send(wire.ErrorReply(**err.fields()))
 
 
-async def _register(mgr: Manager, ws: web.WebSocketResponse, sender: Sender, frame: WSMessage) -> NodeSession | None:
+async def _register(mgr: Manager, ws: web.WebSocketResponse, sender: Sender, frame: WSMessage,
+                    address: str | None) -> NodeSession | None:
     if frame.type != WSMsgType.TEXT:
         if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return None
@@ -108,10 +109,14 @@ async def _register(mgr: Manager, ws: web.WebSocketResponse, sender: Sender, fra
         if not MIN_NODE_PROTOCOL <= msg.protocol <= PROTOCOL_VERSION:
             raise RelayError(ErrorKind.INVALID_REQUEST, f"the node speaks protocol {msg.protocol}, this manager "
                              f"{MIN_NODE_PROTOCOL}..{PROTOCOL_VERSION}: upgrade the older of the two")
+        if wait := mgr.throttle.wait(address):
+            mgr.hub.counters["auth_throttled"] += 1
+            raise RelayError(ErrorKind.RATE_LIMITED, f"too many bad tokens from {address}: retry in {wait:.0f} s")
         if not msg.token:
             raise RelayError(ErrorKind.UNAUTHORIZED, "missing token: pass the node token in `token`")
         row = await mgr.store.token_for(msg.token)
         if row is None or row["revoked_at"] is not None:
+            mgr.throttle.failed(address)
             raise RelayError(ErrorKind.UNAUTHORIZED, "token is unknown or revoked: ask an admin for a new one")
         if row["node_id"] and row["node_id"] != msg.node_id:
             raise RelayError(ErrorKind.UNAUTHORIZED,

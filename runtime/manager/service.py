@@ -17,6 +17,7 @@ from runtime.logfmt import log
 from runtime.manager.config import ManagerConfig
 from runtime.manager.hub import Hub, NodeSession
 from runtime.manager.sender import Limits
+from runtime.manager.throttle import AuthThrottle
 from runtime.manager.store import Store
 from runtime.protocol import CLOSE_REVOKED, CLOSE_SILENT, ApprovalState, Decision, ErrorKind, RelayError, TaskState, new_id
 from runtime.protocol import wire
@@ -38,6 +39,7 @@ class Manager:
         self.hub = Hub()
         self.tasks = Background(logger)
         self.limits = Limits(config.send_budget, config.send_timeout, config.close_timeout)
+        self.throttle = AuthThrottle(config.auth_failures, config.auth_window)
         self.started_at = time.time()
         self.unstored: dict[str, tuple[str | None, TaskOutcome]] = {}  # results that met a locked DB
 

@@ -22,6 +22,7 @@ class ErrorKind(StrEnum):
     UNAUTHORIZED = "unauthorized"
     TOO_LARGE = "too_large"
     BUSY = "busy"
+    RATE_LIMITED = "rate_limited"
     NOT_FOUND = "not_found"
     FORBIDDEN = "forbidden"
     CONFLICT = "conflict"
@@ -67,6 +68,8 @@ ERROR_KINDS: Final[Mapping[ErrorKind, KindInfo]] = _table(
     KindInfo(K.BUSY, True, "The manager is at its limit of connections still being set up. Retry in a few "
              "seconds.", 503),
     KindInfo(K.FORBIDDEN, False, "You may not do that here. The refusal says who may."),
+    KindInfo(K.RATE_LIMITED, True, "Too many failed attempts with bad credentials from this address. Wait the "
+             "seconds given, then retry with the right token.", 429),
     KindInfo(K.NOT_FOUND, False, "No such object. Check the id."),
     KindInfo(K.CONFLICT, False, "That was already decided or done; nothing changed."),
     KindInfo(K.STORAGE_ERROR, True, "The manager's database is busy or not writable; nothing was changed. "
