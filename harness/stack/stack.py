@@ -35,6 +35,8 @@ PY = sys.executable
 # Run the gates against another node configuration, e.g. '{"rpc_timeout": 0.001}': the self-test uses it
 # to prove a broken build fails the right gate, without touching code.
 NODE_OVERRIDES: dict[str, Any] = json.loads(os.environ.get("HARNESS_NODE_OVERRIDES") or "{}")
+# Every secret any stack of this process made, by what it is: H-10 looks for each under the run's folder.
+ISSUED: dict[str, str] = {}
 
 CODEX_CONFIG = """\
 model = "gpt-5.5"
@@ -87,6 +89,7 @@ class Stack:
         # Fresh secrets per stack, so H-10 can look for each one under reports/ and in every argv.
         self.control_token = "ctl_" + secrets.token_hex(12)
         self.bot_token = f"{secrets.randbelow(9 * 10**8) + 10**8}:{secrets.token_urlsafe(24)}"
+        ISSUED.update({f"{root.name} control token": self.control_token, f"{root.name} bot token": self.bot_token})
         self.manager_port = 0  # bound by the manager's first start, then kept across restarts
         self.db_path = root / "manager.sqlite3"
         self.manager_args = {"heartbeat-interval": 1.0, "offline-timeout": 4.0, "result-grace": 30.0,
@@ -191,6 +194,7 @@ class Stack:
         (home / "config.toml").write_text(CODEX_CONFIG.format(port=up_port, idle_ms=idle_ms))
         if token is None:
             token = (await self.call(Api.TOKENS, {"node_id": node_id, "note": "harness"}))["token"]
+            ISSUED[f"{self.root.name} node token {node_id}"] = token  # not a case's own (wrong, short) ones
         self.node_settings[node_id] = {
             "node_id": node_id, "token": token, "manager_url": f"ws://127.0.0.1:{mgr_port}{Api.NODE_WS}",
             "cwd": str(cwd), "codex_bin": str(paths.codex_bin()), "codex_home": str(home),
