@@ -1,7 +1,7 @@
 """A minimal HTTP/1.1 keep-alive client on a raw socket, and a closed-loop load generator built on it.
 
 A benchmark measures the relay, not an HTTP client library: this client costs a fraction of aiohttp's.
-`python -m bench.load --port P --token T --nodes a,b --concurrency 32 --seconds 5` posts app-server
+`RELAY_CONTROL_TOKEN=T python -m bench.load --port P --nodes a,b --concurrency 32 --seconds 5` posts app-server
 relays round-robin over the nodes and prints one JSON line: completed round trips, errors, rate, latency.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from typing import Any
 
@@ -86,13 +87,13 @@ async def run(port: int, token: str, nodes: list[str], concurrency: int, seconds
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--token", default="")
     p.add_argument("--nodes", required=True, help="comma-separated node ids to relay to")
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     a = p.parse_args()
-    print(json.dumps(eventloop.run(run(a.port, a.token, a.nodes.split(","), a.concurrency, a.seconds, a.warmup))))
+    token = os.environ.get("RELAY_CONTROL_TOKEN", "")  # never argv (H-10)
+    print(json.dumps(eventloop.run(run(a.port, token, a.nodes.split(","), a.concurrency, a.seconds, a.warmup))))
 
 
 if __name__ == "__main__":

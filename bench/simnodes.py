@@ -1,7 +1,8 @@
 """Simulated nodes: the real node's ManagerLink (register, heartbeat, backoff, reconnect) with no Codex.
 
 Each answers an app-server request at once, so a benchmark measures the manager, not Codex.
-`SimFleet` runs them in worker processes (`python -m bench.simnodes ...`), a few thousand per process.
+`SimFleet` runs them in worker processes (`python -m bench.simnodes ...`, the token in
+CODEX_RELAY_NODE_TOKEN), a few thousand per process.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from harness.stack import paths
 from runtime import eventloop, logfmt
+from runtime.node.config import SETTINGS as NODE_SETTINGS
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
 from runtime.protocol import wire
@@ -26,6 +28,7 @@ from runtime.protocol import wire
 # What `thread/list` answers on a fresh CODEX_HOME: the simulated reply is the size of the real one.
 THREAD_LIST: dict[str, Any] = {"data": [], "nextCursor": None}
 STOP_GRACE = 10.0
+TOKEN_ENV = NODE_SETTINGS.env("token")  # the node token comes by environment, as the real node reads it; never argv
 
 
 def raise_fd_limit() -> int:
@@ -54,7 +57,7 @@ def _emit(event: str, **fields: Any) -> None:
 
 
 async def _worker(a: argparse.Namespace) -> None:
-    nodes = [SimNode(NodeConfig(node_id=f"{a.prefix}-{i:05d}", token=a.token, manager_url=a.url,
+    nodes = [SimNode(NodeConfig(node_id=f"{a.prefix}-{i:05d}", token=os.environ[TOKEN_ENV], manager_url=a.url,
                                 heartbeat_interval=a.heartbeat, manager_silence=a.silence))
              for i in range(a.first, a.first + a.count)]
     runners: list[asyncio.Task[None]] = []
@@ -91,7 +94,6 @@ async def _worker(a: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.simnodes", description=__doc__)
     p.add_argument("--url", required=True, help="the manager's node WebSocket URL")
-    p.add_argument("--token", required=True)
     p.add_argument("--prefix", default="sim")
     p.add_argument("--first", type=int, default=0)
     p.add_argument("--count", type=int, default=1)
@@ -129,7 +131,7 @@ class SimFleet:
         first = 0
         while first < self.total:
             count = min(self.per_worker, self.total - first)
-            argv = [sys.executable, "-m", "bench.simnodes", "--url", self.url, "--token", self.token,
+            argv = [sys.executable, "-m", "bench.simnodes", "--url", self.url,
                     "--prefix", self.prefix, "--first", str(first), "--count", str(count)]
             for key, value in self.options.items():
                 argv += [f"--{key.replace('_', '-')}", str(value)]
@@ -138,7 +140,8 @@ class SimFleet:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
                                                         stdout=asyncio.subprocess.PIPE,
                                                         stderr=stderr or asyncio.subprocess.DEVNULL,
-                                                        cwd=paths.REPO_ROOT, start_new_session=True)
+                                                        cwd=paths.REPO_ROOT, start_new_session=True,
+                                                        env={**os.environ, TOKEN_ENV: self.token})
             if stderr:
                 stderr.close()
             self.workers.append(Worker(proc, count))

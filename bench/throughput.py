@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -37,9 +38,9 @@ def _busy() -> float:
 
 async def _load(port: int, token: str, nodes: list[str], a: argparse.Namespace) -> dict[str, float]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.load", "--port", str(port), "--token", token, "--nodes", ",".join(nodes),
+        sys.executable, "-m", "bench.load", "--port", str(port), "--nodes", ",".join(nodes),
         "--concurrency", str(a.concurrency), "--seconds", str(a.seconds), stdout=asyncio.subprocess.PIPE,
-        cwd=paths.REPO_ROOT)
+        cwd=paths.REPO_ROOT, env={**os.environ, "RELAY_CONTROL_TOKEN": token})  # never argv (H-10)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), a.seconds + 60)
     except TimeoutError:

@@ -114,6 +114,16 @@ def _report(run_dir: Path, summary: dict[str, Any]) -> Path | None:
         return None
 
 
+def _kinds(text: str) -> list[str]:
+    from harness.faults.kinds import KINDS
+
+    kinds = [k for k in text.split(",") if k]
+    if not kinds or set(kinds) - set(KINDS):
+        raise argparse.ArgumentTypeError(f"unknown fault kinds in {text!r}: use a comma-separated list of "
+                                         f"{', '.join(KINDS)}")
+    return kinds
+
+
 def soak(args: argparse.Namespace) -> int:
     """A soak outside pytest: progress in the terminal; Ctrl-C stops it and still judges what ran."""
     from harness.load import soak as soak_mod  # the soak pulls in the stack and the plotting stack
@@ -121,7 +131,7 @@ def soak(args: argparse.Namespace) -> int:
     g: gates.Gates = args.gates
     settings = soak_mod.SoakSettings.from_gates(g)
     changes = {k: v for k, v in (("duration_s", args.duration), ("seed", args.seed),
-                                 ("fault_interval_s", args.fault_interval)) if v is not None}
+                                 ("fault_interval_s", args.fault_interval), ("kinds", args.kinds)) if v is not None}
     if args.no_faults:
         changes["faults"] = False
     settings = dataclasses.replace(settings, **changes)
@@ -167,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     p_soak.add_argument("--seed", type=int, help="another fault schedule; the same seed replays the same one")
     p_soak.add_argument("--fault-interval", type=float, help="mean seconds between faults")
     p_soak.add_argument("--no-faults", action="store_true", help="load only: a baseline for the resource trends")
+    p_soak.add_argument("--kinds", type=_kinds, metavar="K1,K2",
+                        help="fault kinds to play, instead of gates.D.faults.kinds (e.g. hostile_peer,half_open)")
     p_soak.set_defaults(func=soak)
 
     p_burst = sub.add_parser("burst", help="boot a stack and hit it with a Locust burst (headless, or --web)")

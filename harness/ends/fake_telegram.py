@@ -445,9 +445,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--token", required=True)
     parser.add_argument("--username", default="relay_test_bot")
-    asyncio.run(serve(parser.parse_args(argv)))
+    args = parser.parse_args(argv)
+    # The bot token comes by environment, never argv (H-10): a process listing would show it.
+    args.token = os.environ.get("FAKE_TELEGRAM_TOKEN")
+    if not args.token:
+        parser.error("set FAKE_TELEGRAM_TOKEN to the bot token this fake Bot API accepts")
+    asyncio.run(serve(args))
 
 
 if __name__ == "__main__":

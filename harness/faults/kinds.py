@@ -1,13 +1,15 @@
 """The nemesis's fault kinds, each declared once: what it targets, how it is drawn, how it is done and undone."""
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from harness.faults import signals
+from harness.faults import backlog, hostile, signals
 from harness.faults.sqlite_lock import db_locked
 from harness.faults.window import FaultWindow
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 # A fault's scope: the window it was active for, or None when there was nothing to fault right now.
 Scope = Callable[["Stack", str, dict[str, Any]], AbstractAsyncContextManager[FaultWindow | None]]
 LATENCIES_MS = (300, 1000, 2000)
+DETECT_TIMEOUT_S = 20.0  # how long a half-open link may stay unnoticed before the fault gives up waiting
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,59 @@ async def _latency_both_ways(toxics: Toxics, link: str, params: dict[str, Any]) 
 fault("latency", "node", "tab:olive", draw=_latency)(_on_link(_latency_both_ways))
 fault("reset_peer", "node", "tab:cyan")(_on_link(lambda toxics, link, params: toxics.reset_peer(link)))
 fault("link_down", "node", "tab:blue")(_on_link(lambda toxics, link, params: toxics.link_down(link)))
+
+
+def _slow_consumer(rng: random.Random) -> dict[str, Any]:
+    # 12 x 512 KB: past the loopback socket buffers on both sides of the proxy, under the manager's 8 MiB
+    # send_budget, so the manager's queue holds the rest and its bounds are what the node runs into.
+    return {"rate_kb_s": 1, "calls": 12, "payload_kb": 512}
+
+
+@fault("node_slow_consumer", "node", "tab:green", draw=_slow_consumer)
+@asynccontextmanager
+async def node_slow_consumer(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+    """The node stops reading (its link takes 1 KB/s towards it, TCP stays up) while large calls are queued for it."""
+    assert stack.toxics is not None
+    async with stack.toxics.throttle(stack.manager_link(target), params["rate_kb_s"]) as w, \
+            backlog.queued(stack, target, params["calls"], params["payload_kb"], timeout_s=DETECT_TIMEOUT_S):
+        yield w
+
+
+@fault("half_open", "node", "gold")
+@asynccontextmanager
+async def half_open(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+    """Data held both ways on node<->manager, the connection open: only the node's manager_silence and the
+    manager's offline_timeout can end it, so the window lasts until both have (or DETECT_TIMEOUT_S passed)."""
+    assert stack.toxics is not None
+    link, node = stack.manager_link(target), stack.procs[target]
+    silent_before = len(node.log_lines("manager_silent"))
+    async with stack.toxics.hold(link) as w, stack.toxics.hold(link, stream="upstream"):
+        yield w
+        try:
+            await node.wait_log("manager_silent", timeout=DETECT_TIMEOUT_S, seen=silent_before)
+            await stack.wait_online(target, online=False, timeout=DETECT_TIMEOUT_S)
+            w.params["detected_after_s"] = round(time.time() - w.start, 2)
+        except (TimeoutError, RuntimeError) as exc:
+            w.params["undetected"] = str(exc)
+
+
+def _hostility(rng: random.Random) -> dict[str, Any]:
+    return {"idle_sockets": 16, "ping_interval_s": 0.5}
+
+
+@fault("hostile_peer", "manager", "tab:black", draw=_hostility)
+@asynccontextmanager
+async def hostile_peer(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+    """A scripted hostile peer on the manager's own ports for the window; the real nodes must not notice."""
+    stop = asyncio.Event()
+    async with stack.faults.window("hostile_peer", "manager", **params) as w:
+        peer = asyncio.create_task(hostile.attack(stack.manager_url, stack.control_token,
+                                                  hostile.Hostility(**params), stop))
+        try:
+            yield w
+        finally:
+            stop.set()
+            w.params["answers"] = await peer
 
 
 @fault("upstream_drop", "upstream", "tab:brown")

@@ -139,6 +139,10 @@ class Toxics:
         """Toxiproxy's `timeout` toxic: data stops; with ms>0 the connection closes after ms."""
         return self.toxic(name, "timeout", stream, timeout=ms)
 
+    def throttle(self, name: str, rate_kb_s: int, stream: str = "downstream") -> AbstractAsyncContextManager[FaultWindow]:
+        """Toxiproxy's `bandwidth` toxic; rate 0 would mean no limit there, so a slow consumer is a rate of 1 or so."""
+        return self.toxic(name, "bandwidth", stream, rate=rate_kb_s)
+
     def reset_peer(self, name: str, ms: int = 0,
                    stream: str = "downstream") -> AbstractAsyncContextManager[FaultWindow]:
         return self.toxic(name, "reset_peer", stream, timeout=ms)

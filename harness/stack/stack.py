@@ -25,12 +25,18 @@ from harness.faults.toxics import FaultLog, Toxics
 from harness.stack import paths, ports
 from harness.stack.procs import Proc
 from runtime.backoff import Backoff
+from runtime.bot.config import SETTINGS as BOT_SETTINGS
+from runtime.manager.config import SETTINGS as MANAGER_SETTINGS
+from runtime.node.config import SETTINGS as NODE_SETTINGS
 from runtime.protocol import Api, new_id
+from runtime.settings import Loader
 
 PY = sys.executable
 # Run the gates against another node configuration, e.g. '{"rpc_timeout": 0.001}': the self-test uses it
 # to prove a broken build fails the right gate, without touching code.
 NODE_OVERRIDES: dict[str, Any] = json.loads(os.environ.get("HARNESS_NODE_OVERRIDES") or "{}")
+# Every secret any stack of this process made, by what it is: H-10 looks for each under the run's folder.
+ISSUED: dict[str, str] = {}
 
 CODEX_CONFIG = """\
 model = "gpt-5.5"
@@ -61,17 +67,35 @@ request_max_retries = 0  # fail fast: the harness judges each fault, not codex's
 stream_max_retries = 0
 stream_idle_timeout_ms = {idle_ms}
 """
+
+
+def launch(loader: Loader[Any], module: str, options: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+    """A service's command line and environment: secrets go in CODEX_RELAY_<SERVICE>_<NAME>, never in argv,
+    which every process listing shows and each log's first line records (H-10)."""
+    argv, env = [PY, "-m", module], {}
+    for key, value in options.items():
+        name = key.replace("-", "_")
+        if name in loader.fields and loader.fields[name].secret:
+            env[loader.env(name)] = str(value)
+        else:
+            argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv, env
+
+
 class Stack:
     def __init__(self, root: Path, manager_args: dict[str, Any] | None = None) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        # Fresh secrets per stack, so H-10 can look for each one under reports/ and in every argv.
         self.control_token = "ctl_" + secrets.token_hex(12)
+        self.bot_token = f"{secrets.randbelow(9 * 10**8) + 10**8}:{secrets.token_urlsafe(24)}"
+        ISSUED.update({f"{root.name} control token": self.control_token, f"{root.name} bot token": self.bot_token})
         self.manager_port = 0  # bound by the manager's first start, then kept across restarts
         self.db_path = root / "manager.sqlite3"
         # auth-failures 0: every client here is 127.0.0.1, and cases that present bad tokens on purpose must not
         # lock the rest out; tests/test_auth_throttle.py turns it on.
-        self.manager_args = {"heartbeat-interval": 1.0, "offline-timeout": 4.0, "result-grace": 30.0, "auth-failures": 0,
-                             **(manager_args or {})}
+        self.manager_args = {"heartbeat-interval": 1.0, "offline-timeout": 4.0, "result-grace": 30.0,
+                             "auth-failures": 0, **(manager_args or {})}
         self.faults = FaultLog(root / "faults.jsonl")
         self.procs: dict[str, Proc] = {}
         self.node_settings: dict[str, dict[str, Any]] = {}
@@ -96,8 +120,8 @@ class Stack:
         if self._http is not None:
             await self._http.close()
 
-    def _proc(self, name: str, argv: list[str], **kw: Any) -> Proc:
-        proc = Proc(name, argv, self.root / "logs" / f"{name}.log", **kw)
+    def _proc(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, argv, self.root / "logs" / f"{name}.log", env)
         self.procs[name] = proc
         return proc
 
@@ -121,20 +145,17 @@ class Stack:
     async def start_manager(self) -> Proc:
         """Start (or restart) the manager. The first start binds port 0; every later start, by the harness or
         by a fault's restart, binds the port that one got, where every proxy to the manager points."""
-        proc = self.procs.get("manager") or self._proc("manager", self._manager_argv())
+        proc = self.procs.get("manager") or self._proc("manager", *self._manager_launch())
         ready = len(proc.log_lines("manager_ready"))
         proc.start()
         self.manager_port = await proc.wait_port("manager_ready", seen=ready)
-        proc.argv = self._manager_argv()
+        proc.argv = self._manager_launch()[0]
         await self.wait_manager()
         return proc
 
-    def _manager_argv(self) -> list[str]:
-        argv = [PY, "-m", "runtime.manager.main", "--port", str(self.manager_port), "--db", str(self.db_path),
-                "--control-token", self.control_token]
-        for key, value in self.manager_args.items():
-            argv += [f"--{key}", str(value)]
-        return argv
+    def _manager_launch(self) -> tuple[list[str], dict[str, str]]:
+        return launch(MANAGER_SETTINGS, "runtime.manager.main", {
+            "port": self.manager_port, "db": self.db_path, "control_token": self.control_token, **self.manager_args})
 
     async def wait_manager(self, timeout: float = 20.0) -> None:
         await self._wait_http(f"{self.manager_url}{Api.HEALTHZ}", "manager", timeout, self.procs["manager"])
@@ -175,6 +196,7 @@ class Stack:
         (home / "config.toml").write_text(CODEX_CONFIG.format(port=up_port, idle_ms=idle_ms))
         if token is None:
             token = (await self.call(Api.TOKENS, {"node_id": node_id, "note": "harness"}))["token"]
+            ISSUED[f"{self.root.name} node token {node_id}"] = token  # not a case's own (wrong, short) ones
         self.node_settings[node_id] = {
             "node_id": node_id, "token": token, "manager_url": f"ws://127.0.0.1:{mgr_port}{Api.NODE_WS}",
             "cwd": str(cwd), "codex_bin": str(paths.codex_bin()), "codex_home": str(home),
@@ -182,17 +204,14 @@ class Stack:
             # Heartbeats every 0.5 s: cases that wait for one (or for proof there was none) wait less. The
             # silence limit stays above the longest request a case holds in a link (B2's 2 s app-server call).
             "heartbeat_interval": 0.5, "manager_silence": 4.0, **settings, **NODE_OVERRIDES}
-        proc = self._proc(node_id, self.node_argv(node_id))
+        proc = self._proc(node_id, *self.node_launch(node_id))
         proc.start()
         if wait:
             await self.wait_online(node_id)
         return proc
 
-    def node_argv(self, node_id: str) -> list[str]:
-        argv = [PY, "-m", "runtime.node.main"]
-        for key, value in self.node_settings[node_id].items():
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-        return argv
+    def node_launch(self, node_id: str) -> tuple[list[str], dict[str, str]]:
+        return launch(NODE_SETTINGS, "runtime.node.main", self.node_settings[node_id])
 
     def manager_link(self, node_id: str) -> str:
         return f"{self.root.name}_{node_id}_to_manager"
@@ -247,25 +266,21 @@ class Stack:
         raise TimeoutError(f"node {node_id} sent no heartbeat after {after:.3f} within {timeout}s")
 
     # ---- the bot and its fake Telegram ------------------------------------------------------
-    BOT_TOKEN = "123456:relay-test"
     ADMIN, USER, STRANGER = 1001, 1002, 1666
 
     async def start_bot(self, **settings: Any) -> FakeTelegram:
         """The fake Bot API and the real bot; bot->manager and bot->Telegram go through Toxiproxy."""
         assert self.toxics is not None and self._http is not None
-        tg = self._proc("telegram", [PY, "-m", "harness.ends.fake_telegram", "--host", "127.0.0.1", "--port", "0",
-                                     "--token", self.BOT_TOKEN]).start()
+        tg = self._proc("telegram", [PY, "-m", "harness.ends.fake_telegram", "--host", "127.0.0.1", "--port", "0"],
+                        {"FAKE_TELEGRAM_TOKEN": self.bot_token}).start()
         tg_port = await tg.wait_port("ready")
         to_tg = await self.toxics.create(self.bot_telegram_link, tg_port)
         to_mgr = await self.toxics.create(self.bot_manager_link, self.manager_port)
-        options = {"telegram_token": self.BOT_TOKEN, "telegram_base_url": f"http://127.0.0.1:{to_tg}/bot",
+        options = {"telegram_token": self.bot_token, "telegram_base_url": f"http://127.0.0.1:{to_tg}/bot",
                    "manager_url": f"http://127.0.0.1:{to_mgr}", "control_token": self.control_token,
                    "allowed_users": f"{self.ADMIN},{self.USER}", "admin_users": str(self.ADMIN),
                    "poll_timeout": 5, "progress_interval": 1.0, "state_dir": str(self.root / "bot"), **settings}
-        argv = [PY, "-m", "runtime.bot.main"]
-        for key, value in options.items():
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-        self._proc("bot", argv).start()
+        self._proc("bot", *launch(BOT_SETTINGS, "runtime.bot.main", options)).start()
         self.telegram = FakeTelegram(self._http, tg_port)
         await self.telegram.wait_polling(20)
         return self.telegram

@@ -16,7 +16,7 @@ import msgspec
 from runtime.aiotasks import Background, cancel
 from runtime.backoff import Backoff
 from runtime.logfmt import log
-from runtime.node.config import NodeConfig
+from runtime.node.config import SETTINGS, NodeConfig
 from runtime.protocol import ErrorKind, RelayError, encode_bytes
 
 logger = logging.getLogger("codex_node")
@@ -120,7 +120,10 @@ class AppServer:
             await asyncio.sleep(delay)
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        env = dict(os.environ)
+        # Codex runs the model's commands: the node's own secrets (its token, or the path of its token file)
+        # must not be in their environment.
+        hidden = {SETTINGS.env(n) + suffix for n, f in SETTINGS.fields.items() if f.secret for suffix in ("", "_FILE")}
+        env = {k: v for k, v in os.environ.items() if k not in hidden}
         if self.config.codex_home:
             env["CODEX_HOME"] = self.config.codex_home
         self.proc = proc = await asyncio.create_subprocess_exec(

@@ -12,6 +12,7 @@ import pytest
 
 from harness.ends.telegram import FakeTelegram, TelegramUser
 from harness.stack.stack import Stack
+from runtime.bot.config import SETTINGS as BOT_SETTINGS
 from runtime.protocol import Api
 
 NODE = "b2n1"
@@ -199,7 +200,7 @@ async def restart_bot(stack: Stack, tg: FakeTelegram, control_token: str) -> Non
     """The stack's one bot process, restarted with another control token."""
     bot = stack.procs["bot"]
     bot.terminate()
-    bot.argv[bot.argv.index("--control-token") + 1] = control_token
+    bot.env[BOT_SETTINGS.env("control_token")] = control_token
     since = await tg.last_seq()
     bot.start()
     await tg.wait_call("getMe", None, since, 20)
