@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from telegram import BotCommand, Update
+from telegram import BotCommand
 from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ApplicationBuilder
 
@@ -28,6 +28,7 @@ from runtime.bot.delivery import Delivery
 from runtime.bot.events import EventStream
 from runtime.bot.manager_client import ManagerClient
 from runtime.bot.turns import Turns
+from runtime.bot.updates import SUBSCRIBED, Screen, UpdatesRequest
 from runtime.aiotasks import cancel
 from runtime.backoff import Backoff
 from runtime.logfmt import log
@@ -36,7 +37,6 @@ from runtime.settings import EXIT_CONFIG, ConfigError, startup_failed
 
 logger = logging.getLogger("codex_bot")
 
-UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]  # edits, channel posts and the rest are not commands
 
 
 def build(config: BotConfig) -> tuple[Application, Relay, EventStream]:  # type: ignore[type-arg]
@@ -46,6 +46,7 @@ def build(config: BotConfig) -> tuple[Application, Relay, EventStream]:  # type:
            .concurrent_updates(64)  # a turn or a slow manager call must not hold up other chats or approval buttons
            .read_timeout(config.telegram_timeout).write_timeout(config.telegram_timeout)
            .connect_timeout(5.0).pool_timeout(5.0)
+           .get_updates_request(UpdatesRequest(Screen(), connection_pool_size=1))  # one bad update is skipped
            .build())
     manager = ManagerClient(config.manager_url, config.control_token, config.request_timeout)
     delivery = Delivery(app.bot, config.send_attempts)
@@ -106,7 +107,7 @@ async def run(config: BotConfig) -> int:
         try:
             await app.updater.start_webhook(listen=config.webhook_listen, port=config.webhook_port,  # type: ignore[union-attr]
                                             url_path="telegram", webhook_url=config.webhook_url,
-                                            secret_token=config.webhook_secret or None, allowed_updates=UPDATES)
+                                            secret_token=config.webhook_secret or None, allowed_updates=list(SUBSCRIBED))
         except RuntimeError as exc:  # the webhooks extra (tornado) is not installed
             log(logger, logging.ERROR, "startup_failed", error=str(exc), exit_code=EXIT_CONFIG,
                 fix='install "python-telegram-bot[webhooks]" or drop --webhook-url to use long polling')
@@ -114,7 +115,7 @@ async def run(config: BotConfig) -> int:
             await relay.manager.close()
             return EXIT_CONFIG
     else:
-        await app.updater.start_polling(timeout=int(config.poll_timeout), allowed_updates=UPDATES,  # type: ignore[union-attr]
+        await app.updater.start_polling(timeout=int(config.poll_timeout), allowed_updates=list(SUBSCRIBED),  # type: ignore[union-attr]
                                         error_callback=polling_error)
     await app.start()
     stream = events.tasks.spawn(events.run_forever(), "events")
