@@ -38,6 +38,30 @@ def log(op: str, **kv: Any) -> None:
     print(" ".join(parts), file=sys.stderr, flush=True)
 
 
+def _hostile(shape: str, message: Json) -> Json:
+    """One update Telegram could send (or a broken proxy could pass on) that a bot must survive, built from a
+    good `message`: a field missing, a field of the wrong type, or a kind the bot never subscribed to."""
+    m = json.loads(json.dumps(message))
+    if shape == "no_date":
+        del m["date"]
+    elif shape == "entity_no_offset":
+        m.setdefault("entities", [{"type": "bot_command", "length": 1}])[0].pop("offset", None)
+    elif shape == "no_from":  # a channel's or an anonymous sender's message
+        del m["from"]
+    elif shape == "wrong_type":
+        m["date"] = "yesterday"
+    elif shape == "edited_channel_post":
+        return {"edited_channel_post": m}
+    elif shape == "unknown_kind":  # a key no Bot API version has
+        return {"made_up_kind": m}
+    return {"message": m}
+
+
+# `callback_no_message` is a button on an inline message: the query has inline_message_id and no message.
+HOSTILE_SHAPES = ("no_date", "entity_no_offset", "no_from", "wrong_type", "edited_channel_post", "unknown_kind",
+                  "callback_no_message")
+
+
 class TgError(Exception):
     """An error answered with a real HTTP status: PTB picks its exception from the status, not from `ok`."""
 
@@ -169,6 +193,9 @@ class FakeTelegram:
             parse_error = TgError(400, f"Bad Request: can't parse request body: {exc}")
         # A slow reply still takes effect, like a real Telegram call whose client timed out.
         await asyncio.sleep(fault.get("delay", 0.0) if fault else 0.0)
+        if fault is not None and "body" in fault:  # a broken proxy's page in place of Telegram's JSON
+            return await self._record(request, method, params, fault.get("status", 200), {"raw": fault["body"]},
+                                web.Response(text=fault["body"], status=fault.get("status", 200), content_type="text/html"))
         try:
             if parse_error is not None:
                 raise parse_error
@@ -187,6 +214,10 @@ class FakeTelegram:
             status, body = 200, {"ok": True, "result": result}
         except TgError as exc:
             status, body = exc.status, exc.body
+        return await self._record(request, method, params, status, body, web.json_response(body, status=status))
+
+    async def _record(self, request: web.Request, method: str, params: Json, status: int, body: Json,
+                response: web.Response) -> web.Response:
         self.seq += 1
         # client_gone: the bot gave up (timeout, cancelled poll) before the answer, so it never saw it.
         self.calls.append({"seq": self.seq, "time": time.time(), "method": method, "params": params,
@@ -194,7 +225,7 @@ class FakeTelegram:
         log("call", seq=self.seq, method=method, chat_id=params.get("chat_id"),
             message_id=params.get("message_id"), status=status, text=params.get("text"))
         await self._notify()
-        return web.json_response(body, status=status)
+        return response
 
     def _message_json(self, m: Msg) -> Json:
         chat = ({"id": m.chat_id, "type": "private", "first_name": "User"} if m.chat_id > 0
@@ -239,7 +270,9 @@ class FakeTelegram:
         self.polls_waiting += 1
         try:
             await self._notify()  # an older poll still waiting gets 409, as from Telegram
-            await self._wait(lambda: bool(self.updates) or gen != self.poll_gen, float(p.get("timeout") or 0))
+            # A new getUpdates fault ends a held poll early (an empty answer is always valid), so it applies now.
+            await self._wait(lambda: bool(self.updates) or gen != self.poll_gen
+                             or any(f["method"] == "getUpdates" for f in self.faults), float(p.get("timeout") or 0))
         finally:
             self.polls_waiting -= 1
         if gen != self.poll_gen:
@@ -304,11 +337,14 @@ class FakeTelegram:
         user = {"id": _need(body, "user_id", int), "is_bot": False, "first_name": str(body.get("first_name") or "User")}
         return {**user, "username": str(body["username"])} if body.get("username") else user
 
+    @staticmethod
+    def _entities(text: str) -> list[Json] | None:
+        cmd = COMMAND.match(text)  # entity lengths count UTF-16 code units, as Telegram's do
+        return [{"type": "bot_command", "offset": 0, "length": len(cmd[0].encode("utf-16-le")) // 2}] if cmd else None
+
     async def c_message(self, body: Json) -> Json:
         chat_id, text = _need(body, "chat_id", int), _need(body, "text", str)
-        cmd = COMMAND.match(text)  # entity lengths count UTF-16 code units, as Telegram's do
-        entities = [{"type": "bot_command", "offset": 0, "length": len(cmd[0].encode("utf-16-le")) // 2}] if cmd else None
-        msg = self._new_msg(chat_id, text, self._user(body), entities=entities)
+        msg = self._new_msg(chat_id, text, self._user(body), entities=self._entities(text))
         update_id = await self._push({"message": self._message_json(msg)})
         log("inject", kind="message", update_id=update_id, chat_id=chat_id, text=text)
         return {"update_id": update_id, "message_id": msg.message_id}
@@ -328,6 +364,25 @@ class FakeTelegram:
         log("inject", kind="callback", update_id=update_id, chat_id=chat_id, message_id=message_id, data=data)
         return {"update_id": update_id, "callback_query_id": query_id}
 
+    async def c_hostile(self, body: Json) -> Json:
+        """One update of a hostile shape (HOSTILE_SHAPES) from `user_id` in `chat_id`; a message's `text`
+        defaults to /help, so a bot that could read it would answer."""
+        shape, chat_id, user = _need(body, "shape", str), _need(body, "chat_id", int), self._user(body)
+        if shape not in HOSTILE_SHAPES:
+            raise ValueError(f"unknown hostile shape {shape!r}; one of {', '.join(HOSTILE_SHAPES)}")
+        if shape == "callback_no_message":
+            self.query_id += 1
+            query_id = str(self.query_id)
+            self.queries[query_id] = (chat_id, 0)  # its answer lands in this chat's alerts, under message 0
+            update = {"callback_query": {"id": query_id, "from": user, "chat_instance": str(chat_id),
+                                         "inline_message_id": f"inline{query_id}", "data": str(body.get("data") or "n:x")}}
+        else:
+            text = str(body.get("text") or "/help")
+            update = _hostile(shape, self._message_json(self._new_msg(chat_id, text, user, entities=self._entities(text))))
+        update_id = await self._push(update)
+        log("inject", kind=shape, update_id=update_id, chat_id=chat_id)
+        return {"update_id": update_id}
+
     async def c_faults(self, body: Json) -> Json:
         fault: Json = {"method": _need(body, "method", str), "count": int(body.get("count", 1))}
         if "status" in body:
@@ -340,9 +395,12 @@ class FakeTelegram:
                 fault["description"] = str(body["description"])
         if "delay" in body:
             fault["delay"] = float(body["delay"])
-        if fault["count"] < 1 or fault.get("delay", 0.0) < 0 or not {"status", "delay"} & fault.keys():
-            raise ValueError("a fault needs 'status' and/or 'delay' >= 0, and 'count' >= 1")
+        if "body" in body:  # answered as-is (text/html), with `status` or 200: a proxy's page, not Telegram's JSON
+            fault["body"] = str(body["body"])
+        if fault["count"] < 1 or fault.get("delay", 0.0) < 0 or not {"status", "delay", "body"} & fault.keys():
+            raise ValueError("a fault needs 'status', 'body' and/or 'delay' >= 0, and 'count' >= 1")
         self.faults.append(fault)
+        await self._notify()
         log("fault", **fault)
         return {"faults": self.faults}
 
@@ -371,6 +429,8 @@ class FakeTelegram:
                 result = await self.c_message(body)
             elif route == ("POST", "callback"):
                 result = await self.c_callback(body)
+            elif route == ("POST", "hostile"):
+                result = await self.c_hostile(body)
             elif route == ("POST", "faults"):
                 result = await self.c_faults(body)
             elif route == ("DELETE", "faults"):

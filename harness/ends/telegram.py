@@ -28,6 +28,11 @@ class TelegramUser:
                                         "message_id": message_id})
         return since
 
+    async def hostile(self, shape: str) -> int:
+        """Inject one update of a hostile shape (fake_telegram.HOSTILE_SHAPES) from this user; its update_id."""
+        body = {"shape": shape, "chat_id": self.chat_id, "user_id": self.user_id}
+        return int((await self.tg.post("hostile", body))["update_id"])
+
     async def reply(self, since: int, timeout: float = 15.0) -> dict[str, Any]:
         """The first message the bot sent to this chat after `since`."""
         return (await self.tg.wait_call("sendMessage", self.chat_id, since, timeout))["params"]
@@ -115,6 +120,7 @@ class FakeTelegram:
         raise TimeoutError(f"the bot did not poll for updates within {timeout}s")
 
     async def fault(self, method: str, **fault: Any) -> None:
+        """status=, retry_after=, delay=, body= (answered as-is instead of JSON), count= (default 1)."""
         await self.post("faults", {"method": method, **fault})
 
     async def clear_faults(self) -> None:

@@ -56,9 +56,12 @@ class Req:
         return chat_key(self.chat_id)
 
     @classmethod
-    def of(cls, update: Update) -> Req:
+    def of(cls, update: Update) -> Req | None:
+        """None when there is nobody to authorise (a message without `from`) or no chat to answer in
+        (a button on an inline message, which has no `message`)."""
         user, chat, query = update.effective_user, update.effective_chat, update.callback_query
-        assert user is not None and chat is not None, "the bot only subscribes to messages and callback queries"
+        if user is None or chat is None:
+            return None
         name = f"@{user.username}" if user.username else user.full_name
         return cls(chat.id, user.id, f"{name} (tg:{user.id})", new_id("tr"), query.id if query else None,
                    query.message.message_id if query and query.message else None)

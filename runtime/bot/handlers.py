@@ -27,6 +27,9 @@ Work = Callable[[Req], Awaitable[str | None]]  # returns a toast text for button
 async def _guarded(relay: Relay, update: Update, op: str, admin: bool, what: str, work: Work) -> None:
     """Authorise, run, and turn every outcome into one answer: a message, or a callback answer."""
     req = Req.of(update)
+    if req is None:
+        await _unaddressed(relay, update, what)
+        return
     started = time.monotonic()
     fields = {"cmd": what, "chat_id": req.chat_id, "user_id": req.user_id, "trace_id": req.trace_id}
     toast: str | None = None
@@ -56,6 +59,16 @@ async def _guarded(relay: Relay, update: Update, op: str, admin: bool, what: str
         await relay.say(req, toast)
 
 
+async def _unaddressed(relay: Relay, update: Update, what: str) -> None:
+    """No sender to authorise, or no chat to act in: nothing runs. A button press is still answered, so the
+    user's spinner stops; a message without a sender (a channel's, an anonymous one) is skipped quietly."""
+    query = update.callback_query
+    log(logger, logging.INFO, "update_ignored", cmd=what, update_id=update.update_id,
+        reason="no chat" if update.effective_user else "no sender")
+    if query is not None:
+        await relay.delivery.answer(query.id, render.STALE_BUTTON, True)
+
+
 def _command_handler(relay: Relay, cmd: Command) -> CommandHandler[ContextTypes.DEFAULT_TYPE, None]:
     async def handle(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         text = update.effective_message.text if update.effective_message else ""
@@ -75,7 +88,7 @@ async def _button(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TY
 
     async def work(req: Req) -> str:
         if fn is None or not arg:
-            raise Reply("This button is no longer valid. Send the command again.")
+            raise Reply(render.STALE_BUTTON)
         return await fn(relay, req, arg)
     await _guarded(relay, update, "button", False, f"button {prefix or '?'}", work)
 
@@ -90,6 +103,12 @@ async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE
 
 
 async def _unknown(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message = update.effective_message  # filters.COMMAND: its first entity is the command
+    command = message.parse_entity(message.entities[0]) if message and message.entities else ""
+    _, at, addressee = command.partition("@")
+    if at and addressee.lower() != (context.bot.username or "").lower():
+        return  # `/cmd@otherbot` in a group is another bot's business
+
     async def work(req: Req) -> None:
         raise Reply("Unknown command. /help lists what I can do.")
     await _guarded(relay, update, "command", False, "unknown command", work)

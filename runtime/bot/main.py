@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from telegram import BotCommand, Update
+from telegram import BotCommand
 from telegram.error import InvalidToken, NetworkError, TelegramError
 from telegram.ext import Application, ApplicationBuilder
 
@@ -29,6 +29,8 @@ from runtime.bot.delivery import Delivery
 from runtime.bot.events import EventStream
 from runtime.bot.manager_client import ManagerClient
 from runtime.bot.turns import Turns
+from runtime.bot.updates import SUBSCRIBED, Screen, UpdatesRequest
+from runtime.bot.webhook import Webhook
 from runtime.aiotasks import cancel
 from runtime.backoff import Backoff
 from runtime.logfmt import log
@@ -37,16 +39,16 @@ from runtime.settings import EXIT_CONFIG, load_or_exit
 
 logger = logging.getLogger("codex_bot")
 
-UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]  # edits, channel posts and the rest are not commands
 
 
-def build(config: BotConfig) -> tuple[Application, Relay, EventStream]:  # type: ignore[type-arg]
+def build(config: BotConfig, screen: Screen) -> tuple[Application, Relay, EventStream]:  # type: ignore[type-arg]
     base = config.telegram_base_url
     app = (ApplicationBuilder().token(config.telegram_token).base_url(base)
            .base_file_url(base.removesuffix("bot") + "file/bot" if base.endswith("bot") else base)
            .concurrent_updates(64)  # a turn or a slow manager call must not hold up other chats or approval buttons
            .read_timeout(config.telegram_timeout).write_timeout(config.telegram_timeout)
            .connect_timeout(5.0).pool_timeout(5.0)
+           .get_updates_request(UpdatesRequest(screen, connection_pool_size=1))  # one bad update is skipped
            .build())
     manager = ManagerClient(config.manager_url, config.control_token, config.request_timeout,
                             tls.client_ssl(config.manager_url, config.manager_tls_ca, config.manager_tls_fingerprint))
@@ -83,7 +85,8 @@ async def _initialize(app: Application) -> None:  # type: ignore[type-arg]
 
 
 async def run(config: BotConfig) -> int:
-    app, relay, events = build(config)
+    screen = Screen()  # one running total of skipped updates, whichever way they arrive
+    app, relay, events = build(config, screen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -104,19 +107,20 @@ async def run(config: BotConfig) -> int:
     def polling_error(exc: TelegramError) -> None:
         log(logger, logging.WARNING, "telegram_poll_failed", error=f"{type(exc).__name__}: {exc.message}")
 
-    if config.webhook_url:
+    webhook = Webhook(app, screen, config.webhook_secret) if config.webhook_url else None
+    if webhook is not None:
         try:
-            await app.updater.start_webhook(listen=config.webhook_listen, port=config.webhook_port,  # type: ignore[union-attr]
-                                            url_path="telegram", webhook_url=config.webhook_url,
-                                            secret_token=config.webhook_secret or None, allowed_updates=UPDATES)
-        except RuntimeError as exc:  # the webhooks extra (tornado) is not installed
-            log(logger, logging.ERROR, "startup_failed", error=str(exc), exit_code=EXIT_CONFIG,
-                fix='install "python-telegram-bot[webhooks]" or drop --webhook-url to use long polling')
+            await webhook.start(config.webhook_listen, config.webhook_port, config.webhook_url)
+        except (OSError, TelegramError) as exc:  # the port is taken, or Telegram refused the URL
+            log(logger, logging.ERROR, "startup_failed", error=f"webhook: {type(exc).__name__}: {exc}",
+                exit_code=EXIT_CONFIG, fix=f"set {config_mod.SETTINGS.where('webhook_port')} to a free port and "
+                                           f"{config_mod.SETTINGS.where('webhook_url')} to a public https URL")
+            await webhook.stop()
             await app.shutdown()
             await relay.manager.close()
             return EXIT_CONFIG
     else:
-        await app.updater.start_polling(timeout=int(config.poll_timeout), allowed_updates=UPDATES,  # type: ignore[union-attr]
+        await app.updater.start_polling(timeout=int(config.poll_timeout), allowed_updates=list(SUBSCRIBED),  # type: ignore[union-attr]
                                         error_callback=polling_error)
     await app.start()
     stream = events.tasks.spawn(events.run_forever(), "events")
@@ -129,7 +133,10 @@ async def run(config: BotConfig) -> int:
     await cancel(stream)
     await events.close()
     await relay.turns.close()
-    await app.updater.stop()  # type: ignore[union-attr]
+    if webhook is not None:
+        await webhook.stop()
+    else:
+        await app.updater.stop()  # type: ignore[union-attr]
     await app.stop()
     await app.shutdown()
     await relay.manager.close()

@@ -72,6 +72,7 @@ def unauthorized(user_id: int, admin_only: bool = False) -> str:
     return f"unauthorized: Telegram user {user_id} may not use this bot. Ask an admin to allow your user id."
 
 
+STALE_BUTTON = "This button is no longer valid. Send the command again."
 NO_NODE = "No node selected for this chat. Pick one with /node."
 NO_NODES = "No nodes are registered yet. Create a token with /token generate and start a node with it."
 

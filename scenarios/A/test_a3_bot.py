@@ -1,8 +1,10 @@
 """A3: the real bot against the fake Bot API, with the real manager and one real node (real codex, mock model)."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from runtime.protocol import Api, new_id
 NODE = "a3n1"
 _chats = itertools.count(300_001)  # every run talks in a chat of its own, so no run sees another's state
 KV = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+UNREADABLE = ("no_date", "entity_no_offset", "wrong_type", "edited_channel_post", "unknown_kind")  # skipped
+HELP = "Codex Relay:"
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +252,71 @@ async def test_telegram_transient_failure(stack: Stack, tg: FakeTelegram) -> Non
     from_bot = [m for m in await user.messages() if m["from_bot"]]
     assert [m["message_id"] for m in from_bot] == [shown["message_id"]], from_bot
     assert shown["text"].startswith("Codex Relay:")
+
+
+def tracebacks(proc: Proc) -> int:
+    return sum("Traceback" in ln for ln in proc.log_lines())
+
+
+async def helped_soon(tg: FakeTelegram, user: TelegramUser, since: int, within: float = 5.0) -> int:
+    """A good /help is answered within seconds, and the bot did not spin; the number of getUpdates since `since`."""
+    started = time.monotonic()
+    assert (await ask(user, "/help"))["text"].startswith(HELP)
+    assert time.monotonic() - started < within, f"/help took {time.monotonic() - started:.1f}s"
+    polls = len(await tg.calls("getUpdates", since=since))
+    assert polls <= 10, f"{polls} getUpdates calls: the bot polled in a loop"
+    return polls
+
+
+@pytest.mark.case("S-06")
+async def test_hostile_updates(stack: Stack, tg: FakeTelegram) -> None:
+    """each hostile update is skipped (logged with its update_id) or answered, a getUpdates body that is not
+    JSON is backed off from, `/cmd@otherbot` in a group is ignored; a good message is answered in seconds"""
+    bot = stack.procs["bot"]
+    crashes = tracebacks(bot)
+    for shape in UNREADABLE:  # PTB could not parse these, or the bot never subscribed to them
+        user = fresh(tg, Stack.USER)
+        since = await tg.last_seq()
+        update_id = await user.hostile(shape)
+        await helped_soon(tg, user, since)
+        skipped = await logged(bot, "update_skipped", update_id=update_id)
+        assert int(skipped["skipped_total"]) >= 1, skipped
+        assert len([m for m in await user.messages() if m["from_bot"]]) == 1, f"{shape} drew a reply"
+
+    user = fresh(tg, Stack.USER)  # a message without `from`: nobody to authorise, skipped quietly
+    since = await tg.last_seq()
+    update_id = await user.hostile("no_from")
+    await helped_soon(tg, user, since)
+    await logged(bot, "update_ignored", update_id=update_id, reason="no sender")
+    assert len([m for m in await user.messages() if m["from_bot"]]) == 1
+
+    user = fresh(tg, Stack.USER)  # a button on an inline message: no chat, but the press is answered
+    since = await tg.last_seq()
+    await user.hostile("callback_no_message")
+    alert = await user.alert(since)
+    assert alert["text"].startswith("This button is no longer valid") and alert["show_alert"], alert
+    await helped_soon(tg, user, since)
+
+    # getUpdates answered by a proxy's HTML page for 3 s: PTB's retry loop backs off, 1 s growing by 1.5x.
+    since = await tg.last_seq()
+    seen = len(bot.log_lines("telegram_poll_failed"))
+    await tg.fault("getUpdates", body="<html><body>502 Bad Gateway</body></html>", count=10_000)
+    try:
+        await asyncio.sleep(3.0)
+    finally:
+        await tg.clear_faults()
+    broken = [c for c in await tg.calls("getUpdates", since=since) if "raw" in c["response"]]
+    assert 1 <= len(broken) <= 5, f"{len(broken)} broken getUpdates answers in 3 s: the bot did not back off"
+    assert len(bot.log_lines("telegram_poll_failed")) > seen
+    await helped_soon(tg, fresh(tg, Stack.USER), since)
+
+    # In a group, a command for another bot is none of ours; one addressed to us by name is answered.
+    username = (await logged(bot, "bot_ready"))["username"]
+    group = tg.user(Stack.USER, -next(_chats))
+    for text in ("/nosuch@other_bot", "/help@other_bot"):
+        await group.say(text)
+    assert (await ask(group, f"/help@{username}"))["text"].startswith(HELP)
+    assert (await ask(group, f"/nosuch@{username}"))["text"].startswith("Unknown command")
+    assert len([m for m in await group.messages() if m["from_bot"]]) == 2, await group.messages()
+
+    assert tracebacks(bot) == crashes, "the bot logged a traceback"
