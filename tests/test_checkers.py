@@ -132,17 +132,22 @@ def _series(process: str, pid: int, hours: float, interval_s: float, base_mb: fl
 
 def test_a_leaking_build_is_caught_and_a_flat_one_is_not(g: gates.Gates) -> None:
     rng = random.Random(7)
-    samples = (_series("manager", 10, 2, 5, 40, 0.0, rng) + _series("n1", 11, 2, 5, 35, 0.0, rng)
-               + _series("n1/codex", 12, 2, 5, 160, 5.0, rng))  # the codex child leaks 5% an hour
+    samples = (_series("manager", 10, 2, 5, 40, 5.0, rng) + _series("n1", 11, 2, 5, 35, 0.0, rng)
+               + _series("n1/codex", 12, 2, 5, 160, 5.0, rng))  # the manager leaks 5% an hour, and codex grows
     trends = {(t.process, t.metric): t for t in checkers.trends(samples, 300, 0.05, 20)}
-    leak = trends[("n1/codex", "rss")]
+    leak = trends[("manager", "rss")]
     assert leak.increasing and leak.slope_pct_per_h == pytest.approx(5.0, rel=0.15), leak.line()
-    assert not trends[("manager", "rss")].leak() and not trends[("n1", "rss")].leak()
+    assert not trends[("n1", "rss")].leak() and trends[("n1/codex", "rss")].leak()
     assert trends[("manager", "fds")].note == "constant"
     ops, ev = soak_history(Path("/dev/null"), n=7200)  # the load spans the samples: resources are judged under load
     verdict = judge(g, ops, [], ev, samples)
-    assert not verdict["rss_slope < 2%/h"].passed and "n1/codex" in verdict["rss_slope < 2%/h"].detail
+    # The manager is long-lived: its slope is judged. A codex child is recycled by its node: its peak is.
+    assert not verdict["rss_slope < 2%/h"].passed and "manager" in verdict["rss_slope < 2%/h"].detail
     assert verdict["fd_slope < 15/h"].passed
+    assert verdict["codex_rss_peak < 1100MB"].passed, verdict["codex_rss_peak < 1100MB"].detail
+    swollen = samples + _series("n2/codex", 13, 0.5, 5, 1150, 0.0, rng)
+    verdict = judge(g, ops, [], ev, swollen)
+    assert not verdict["codex_rss_peak < 1100MB"].passed and "n2/codex" in verdict["codex_rss_peak < 1100MB"].detail
 
 
 def test_a_restart_starts_a_new_series() -> None:

@@ -184,6 +184,21 @@ def exactly_once(ops: list[Op], ev: Evidence) -> ExactlyOnce:
 METRICS = {"rss": "rss_slope", "fds": "fd_slope", "threads": "threads_slope"}
 
 
+def recycled(process: str) -> bool:
+    """A codex child lives only until its node restarts it past its bounds (runtime/node/tasks.py): its lives are
+    short by design, so its memory is judged by its peak, and slopes judge the long-lived processes."""
+    return process.endswith("/codex")
+
+
+def codex_peaks(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """Each node's codex children's highest RSS, in MB, over all their lives."""
+    peaks: dict[str, float] = {}
+    for s in samples:
+        if recycled(s["process"]) and s.get("rss") is not None:
+            peaks[s["process"]] = max(peaks.get(s["process"], 0.0), float(s["rss"]) / 2**20)
+    return peaks
+
+
 @dataclass
 class Trend:
     process: str        # manager, n1, n1/codex, bot
@@ -273,6 +288,7 @@ class Summary:
     recoveries: list[Recovery]
     exactly_once: ExactlyOnce | None
     trends: list[Trend]
+    codex_peak_mb: dict[str, float]
     started: float
     ended: float
 
@@ -300,9 +316,15 @@ class Summary:
             eo = self.exactly_once
             value = {"duplicates": eo.duplicates + eo.unrecorded, "lost": eo.lost, "dropped": eo.dropped}[name]
             return float(value), f"over {eo.tasks} tasks, {eo.acknowledged} acknowledged"
+        if name == "codex_rss_peak":
+            if not self.codex_peak_mb:
+                return None, "no codex child was sampled"
+            highest = max(self.codex_peak_mb, key=lambda k: self.codex_peak_mb[k])
+            return self.codex_peak_mb[highest], f"highest: {highest}; " + ", ".join(
+                f"{k} {v:.0f} MB" for k, v in sorted(self.codex_peak_mb.items()))
         for metric, slope in METRICS.items():
             if name == slope:
-                judged = [t for t in self.trends if t.metric == metric and t.judged]
+                judged = [t for t in self.trends if t.metric == metric and t.judged and not recycled(t.process)]
                 if not judged:
                     return None, "no process lived long enough after warm-up to judge"
                 worst = max(judged, key=lambda t: (t.leak(per_hour), t.slope_pct_per_h))
@@ -340,7 +362,7 @@ def summarize(ops: list[Op], faults: list[Fault], evidence: Evidence | None, sam
         errors=error_kinds(load), errors_steady=error_kinds(steady), recoveries=recovered,
         exactly_once=None if evidence is None else exactly_once(ops, evidence),
         trends=trends([x for x in samples if x["t"] <= ended], warmup_s, alpha, min_samples),
-        started=started, ended=ended)
+        codex_peak_mb=codex_peaks([x for x in samples if x["t"] <= ended]), started=started, ended=ended)
 
 
 def report(s: Summary) -> str:
@@ -378,8 +400,11 @@ def report(s: Summary) -> str:
                      f"dropped results {eo.dropped}, inconsistent {eo.inconsistent}; "
                      f"unknown resolved as {eo.unknown or 'none'}")
         lines += [f"  {e}" for e in eo.examples]
-    lines.append("resource trends (slope per hour, after warm-up, per process life):")
+    lines.append("resource trends (slope per hour, after warm-up, per process life; codex children for "
+                 "information, judged by their peak):")
     lines += [f"  {t.line()}" for t in s.trends]
+    lines.append("codex children's peak RSS: " + (", ".join(f"{k} {v:.0f} MB" for k, v in sorted(
+        s.codex_peak_mb.items())) or "none sampled"))
     return "\n".join(lines)
 
 

@@ -164,14 +164,14 @@ def _check_d(g: Gates) -> None:
 # A threshold reads like k6's: `p(95) < 1500`, `rate >= 0.995`, `rto p(95) < 5s`, `rss_slope < 2%/h`.
 _EXPR = re.compile(r"^\s*(?P<metric>rto\s+p\(\s*(?P<rq>\d+(?:\.\d+)?)\s*\)|rto\s+max"
                    r"|p\(\s*(?P<q>\d+(?:\.\d+)?)\s*\)|[a-z_][a-z0-9_]*)"
-                   r"\s*(?P<op><=|>=|==|<|>)\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|%/h|%|MB/h|/h)?\s*$")
+                   r"\s*(?P<op><=|>=|==|<|>)\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|%/h|%|MB/h|MB|/h)?\s*$")
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
     "==": lambda a, b: a == b}
 # metric -> its unit: ms for times (a bare number is ms, as in k6), a fraction for rates, %/h for slopes.
 METRIC_UNITS = {"p": "ms", "rto p": "ms", "rto max": "ms", "rate": "fraction", "rate_all": "fraction",
                 "rss_slope": "%/h", "fd_slope": "%/h", "threads_slope": "%/h", "duplicates": "count", "lost": "count",
-                "dropped": "count"}
+                "dropped": "count", "codex_rss_peak": "MB"}
 # What each part of D measures: a burst has no faults and is too short for a trend.
 SECTIONS = {"soak": tuple(METRIC_UNITS), "burst": ("p", "rate", "rate_all", "duplicates", "lost", "dropped")}
 
@@ -208,6 +208,8 @@ class Threshold:
             return f"{value:.2%}"
         if unit == "%/h":
             return f"{value:+.2f}{self.per_hour}"
+        if unit == "MB":
+            return f"{value:.0f} MB"
         return f"{value:g}"
 
 
@@ -227,11 +229,12 @@ def parse_threshold(key: str, expr: Any) -> Threshold:
         raise GatesError(f"gates.yaml: `{key}`: percentile {q} must be between 0 and 100")
     value, unit, kind = float(m["num"]), m["unit"], METRIC_UNITS[metric]
     slope_units = ("%/h", "MB/h") if metric == "rss_slope" else ("%/h", "/h")
-    allowed = {"ms": (None, "ms", "s"), "fraction": (None, "%"), "%/h": slope_units, "count": (None,)}[kind]
+    allowed = {"ms": (None, "ms", "s"), "fraction": (None, "%"), "%/h": slope_units, "count": (None,),
+               "MB": ("MB",)}[kind]
     if unit not in allowed:
         want = {"ms": "ms or s", "fraction": "a fraction like 0.995, or 99.5%",
                 "%/h": f"a slope per hour: {' or '.join(slope_units)}, e.g. 2{slope_units[0]}",
-                "count": "a plain count"}[kind]
+                "count": "a plain count", "MB": "megabytes, e.g. 1100MB"}[kind]
         raise GatesError(f"gates.yaml: `{key}`: {metric} takes {want}, not {unit or 'a bare number'!r}")
     if unit == "s":
         value *= 1000
