@@ -59,7 +59,8 @@ async def wait_gauge(stack: Stack, series: str, value: float, timeout: float = 3
 def big_dispatch(stack: Stack, node: ScriptedNode, n: int, timeout: float) -> asyncio.Task[tuple[int, dict[str, Any]]]:
     """A prompt of BIG_PROMPT bytes, unrecorded: the case's record needs no megabytes of x."""
     body = {"node_id": node.node_id, "prompt": f"{n} " + "x" * BIG_PROMPT, "timeout": timeout}
-    return asyncio.create_task(stack.request("POST", Api.DISPATCH, body, record=False))
+    # The client's own timeout: a manager that waits on the socket fails the case, not the whole session.
+    return asyncio.create_task(stack.request("POST", Api.DISPATCH, body, timeout=timeout + 5, record=False))
 
 
 async def subscribe(stack: Stack, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
@@ -163,6 +164,10 @@ async def test_event_subscriber_that_stops_reading(stack: Stack, peer: Callable[
         assign = await node.expect(Msg.TASK_ASSIGN)
         for i in range(30):  # 12 MB of progress: past the kernel's buffers and the 2 MiB budget
             await node.send(message(Msg.TASK_PROGRESS, task_id=assign["task_id"], text=f"{i} " + "p" * 400_000))
+            # Paced by the subscriber that reads: it keeps up by construction, so only the other one falls behind.
+            async with asyncio.timeout(10):
+                while not ((event := await heard.get())["type"] == "task_progress" and event["text"].startswith(f"{i} ")):
+                    pass
         line = await manager.wait_log("peer_dropped", seen=seen)
         assert log_fields(line)["peer"] == "subscriber" and log_fields(line)["reason"] == "send_budget", line
         assert await stack.metric("peers_dropped_send_budget") == budget_before + 1
@@ -315,7 +320,8 @@ async def test_sockets_that_never_register(stack: Stack, peer: Callable[..., Scr
         busy_before = await stack.metric("registrations_busy")
         idle = [await http.ws_connect(url) for _ in range(MAX_UNREGISTERED)]
         async with http.get(url, headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-                                          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as resp:
+                                          "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+                            timeout=aiohttp.ClientTimeout(total=5)) as resp:
             body = await resp.json()
             assert resp.status == 503 and body["ok"] is False and body["error_kind"] == "busy", (resp.status, body)
         assert await stack.metric("registrations_busy") == busy_before + 1
@@ -444,11 +450,13 @@ async def test_prompt_over_one_frame(stack: Stack, peer: Callable[..., ScriptedN
     prompt = "x" * (MAX_BODY_BYTES - len(envelope) - 64)  # the body fits; the task_assign frame around it does not
     body = json.dumps({"node_id": node.node_id, "prompt": prompt})
     assert len(body) < MAX_BODY_BYTES
-    status, env = await stack.request("POST", Api.DISPATCH, {"node_id": node.node_id, "prompt": prompt}, record=False)
+    status, env = await stack.request("POST", Api.DISPATCH, {"node_id": node.node_id, "prompt": prompt, "timeout": 2},
+                                      timeout=10, record=False)
     assert (status, env["ok"], env["error_kind"]) == (413, False, "too_large") and str(MAX_FRAME_BYTES) in env["error"], \
         (status, {k: v for k, v in env.items() if k != "result"})
     status, env = await stack.request("POST", Api.APPSERVER, {"node_id": node.node_id, "method": "thread/start",
-                                                              "params": {"input": prompt}}, record=False)
+                                                              "params": {"input": prompt}, "timeout": 2},
+                                      timeout=10, record=False)
     assert (status, env["ok"], env["error_kind"]) == (413, False, "too_large") and str(MAX_FRAME_BYTES) in env["error"]
     assert (await stack.call(Api.TASKS, record=False))["counts"] == counts_before  # nothing half-created
 
