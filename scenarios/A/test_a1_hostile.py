@@ -309,13 +309,14 @@ async def test_sockets_that_never_register(stack: Stack, peer: Callable[..., Scr
         # Pings every 0.2 s do not extend the one register deadline.
         pinger = await http.ws_connect(url, autoping=True, heartbeat=0.2)
         opened = time.monotonic()
-        msg = await pinger.receive(timeout=REGISTER_TIMEOUT + 3)
-        while msg.type == aiohttp.WSMsgType.TEXT:  # the register_error that says why
-            assert json.loads(msg.data)["type"] == Msg.REGISTER_ERROR
-            msg = await pinger.receive(timeout=REGISTER_TIMEOUT + 3)
+        try:
+            async with asyncio.timeout(REGISTER_TIMEOUT + 3):
+                while (msg := await pinger.receive()).type == aiohttp.WSMsgType.TEXT:  # the register_error says why
+                    assert json.loads(msg.data)["type"] == Msg.REGISTER_ERROR
+        except TimeoutError:
+            pytest.fail(f"a socket that pings was held past {REGISTER_TIMEOUT + 3}s without registering")
         assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
         assert time.monotonic() - opened < REGISTER_TIMEOUT + 1.0
-        await pinger.close()
 
         # At most MAX_UNREGISTERED at once; the next gets HTTP 503 `busy`, and a slot frees at the deadline.
         busy_before = await stack.metric("registrations_busy")
