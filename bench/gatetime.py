@@ -36,8 +36,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 
 def _present(stage: str, g: gates.Gates) -> bool:
-    path = g.stage_path(stage)
-    return path.is_file() or path.is_dir() and any(path.glob("test_*.py"))
+    return any(path.is_file() or path.is_dir() and any(path.glob("test_*.py")) for path in g.stage_paths(stage))
 
 
 async def _gate(stages: list[str], profile: str, log: Path, timeout: float,

@@ -38,12 +38,12 @@ def _stages(selected: list[str]) -> list[str]:
 
 
 def _run_stage(stage: str, g: gates.Gates, run_id: str, run_dir: Path, workers: int) -> gates.Verdict:
-    target = g.stage_path(stage)
+    targets = g.stage_paths(stage)
     started = time.monotonic()
-    if not target.exists():
+    if missing := [str(t.relative_to(paths.REPO_ROOT)) for t in targets if not t.exists()]:
         return gates.Verdict(stage, False, [gates.Criterion("the stage has scenarios", False,
-                                                            f"{target.relative_to(paths.REPO_ROOT)} does not exist")])
-    argv = [sys.executable, "-m", "pytest", str(target), f"--profile={g.profile}",
+                                                            f"{', '.join(missing)} does not exist")])
+    argv = [sys.executable, "-m", "pytest", *map(str, targets), f"--profile={g.profile}",
             f"--alluredir={run_dir / 'allure-results'}", "-q", "-p", "no:cacheprovider"]
     if workers > 1:  # pytest-xdist: a stack per worker; the controller still judges the whole gate
         # worksteal: a case's runs sit next to each other, so plain `load` can hand one worker all the

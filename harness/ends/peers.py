@@ -65,6 +65,12 @@ class ScriptedNode:
         return await _next(self.inbox, lambda msg: msg.get("type") in kinds, timeout,
                            f"{self.node_id}: no {[k.value for k in kinds]} within {timeout}s")
 
+    def stop_reading(self) -> None:
+        """Read nothing more, as a sleeping laptop or a SIGSTOPped node does, with TCP still up: once aiohttp's own
+        buffer is full it stops reading the socket, the kernel's buffers fill, and the manager's sends stall."""
+        assert self._reader is not None
+        self._reader.cancel()
+
     async def closed(self, timeout: float = 10.0) -> int | None:
         """Wait for the manager to close this socket; returns the code the manager closed it with."""
         assert self._reader is not None and self.ws is not None

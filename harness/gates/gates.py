@@ -49,8 +49,10 @@ class Gates:
     def order(self) -> list[str]:
         return list(self.raw["order"])
 
-    def stage_path(self, stage: str) -> Path:
-        return REPO_ROOT / self.raw["stages"][stage]
+    def stage_paths(self, stage: str) -> list[Path]:
+        """The files or folders that make up a stage: one path, or a list of them."""
+        paths = self.raw["stages"][stage]
+        return [REPO_ROOT / p for p in ([paths] if isinstance(paths, str) else paths)]
 
     def setting(self, path: str) -> Any:
         """A profile's override wins over the gate's own value (durations in D, for instance)."""
@@ -81,7 +83,7 @@ def load(profile: str = "full", path: Path = GATES_FILE) -> Gates:
     if order != list(STAGES):
         raise GatesError(f"gates.yaml: `order` must be {list(STAGES)}: the plan's order is fixed")
     for stage in STAGES:
-        _get(doc, f"stages.{stage}", str)
+        _check_stage_paths(stage, _get(doc, f"stages.{stage}", (str, list)))
         _get(doc, f"workers.{stage}", int, lambda v: 1 <= v <= 16)
     for name in PROFILES:
         _get(doc, f"profiles.{name}.repeat_scale", (int, float), lambda v: 0 < v <= 1)
@@ -99,6 +101,13 @@ def load(profile: str = "full", path: Path = GATES_FILE) -> Gates:
     if profile not in PROFILES:
         raise GatesError(f"unknown profile {profile!r}: use one of {', '.join(PROFILES)}")
     return Gates(doc, profile)
+
+
+def _check_stage_paths(stage: str, paths: str | list[Any]) -> None:
+    listed = [paths] if isinstance(paths, str) else paths
+    if not listed or not all(isinstance(p, str) and p.strip() for p in listed):
+        raise GatesError(f"gates.yaml: `stages.{stage}` must be a path or a non-empty list of paths "
+                         f"(scenario files or folders), got {paths!r}")
 
 
 # ---- gate D: its settings and its thresholds ---------------------------------------------------

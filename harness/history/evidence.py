@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -15,11 +14,11 @@ import aiohttp
 from harness.checkers.checkers import Evidence
 from harness.history.history import History, Op, Resolution
 from harness.load.steady import Client
+from harness.stack.procs import log_fields
 from harness.stack.stack import Stack
 from runtime.backoff import Backoff
 from runtime.protocol import Api
 
-FINAL_LINE = re.compile(r"\btask_id=(\S+)")
 LOOKUPS_IN_FLIGHT = 8
 
 
@@ -55,8 +54,8 @@ async def gather(stack: Stack, client: Client, ops: list[Op]) -> Evidence:
     rows = dict(await asyncio.gather(*(row(t) for t in ids)))
     finals: dict[str, int] = {}
     for line in stack.procs["manager"].log_lines("task_final"):
-        if m := FINAL_LINE.search(line):
-            finals[m.group(1)] = finals.get(m.group(1), 0) + 1
+        if task_id := log_fields(line).get("task_id"):
+            finals[task_id] = finals.get(task_id, 0) + 1
     return Evidence(serves={k: int(v) for k, v in stats["serves"].items()},
                     tasks={k: v for k, v in rows.items() if v is not None},
                     finals={t: finals.get(t, 0) for t in ids}, node_ok=node_ok(stack, set(ids)))
@@ -68,10 +67,10 @@ def node_ok(stack: Stack, ids: set[str]) -> dict[str, float]:
     nodes = {o for o in stack.node_settings}
     for name in nodes:
         for line in stack.procs[name].log_lines("task_final"):
-            m = FINAL_LINE.search(line)
-            if m and m.group(1) in ids and " ok=True" in line and line.startswith("ts="):
-                stamp = line[3:].split(" ", 1)[0].replace("Z", "+00:00")
-                out[m.group(1)] = datetime.fromisoformat(stamp).timestamp()
+            fields = log_fields(line)
+            if fields.get("task_id") in ids and fields.get("ok") == "True" and "ts" in fields:
+                stamp = fields["ts"].replace("Z", "+00:00")
+                out[fields["task_id"]] = datetime.fromisoformat(stamp).timestamp()
     return out
 
 

@@ -120,9 +120,10 @@ class Proc:
 
     def log_lines(self, op: str | None = None) -> list[str]:
         """Lines split on \\n only, the rule the services log by: a U+2028 or a CR inside a value is text, and
-        str.splitlines() would let a peer that sends one forge a line of evidence."""
+        str.splitlines() would let a peer that sends one forge a line of evidence. A line is another op's only
+        by its own `op` field: an `op=` inside a quoted value a peer chose is text too."""
         lines = [ln for ln in self.log_text().split("\n") if ln]
-        return [ln for ln in lines if op is None or f" op={op} " in f" {ln} "]
+        return [ln for ln in lines if op is None or log_fields(ln).get("op") == op]
 
     async def wait_log(self, op: str, timeout: float = 15.0, seen: int = 0) -> str:
         """The first log line with `op=<op>` after the `seen` already there, waiting for it to appear.
@@ -148,6 +149,26 @@ class Proc:
         if found is None:
             raise RuntimeError(f"{self.name}'s op={op} line names no port: {line}")
         return int(found[1])
+
+
+# One key=value pair of runtime/logfmt.py's lines: a bare value, or a quoted one with backslash escapes.
+_FIELD = re.compile(r'([A-Za-z_][\w.-]*)=("(?:[^"\\]|\\.)*"|[^ "]*)(?: +|$)')
+_UNESCAPE = re.compile(r'\\(u[0-9a-f]{4}|.)')
+
+
+def log_fields(line: str) -> dict[str, str]:
+    """A log line's own fields, read left to right the way logfmt.py writes them; the first of a key wins.
+    Text that is not key=value (a `# harness:` line, a stray print) has no fields."""
+    fields: dict[str, str] = {}
+    pos = 0
+    while m := _FIELD.match(line, pos):
+        key, value = m.group(1), m.group(2)
+        if value.startswith('"'):
+            value = _UNESCAPE.sub(lambda e: chr(int(e[1][1:], 16)) if len(e[1]) == 5 else
+                                  {"n": "\n", "r": "\r", "t": "\t"}.get(e[1], e[1]), value[1:-1])
+        fields.setdefault(key, value)
+        pos = m.end()
+    return fields
 
 
 def reap_all() -> list[str]:

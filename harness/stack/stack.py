@@ -332,6 +332,15 @@ class Stack:
             found = re.search(rf'relay_events_total{{event="{event}"}} (\d+)', await resp.text())
         return int(found.group(1)) if found else 0
 
+    async def gauge(self, series: str) -> float:
+        """One gauge from /metrics by its whole series, e.g. `relay_event_subscribers` or `relay_waiters{kind="rpc"}`."""
+        assert self._http is not None
+        async with self._http.get(self.manager_url + Api.METRICS) as resp:
+            found = re.search(rf"^{re.escape(series)} (\S+)$", await resp.text(), re.MULTILINE)
+        if found is None:
+            raise AssertionError(f"/metrics has no series {series}")
+        return float(found.group(1))
+
     def note(self, *ids: str) -> None:
         """Ids a case touched outside the control API (a scripted peer's node_id), for locating its logs."""
         self.trail.append({"note": True, "ids": list(ids)})

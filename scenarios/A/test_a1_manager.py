@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -29,19 +29,6 @@ from runtime.protocol import (
 # send no heartbeats of their own, and no other case leaves one silent for 2 s.
 STACK_MANAGER_ARGS = {"busy-timeout-ms": 300, "offline-timeout": 2.0, "heartbeat-interval": 1.0,
                       "sweep-interval": 0.25}
-
-
-@pytest.fixture
-async def peer(stack: Stack) -> AsyncIterator[Callable[..., ScriptedNode]]:
-    made: list[ScriptedNode] = []
-
-    def make(node_id: str | None = None) -> ScriptedNode:
-        made.append(ScriptedNode(stack.manager_url, node_id or new_id("a1")))
-        stack.note(made[-1].node_id)
-        return made[-1]
-    yield make
-    for p in made:
-        await p.close()
 
 
 async def approval_pending(stack: Stack, approval_id: str) -> None:
