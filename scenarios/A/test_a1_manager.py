@@ -18,6 +18,8 @@ from runtime.protocol import (
     CLOSE_REVOKED,
     CLOSE_UNAUTHORIZED,
     MAX_FRAME_BYTES,
+    MIN_NODE_PROTOCOL,
+    PROTOCOL_VERSION,
     Api,
     Msg,
     message,
@@ -367,3 +369,25 @@ async def test_invalid_requests(stack: Stack, peer: Callable[..., ScriptedNode])
     assert await node.closed() == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
     async with stack._http.get(stack.manager_url + Api.HEALTHZ) as resp:
         assert resp.status == 200
+
+
+@pytest.mark.case("S-07")
+async def test_mixed_protocol_versions(stack: Stack, peer: Callable[..., ScriptedNode]) -> None:
+    """register carries the protocol version: an older compatible node works, another is refused naming both"""
+    for version, accepted in ((MIN_NODE_PROTOCOL, True), (PROTOCOL_VERSION, True), (PROTOCOL_VERSION + 1, False),
+                              (0, False)):
+        node = peer()
+        token = (await stack.call(Api.TOKENS, {"node_id": node.node_id}))["token"]
+        await node.connect()
+        await node.send(message(Msg.REGISTER, node_id=node.node_id, token=token, version="scripted",
+                                protocol=version))
+        answer = await node.expect(Msg.REGISTER_OK, Msg.REGISTER_ERROR)
+        if accepted:
+            assert answer["type"] == Msg.REGISTER_OK, (version, answer)
+            await node.send(message(Msg.HEARTBEAT, node_id=node.node_id))
+            await node.expect(Msg.HEARTBEAT_ACK)  # the session works
+        else:
+            assert answer["type"] == Msg.REGISTER_ERROR, (version, answer)
+            named = f"protocol {version}, this manager {MIN_NODE_PROTOCOL}..{PROTOCOL_VERSION}"
+            assert named in answer["error"], answer
+            assert await node.closed() == CLOSE_PROTOCOL

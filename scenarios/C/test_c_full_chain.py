@@ -206,3 +206,28 @@ async def test_bot_killed_while_turns_finish(stack: Stack, tg: FakeTelegram) -> 
     await restart_bot()  # its place in the events was kept: nothing shown before comes again
     shown = [m for m in await user.messages() if m.get("from_bot") and m["text"] == answer]
     assert len(shown) == 1, f"the answer was shown {len(shown)} times: {shown}"
+
+
+@pytest.mark.case("S-02")
+async def test_approval_belongs_to_its_chat(stack: Stack, tg: FakeTelegram) -> None:
+    """another chat's user cannot decide an approval, by /approve or by a forged button; an admin can"""
+    owner = await fresh_chat(tg)
+    since = await owner.say("please run it [[mock:approve]]")
+    prompt = await approval_prompt(owner, since)
+    approval_id = next(line[4:] for line in prompt["text"].splitlines() if line.startswith("id: "))
+    intruder = tg.user(Stack.USER, next(_chats))  # an allowed user, in a chat of their own
+    refused = await intruder.sent(await intruder.say(f"/approve {approval_id}"))
+    assert "kind=forbidden" in refused["text"] and "another chat" in refused["text"], refused
+    # A forged button: chat A's Approve callback data, pressed on a bot message in the intruder's own chat.
+    forged = await intruder.alert(await intruder.tap(refused["message_id"], button(prompt, "Approve")))
+    assert "another chat" in forged["text"], forged
+    pending = [a for a in (await stack.call(Api.APPROVALS, {"state": "pending"}))["approvals"]
+               if a["approval_id"] == approval_id]
+    assert pending, "a refused decision changed the approval"
+    # An admin may decide from anywhere; the decision records who, by Telegram user id.
+    admin = tg.user(Stack.ADMIN, next(_chats))
+    done = await admin.reply(await admin.say(f"/approve {approval_id}"))
+    assert done["text"].startswith("Approved"), done
+    decided = next(a for a in (await stack.call(Api.APPROVALS))["approvals"] if a["approval_id"] == approval_id)
+    assert decided["state"] == "approved" and f"tg:{Stack.ADMIN}" in decided["decided_by"], decided
+    await owner.until_shown(lambda m: "tool said:" in m["text"] and "⏳" not in m["text"])

@@ -47,6 +47,7 @@ async def _node(procs: list[Proc], tmp: Path, name: str, url: str, token: str, *
     return proc
 
 
+@pytest.mark.case("S-03")
 async def test_manager_tls_and_node_verification(tmp_path: Path, procs: list[Proc]) -> None:
     """a node trusts the manager by CA or by pinned SHA-256; the wrong CA or pin is refused, named, no fallback"""
     ca, other_ca = trustme.CA(), trustme.CA()
