@@ -44,6 +44,10 @@ class ManagerConfig:
     send_budget: Annotated[int, setting("bytes queued for one node or event subscriber before it is "
                                         "disconnected", ge=1 << 16)] = 8 << 20
     close_timeout: Annotated[float, setting("seconds a closing socket may take before it is aborted", gt=0)] = 2.0
+    header_timeout: Annotated[float, setting("seconds a new connection has to send its first request head; "
+                                             "an idle or trickling socket is closed after that", gt=0)] = 10.0
+    max_connecting: Annotated[int, setting("connections still sending their first request head at once; more "
+                                           "are closed on arrival", ge=1)] = 256
     max_unregistered: Annotated[int, setting("node sockets not yet registered at once; more are refused until "
                                              "some register or time out", ge=1)] = 64
     # runtime/manager/collector.py says why the manager schedules its own full collections.

@@ -239,7 +239,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     except RelayError as err:
         return _reply(control_fail(err), 400)
     await ws.prepare(request)
-    sender = Sender(ws, request, mgr.limits, "subscriber", mgr.hub.counters)
+    sender = Sender(ws, request, mgr.limits, "subscriber", mgr.hub.counters, mgr.tasks)
     # Subscribed first, so nothing published during the read below is lost; it waits, and follows the hello
     # and what this client missed, without repeats.
     sender.hold()
@@ -249,15 +249,17 @@ async def events(request: web.Request) -> web.StreamResponse:
                   replayed=len(missed))
     sender.release([encode_bytes(hello)] + [frame for _, frame in missed],
                    missed[-1][0] if missed else after or 0)
-    writer = mgr.tasks.spawn(sender.run(), "event-writer")
+    finished = mgr.tasks.spawn(sender.finished.wait(), "event-writer-done")
     reader = mgr.tasks.spawn(_drain(ws), "event-reader")
     try:
-        # Whichever ends first ends the stream: a closed subscriber is forgotten at once, not at the next event.
-        await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+        # Whichever ends first ends the stream: a closed subscriber is forgotten at once, not at the next event;
+        # one that was finished (a shutdown) or dropped ends here too.
+        await asyncio.wait({finished, reader}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         mgr.hub.subscribers.discard(sender)
-        await cancel(writer)
+        await cancel(finished)
         await cancel(reader)
+        await sender.stop()
         await sender.close(1000, b"")
     return ws
 

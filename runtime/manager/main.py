@@ -17,6 +17,7 @@ from runtime.manager import config as config_mod
 from runtime.manager.config import ManagerConfig
 from runtime.manager.collector import Collector
 from runtime.manager.control import add_routes, openapi_view
+from runtime.manager.guard import Connecting, GuardedSite
 from runtime.manager.keys import COLLECTOR, MANAGER
 from runtime.manager.node_ws import node_socket
 from runtime.manager.service import Manager
@@ -97,7 +98,8 @@ async def serve(config: ManagerConfig) -> int:
         log(logger, logging.ERROR, "startup_failed", error_kind=err.kind, error=err.error,
             fix=f"check that {config_mod.SETTINGS.where('db')} names a writable file", exit_code=EXIT_STORAGE)
         return EXIT_STORAGE
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=tls.server_context(config.tls_cert, config.tls_key))
+    connecting = Connecting(config.header_timeout, config.max_connecting, app[MANAGER].hub.counters)
+    site = GuardedSite(runner, config.host, config.port, connecting, tls.server_context(config.tls_cert, config.tls_key))
     await site.start()
     port = runner.addresses[0][1]
     log(logger, logging.INFO, "manager_ready", host=config.host, port=port, db=config.db, version=__version__,

@@ -47,7 +47,7 @@ async def node_socket(request: web.Request) -> web.StreamResponse:
         return web.Response(body=encode_bytes(control_fail(err)), status=err.http_status,
                             content_type="application/json")
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None, timeout=mgr.config.close_timeout)
-    sender = Sender(ws, request, mgr.limits, "node", mgr.hub.counters)
+    sender = Sender(ws, request, mgr.limits, "node", mgr.hub.counters, mgr.tasks)
     mgr.hub.unregistered += 1
     try:
         await ws.prepare(request)
@@ -64,11 +64,11 @@ async def node_socket(request: web.Request) -> web.StreamResponse:
         mgr.hub.unregistered -= 1
     if session is None:
         return ws
-    async with mgr.tasks.scoped(sender.run(), f"sender-{session.node_id}"):
-        try:
-            await _serve(mgr, session)
-        finally:
-            await mgr.session_closed(session)
+    try:
+        await _serve(mgr, session)
+    finally:
+        await sender.stop()
+        await mgr.session_closed(session)
     return ws
 
 

@@ -1,7 +1,8 @@
 """Frames to one WebSocket peer (a node or an event subscriber), bounded in bytes and in time.
 
-Nothing in the manager ever waits on a peer: `put` queues a frame and returns at once, and one writer task
-per peer sends them. A peer that lets its queue grow past the byte budget, or takes longer than the send
+Nothing in the manager ever waits on a peer: `put` queues a frame and returns at once, and a writer task,
+started when there is something to send and gone when the queue is empty, sends them (10,000 idle nodes hold
+no task at all). A peer that lets its queue grow past the byte budget, or takes longer than the send
 timeout to take one frame (a sleeping laptop, a SIGSTOPped node, a black-holed link), is cut off: its
 transport is aborted, which ends its handler, and the rest of the manager goes on.
 """
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
+from runtime.aiotasks import Background, cancel
 from runtime.logfmt import log
 
 logger = logging.getLogger("codex_manager.sender")
@@ -28,15 +30,19 @@ class Limits:
 
 class Sender:
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, limits: Limits, peer: str,
-                 counters: Counter[str]) -> None:
+                 counters: Counter[str], tasks: Background) -> None:
         self.ws = ws
         self.transport = request.transport
         self.limits = limits
         self.peer = peer
         self.counters = counters
+        self.tasks = tasks
         self.queued = 0  # bytes waiting in the queue or being written
         self.dropped: str | None = None
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.finished = asyncio.Event()  # set once finish()ed and flushed, or dropped: the peer's handler may end
+        self._queue: deque[bytes] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self._finishing = False
         self._held: list[tuple[int, bytes]] | None = None  # live events kept back while missed ones are queued
 
     @property
@@ -68,26 +74,37 @@ class Sender:
             self.drop("send_budget", queued=self.queued, frame=len(frame))
             return False
         self.queued += len(frame)
-        self._queue.put_nowait(frame)
+        self._queue.append(frame)
+        if self._writer is None:
+            self._writer = self.tasks.spawn(self._flush(), f"send-{self.peer}")
         return True
 
     def finish(self) -> None:
-        """Let the writer end after what is queued (a shutdown)."""
-        self._queue.put_nowait(None)
+        """Let the peer's handler end once what is queued has gone (a shutdown)."""
+        self._finishing = True
+        if self._writer is None:
+            self.finished.set()
 
-    async def run(self) -> None:
-        """The writer: one frame at a time, each within the send timeout."""
-        while (frame := await self._queue.get()) is not None:
-            try:
-                async with asyncio.timeout(self.limits.send_timeout):
-                    await self.ws.send_frame(frame, WSMsgType.TEXT)
-            except TimeoutError:
-                self.drop("send_timeout", queued=self.queued)
-                return
-            except (ConnectionError, RuntimeError):
-                return  # closed under us: the handler notices on its own
-            finally:
-                self.queued -= len(frame)
+    async def _flush(self) -> None:
+        """The writer: one frame at a time, each within the send timeout, until the queue is empty."""
+        try:
+            while self._queue and self.dropped is None:
+                frame = self._queue[0]
+                try:
+                    async with asyncio.timeout(self.limits.send_timeout):
+                        await self.ws.send_frame(frame, WSMsgType.TEXT)
+                except TimeoutError:
+                    self.drop("send_timeout", queued=self.queued)
+                    return
+                except (ConnectionError, RuntimeError):
+                    return  # closed under us: the handler notices on its own
+                if self._queue and self._queue[0] is frame:
+                    self._queue.popleft()
+                    self.queued -= len(frame)
+        finally:
+            self._writer = None
+            if self._finishing or self.dropped is not None:
+                self.finished.set()
 
     def drop(self, reason: str, **fields: int) -> None:
         """Cut the peer off now, without waiting on it."""
@@ -98,7 +115,14 @@ class Sender:
         log(logger, logging.WARNING, "peer_dropped", peer=self.peer, reason=reason, **fields)
         if self.transport is not None:
             self.transport.abort()
-        self._queue.put_nowait(None)
+        self._queue.clear()
+        self.queued = 0
+        self.finished.set()
+
+    async def stop(self) -> None:
+        """The peer's handler is done: nothing more goes out."""
+        if self._writer is not None:
+            await cancel(self._writer)
 
     async def close(self, code: int, message: bytes) -> None:
         """A polite close, bounded: a peer that does not take the close frame in time is aborted."""
