@@ -238,10 +238,6 @@ class EventFrame(msgspec.Struct, tag_field="type", omit_defaults=True, kw_only=T
     seq: int = 0
 
 
-DURABLE_EVENTS: Final = frozenset({Event.TASK_RESULT.value, Event.APPROVAL_REQUESTED.value,
-                                   Event.APPROVAL_RESOLVED.value})
-
-
 class Hello(EventFrame, tag=Event.HELLO.value, kw_only=True):
     online: list[str]
     manager_id: str = ""  # this manager's database: numbers from another one mean nothing here
