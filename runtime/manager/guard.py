@@ -29,6 +29,8 @@ class Connecting:
 
 
 class HeadGuard(asyncio.Protocol):
+    __slots__ = ("inner", "connecting", "transport", "waiting", "handed", "tail", "timer")  # one per connection
+
     def __init__(self, inner: asyncio.Protocol, connecting: Connecting) -> None:
         self.inner = inner
         self.connecting = connecting

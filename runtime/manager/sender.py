@@ -29,6 +29,10 @@ class Limits:
 
 
 class Sender:
+    # One per node session and subscriber: slots, and no queue or event until needed, keep 10,000 of them small.
+    __slots__ = ("ws", "transport", "limits", "peer", "counters", "tasks", "queued", "dropped", "_finished",
+                 "_queue", "_writer", "_finishing", "_held")
+
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, limits: Limits, peer: str,
                  counters: Counter[str], tasks: Background) -> None:
         self.ws = ws
@@ -39,11 +43,24 @@ class Sender:
         self.tasks = tasks
         self.queued = 0  # bytes waiting in the queue or being written
         self.dropped: str | None = None
-        self.finished = asyncio.Event()  # set once finish()ed and flushed, or dropped: the peer's handler may end
+        self._finished: asyncio.Event | None = None  # see `finished`
         self._queue: deque[bytes] = deque()
         self._writer: asyncio.Task[None] | None = None
         self._finishing = False
         self._held: list[tuple[int, bytes]] | None = None  # live events kept back while missed ones are queued
+
+    @property
+    def finished(self) -> asyncio.Event:
+        """Set once finish()ed and flushed, or dropped: the peer's handler may end."""
+        if self._finished is None:
+            self._finished = asyncio.Event()
+            if self.dropped is not None or (self._finishing and self._writer is None):
+                self._finished.set()
+        return self._finished
+
+    def _set_finished(self) -> None:
+        if self._finished is not None:
+            self._finished.set()
 
     @property
     def open(self) -> bool:
@@ -83,7 +100,7 @@ class Sender:
         """Let the peer's handler end once what is queued has gone (a shutdown)."""
         self._finishing = True
         if self._writer is None:
-            self.finished.set()
+            self._set_finished()
 
     async def _flush(self) -> None:
         """The writer: one frame at a time, each within the send timeout, until the queue is empty."""
@@ -104,7 +121,7 @@ class Sender:
         finally:
             self._writer = None
             if self._finishing or self.dropped is not None:
-                self.finished.set()
+                self._set_finished()
 
     def drop(self, reason: str, **fields: int) -> None:
         """Cut the peer off now, without waiting on it."""
@@ -117,7 +134,7 @@ class Sender:
             self.transport.abort()
         self._queue.clear()
         self.queued = 0
-        self.finished.set()
+        self._set_finished()
 
     async def stop(self) -> None:
         """The peer's handler is done: nothing more goes out."""
