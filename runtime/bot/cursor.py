@@ -27,7 +27,7 @@ class Cursor:
         """What the event stream is asked for: everything after our place, if we have one."""
         return {"after": str(self.seq), "manager": self.manager_id} if self.manager_id else {}
 
-    def hello(self, manager_id: str, last_seq: int, replayed: int) -> None:
+    def hello(self, manager_id: str, last_seq: int) -> None:
         """A new manager database (or none saved): start at its newest event, without a replay of its past."""
         if manager_id != self.manager_id:
             self.manager_id, self.seq, self._newest = manager_id, last_seq, last_seq

@@ -68,8 +68,7 @@ class EventStream:
                     continue
                 if event.get("type") == Event.HELLO and not hello:
                     hello = True
-                    self.cursor.hello(str(event.get("manager_id") or ""), int(event.get("last_seq") or 0),
-                                      int(event.get("replayed") or 0))
+                    self.cursor.hello(str(event.get("manager_id") or ""), int(event.get("last_seq") or 0))
                     log(logger, logging.INFO, "events_connected", trace_id=trace_id, online=event.get("online"),
                         after=self.cursor.seq, replayed=event.get("replayed") or 0)
                     self.tasks.spawn(self.on_connect(trace_id), "events-resync")

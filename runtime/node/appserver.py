@@ -62,13 +62,14 @@ class AppServer:
     def idle(self) -> bool:
         return not self._pending
 
-    async def recycle(self, reason: str) -> None:
+    async def recycle(self, reason: str) -> bool:
         """Restart the child at once (not as a crash): its memory goes, its threads resume on their next turn.
 
-        The caller makes sure no turn runs; calls that arrive meanwhile wait for the new child."""
+        The caller makes sure no turn runs; calls that arrive meanwhile wait for the new child. False when
+        there was nothing to restart, or a call is in flight."""
         proc = self.proc
         if proc is None or proc.returncode is not None or not self.idle:
-            return
+            return False
         self.ready.clear()
         self._recycling = reason
         assert proc.stdin is not None
@@ -77,6 +78,7 @@ class AppServer:
             await asyncio.wait_for(proc.wait(), 3)
         except TimeoutError:
             proc.kill()
+        return True
 
     def start(self) -> None:
         self._supervisor = asyncio.create_task(self._supervise(), name="appserver")

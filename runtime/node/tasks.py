@@ -191,11 +191,13 @@ class Runner:
             if bound and value >= bound]
         if not reasons:
             return
-        # What the old child knew goes with it: every thread resumes on its next turn.
-        self.loaded.clear()
-        for thread_id in [t for t, lock in self.locks.items() if not lock.locked() and t not in self.turns]:
-            del self.locks[thread_id]
-        await self.app.recycle(", ".join(reasons))
+        old = self.app.generation
+        if await self.app.recycle(", ".join(reasons)):
+            # The new child's generation makes every thread resume on its next turn; what the node kept about
+            # the old one's threads can go.
+            self.loaded = {t: g for t, g in self.loaded.items() if g != old}
+            for thread_id in [t for t, lock in self.locks.items() if not lock.locked() and t not in self.turns]:
+                del self.locks[thread_id]
 
     async def _turn(self, task: Task, turn: Turn, msg: wire.TaskAssign) -> TaskOutcome:
         thread_id = msg.thread_id
