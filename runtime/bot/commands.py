@@ -223,7 +223,8 @@ CONFIG_EXAMPLE = '{"key_path": "model", "value": "gpt-5.5"}'
 STRAIGHTEN = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’": "'"})
 
 
-@command("config_value_write")
+# Admins only: a config value can name programs codex runs (an MCP server, a notify command) on the node.
+@command("config_value_write", admin=True)
 async def config_value_write(relay: Relay, req: Req, args: str) -> None:
     if not args.strip():
         raise Reply(USAGE["config_value_write"])

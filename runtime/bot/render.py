@@ -50,7 +50,7 @@ HELP = """Codex Relay: drive Codex on your machines from here.
 /thread: list threads, start a new one or switch
 /approve <approval_id> [session]: approve a pending request
 /decline <approval_id>: decline a pending request
-/config_value_write {"key_path": "...", "value": ...}: write a Codex config value on the node
+/config_value_write {"key_path": "...", "value": ...}: write a Codex config value on the node (admins)
 /token generate|list|revoke: node tokens (admins)
 
 Any other text is sent to Codex on the selected node."""

@@ -208,10 +208,13 @@ async def test_buttons_match_commands(stack: Stack, tg: FakeTelegram) -> None:
 
 @pytest.mark.case("A3-08")
 async def test_config_value_write_invalid_json(stack: Stack, tg: FakeTelegram) -> None:
-    """/config_value_write with invalid JSON, or JSON of the wrong shape, gets a clear error; nothing is written"""
+    """/config_value_write with invalid JSON, or JSON of the wrong shape, gets a clear error; nothing is written;
+    and it is an admin's command: a user is refused, naming who may"""
     config = Path(stack.node_settings[NODE]["codex_home"]) / "config.toml"
     before = config.read_text()
-    user = fresh(tg, Stack.USER)
+    refused = (await ask(fresh(tg, Stack.USER), '/config_value_write {"key_path": "model", "value": "x"}'))["text"]
+    assert refused.startswith("unauthorized: this command is for admins"), refused
+    user = fresh(tg, Stack.ADMIN)
     bad = (await ask(user, '/config_value_write {"key_path": "model", "value": }'))["text"]
     assert bad.startswith("Invalid JSON:") and "line 1, column" in bad and '"key_path"' in bad, bad
     wrong = (await ask(user, '/config_value_write ["model", "gpt-5.5"]'))["text"]
