@@ -61,6 +61,12 @@ class HasLogLevel(Protocol):
 C = TypeVar("C", bound=HasLogLevel)
 
 
+def state_dir(given: str, name: str) -> str:
+    """A service's state directory: the one given, else $XDG_STATE_HOME (or ~/.local/state)/codex-relay/<name>."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.abspath(given or os.path.join(base, "codex-relay", name))
+
+
 def load_or_exit(load: Callable[[Sequence[str] | None], C], argv: Sequence[str] | None,
                  logger: logging.Logger) -> C:
     """A service's settings, with its logging set to their level; a bad one ends the process with one line."""

@@ -1,13 +1,12 @@
 """Bot settings, declared once; runtime/settings.py reads them from flags, CODEX_RELAY_BOT_* and --config."""
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Annotated
 
 from runtime import tls
-from runtime.settings import LOG_LEVELS, Loader, setting
+from runtime.settings import LOG_LEVELS, Loader, setting, state_dir
 
 EXIT_TELEGRAM = 3      # Telegram refused the bot token; runtime.settings.EXIT_CONFIG (2) is every bad setting
 
@@ -54,6 +53,4 @@ SETTINGS = Loader(BotConfig, "bot", "Codex Relay Telegram bot: the chat front en
 def load(argv: Sequence[str] | None = None) -> BotConfig:
     config = SETTINGS.load(argv)
     tls.client_ssl(config.manager_url, config.manager_tls_ca, config.manager_tls_fingerprint)
-    state_dir = config.state_dir or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "codex-relay", "bot")
-    return replace(config, state_dir=os.path.abspath(state_dir))
+    return replace(config, state_dir=state_dir(config.state_dir, "bot"))

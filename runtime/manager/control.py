@@ -168,9 +168,7 @@ async def user_set(mgr: Manager, body: api.UserSetBody, trace_id: str) -> dict[s
 def authorize(request: web.Request) -> None:
     """The control token, compared in constant time; an address that keeps guessing is made to wait."""
     mgr = request.app[MANAGER]
-    if wait := mgr.throttle.wait(request.remote):
-        mgr.hub.counters["auth_throttled"] += 1
-        raise RelayError(ErrorKind.RATE_LIMITED, f"too many bad tokens from {request.remote}: retry in {wait:.0f} s")
+    mgr.throttle.check(request.remote, mgr.hub.counters)
     expected = f"Bearer {mgr.config.control_token}".encode()
     if not hmac.compare_digest(request.headers.get("Authorization", "").encode(errors="replace"), expected):
         mgr.throttle.failed(request.remote)

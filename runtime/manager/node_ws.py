@@ -109,9 +109,7 @@ async def _register(mgr: Manager, ws: web.WebSocketResponse, sender: Sender, fra
         if not MIN_NODE_PROTOCOL <= msg.protocol <= PROTOCOL_VERSION:
             raise RelayError(ErrorKind.INVALID_REQUEST, f"the node speaks protocol {msg.protocol}, this manager "
                              f"{MIN_NODE_PROTOCOL}..{PROTOCOL_VERSION}: upgrade the older of the two")
-        if wait := mgr.throttle.wait(address):
-            mgr.hub.counters["auth_throttled"] += 1
-            raise RelayError(ErrorKind.RATE_LIMITED, f"too many bad tokens from {address}: retry in {wait:.0f} s")
+        mgr.throttle.check(address, mgr.hub.counters)
         if not msg.token:
             raise RelayError(ErrorKind.UNAUTHORIZED, "missing token: pass the node token in `token`")
         row = await mgr.store.token_for(msg.token)
@@ -184,24 +182,15 @@ async def _heartbeat(mgr: Manager, session: NodeSession, msg: wire.Heartbeat) ->
     session.send(wire.HeartbeatAck(ts=time.time()))
 
 
-async def _own_task(mgr: Manager, session: NodeSession, task_id: str) -> dict[str, Any] | None:
-    """The task, if it exists and was given to this node; another node's task is refused, never touched."""
-    task = await mgr.store.task(task_id)
-    if task is not None and task["node_id"] != session.node_id:
-        mgr.hub.counters["foreign_messages"] += 1
-        raise RelayError(ErrorKind.INVALID_REQUEST, f"task {task_id!r} was not assigned to node {session.node_id!r}")
-    return task
-
-
 @on(wire.TaskAck)
 async def _task_ack(mgr: Manager, session: NodeSession, msg: wire.TaskAck) -> None:
-    if await _own_task(mgr, session, msg.task_id) is not None:
+    if await mgr.owned_task(session.node_id, msg.task_id) is not None:
         await mgr.store.advance_task(msg.task_id, TaskState.RUNNING)
 
 
 @on(wire.TaskProgress)
 async def _task_progress(mgr: Manager, session: NodeSession, msg: wire.TaskProgress) -> None:
-    task = await _own_task(mgr, session, msg.task_id)
+    task = await mgr.owned_task(session.node_id, msg.task_id)
     if task is not None and task["state"] not in FINAL_STATES:
         mgr.hub.publish(wire.TaskProgressEvent(task_id=msg.task_id, node_id=session.node_id,
                                                chat_key=task["chat_key"], text=msg.text))
@@ -209,13 +198,12 @@ async def _task_progress(mgr: Manager, session: NodeSession, msg: wire.TaskProgr
 
 @on(wire.TaskResult)
 async def _task_result(mgr: Manager, session: NodeSession, msg: wire.TaskResult) -> None:
-    await _own_task(mgr, session, msg.task_id)
-    await mgr.accept_result(session.node_id, msg.task_id, msg.result)
+    await mgr.accept_result(session.node_id, msg.task_id, msg.result)  # it refuses another node's task
 
 
 @on(wire.TaskStateReport)
 async def _task_state(mgr: Manager, session: NodeSession, msg: wire.TaskStateReport) -> None:
-    if await _own_task(mgr, session, msg.task_id) is not None:
+    if await mgr.owned_task(session.node_id, msg.task_id) is not None:
         await mgr.accept_task_state(session.node_id, msg.task_id, msg.state)
 
 
@@ -234,7 +222,7 @@ async def _appserver_response(mgr: Manager, session: NodeSession, msg: wire.Apps
 @on(wire.ApprovalRequest)
 async def _approval_request(mgr: Manager, session: NodeSession, msg: wire.ApprovalRequest) -> None:
     if msg.task_id is not None:
-        task = await _own_task(mgr, session, msg.task_id)
+        task = await mgr.owned_task(session.node_id, msg.task_id)
         # The chat is the task's, not what the node says: an approval cannot be steered into another chat.
         msg.chat_key = task["chat_key"] if task is not None else None
     await mgr.approval_requested(session.node_id, msg)

@@ -132,13 +132,14 @@ class Manager:
 
     async def _fail(self, task_id: str, err: RelayError) -> dict[str, Any]:
         """The manager's own verdict; if the node's result won the race, that one stands."""
-        final = await self.accept_result(None, task_id, TaskOutcome(ok=False, **err.fields()))
+        final = await self.accept_result(None, task_id, wire.failed_task(err))
         return {**(final or wire.failed(err)), "task_id": task_id}
 
     async def accept_result(self, node_id: str | None, task_id: str, result: TaskOutcome) -> dict[str, Any] | None:
-        """Record a task's final result once; orphans and duplicates are counted and ignored."""
-        task = await self.store.task(task_id)
-        if task is None or (node_id is not None and task["node_id"] != node_id):
+        """Record a task's final result once; another node's is refused, orphans and duplicates are counted
+        and ignored. `node_id` None is the manager's own verdict."""
+        task = await self.owned_task(node_id, task_id)
+        if task is None:
             self.hub.counters["orphan_results"] += 1
             log(logger, logging.WARNING, "orphan_result_ignored", node_id=node_id, task_id=task_id)
             return None
@@ -168,12 +169,20 @@ class Manager:
                                                 trace_id=task["trace_id"], result=result))
         return clean
 
+    async def owned_task(self, node_id: str | None, task_id: str) -> dict[str, Any] | None:
+        """The task, if it exists and (with a node_id) was given to that node; another node's is refused."""
+        task = await self.store.task(task_id)
+        if task is not None and node_id is not None and task["node_id"] != node_id:
+            self.hub.counters["foreign_messages"] += 1
+            raise RelayError(ErrorKind.INVALID_REQUEST, f"task {task_id!r} was not assigned to node {node_id!r}")
+        return task
+
     async def accept_task_state(self, node_id: str, task_id: str, state: str) -> None:
         if state == "unknown":
             # The node restarted and lost the task before finishing it: fail it, never re-run it.
-            await self.accept_result(node_id, task_id, TaskOutcome(ok=False, **RelayError(
+            await self.accept_result(node_id, task_id, wire.failed_task(RelayError(
                 ErrorKind.NODE_OFFLINE, "the node restarted before the task finished; it did not run "
-                                        "to completion. Retry it.").fields()))
+                                        "to completion. Retry it.")))
         elif state == TaskState.RUNNING:
             await self.store.advance_task(task_id, TaskState.RUNNING)
 
@@ -273,5 +282,5 @@ class Manager:
         cutoff = time.time() - self.config.result_grace
         for task in await self.store.open_tasks():
             if task["deadline"] < cutoff:
-                await self.accept_result(None, task["task_id"], TaskOutcome(ok=False, **RelayError(
-                    ErrorKind.TIMEOUT, "no result arrived before the task's deadline plus the grace period").fields()))
+                await self.accept_result(None, task["task_id"], wire.failed_task(RelayError(
+                    ErrorKind.TIMEOUT, "no result arrived before the task's deadline plus the grace period")))

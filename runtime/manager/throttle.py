@@ -7,7 +7,9 @@ addresses are forgotten first.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
+
+from runtime.protocol import ErrorKind, RelayError
 
 MAX_ADDRESSES = 10_000
 
@@ -17,6 +19,12 @@ class AuthThrottle:
         self.failures = failures  # bad credentials allowed per address per window; 0 turns throttling off
         self.window = window
         self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def check(self, address: str | None, counters: Counter[str]) -> None:
+        """Refuse an address that must still wait, before its credentials are looked at."""
+        if wait := self.wait(address):
+            counters["auth_throttled"] += 1
+            raise RelayError(ErrorKind.RATE_LIMITED, f"too many bad tokens from {address}: retry in {wait:.0f} s")
 
     def wait(self, address: str | None) -> float:
         """Seconds this address must wait before it may try again; 0 when it may now."""

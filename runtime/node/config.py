@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Annotated
 
 from runtime import eventloop, tls
-from runtime.settings import LOG_LEVELS, ConfigError, Loader, setting
+from runtime.settings import LOG_LEVELS, ConfigError, Loader, setting, state_dir
 
 # Documented exit codes (README, "Node"), after runtime.settings.EXIT_CONFIG (2) for every bad setting.
 EXIT_CWD = 3         # cwd does not exist or is not a directory
@@ -74,9 +74,8 @@ def load(argv: Sequence[str] | None = None) -> NodeConfig:
     tls.client_ssl(config.manager_url, config.tls_ca, config.tls_fingerprint)  # a bad TLS setting stops the start
     # The codex child runs in `cwd`: a relative binary path must not be resolved from there.
     codex_bin = config.codex_bin if os.sep not in config.codex_bin else os.path.abspath(config.codex_bin)
-    state_dir = config.state_dir or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state"), "codex-relay", config.node_id)
-    return replace(config, codex_bin=shutil.which(codex_bin) or codex_bin, state_dir=os.path.abspath(state_dir))
+    return replace(config, codex_bin=shutil.which(codex_bin) or codex_bin,
+                   state_dir=state_dir(config.state_dir, config.node_id))
 
 
 def check_environment(config: NodeConfig) -> str:

@@ -17,7 +17,7 @@ from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
 from runtime.protocol import Decision, ErrorKind, RelayError, TaskState, new_id
 from runtime.protocol import wire
-from runtime.protocol.wire import TaskOutcome
+from runtime.protocol.wire import TaskOutcome, failed_task
 
 logger = logging.getLogger("codex_node")
 
@@ -89,12 +89,12 @@ class Runner:
         task = Task(task_id)
         self._remember(task)
         if self.draining:
-            self._finish(task, _failure(RelayError(ErrorKind.NODE_OFFLINE, "the node is shutting down and takes "
+            self._finish(task, failed_task(RelayError(ErrorKind.NODE_OFFLINE, "the node is shutting down and takes "
                                                    "no new work; send it again once it is back, or to another node")))
             await self._report(task)
             return
         if self.active() > self.config.max_pending:
-            self._finish(task, _failure(RelayError(
+            self._finish(task, failed_task(RelayError(
                 ErrorKind.QUEUE_FULL, f"node queue full (max={self.config.max_pending})")))
             await self._report(task)
             return
@@ -164,11 +164,11 @@ class Runner:
         try:
             result = await asyncio.wait_for(self._turn(task, turn, msg), msg.timeout)
         except TimeoutError:
-            result = _failure(RelayError(ErrorKind.TIMEOUT, f"the turn did not finish within {msg.timeout:g}s"))
+            result = failed_task(RelayError(ErrorKind.TIMEOUT, f"the turn did not finish within {msg.timeout:g}s"))
         except asyncio.CancelledError:
-            result = _failure(task.stopped or RelayError(ErrorKind.TIMEOUT, "cancelled by the manager after its timeout"))
+            result = failed_task(task.stopped or RelayError(ErrorKind.TIMEOUT, "cancelled by the manager after its timeout"))
         except RelayError as err:
-            result = _failure(err)
+            result = failed_task(err)
         finally:
             if turn.turn_id is not None and not turn.done.done():
                 await self._interrupt(msg.thread_id or "", turn)
@@ -233,10 +233,10 @@ class Runner:
                 self.turns.pop(thread_id, None)
         if done.get("status") == "completed":
             if turn.approvals_expired:
-                return _failure(RelayError(ErrorKind.APPROVAL_TIMEOUT), thread_id=thread_id, turn_id=turn.turn_id,
+                return failed_task(RelayError(ErrorKind.APPROVAL_TIMEOUT), thread_id=thread_id, turn_id=turn.turn_id,
                                 text=_final_text(turn, done))
             return TaskOutcome(ok=True, text=_final_text(turn, done), thread_id=thread_id, turn_id=turn.turn_id)
-        return _failure(classify(done, turn.errors), thread_id=thread_id, turn_id=turn.turn_id)
+        return failed_task(classify(done, turn.errors), thread_id=thread_id, turn_id=turn.turn_id)
 
     async def _until_done(self, turn: Turn, generation: int) -> dict[str, Any]:
         """Wait for turn/completed, or fail if the app-server that runs the turn dies."""
@@ -299,10 +299,6 @@ class Runner:
         finally:
             self.approvals.pop(approval_id, None)
         return {"decision": decision}
-
-
-def _failure(err: RelayError, **fields: Any) -> TaskOutcome:
-    return TaskOutcome(ok=False, **fields, **err.fields())
 
 
 def _final_text(turn: Turn, done: dict[str, Any]) -> str:

@@ -97,6 +97,11 @@ def failed(err: RelayError) -> dict[str, Any]:
     return {"ok": False, **err.fields()}
 
 
+def failed_task(err: RelayError, **fields: Any) -> TaskOutcome:
+    """A task's final result when it failed: the classified failure, and where it ran if that is known."""
+    return TaskOutcome(ok=False, **fields, **err.fields())
+
+
 # ---- node -> manager -------------------------------------------------------------------------------
 
 class Register(Frame, tag=Msg.REGISTER.value, kw_only=True):

@@ -5,7 +5,6 @@ import itertools
 import py_compile
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,12 +16,6 @@ from runtime.protocol import Api, new_id
 
 NODE = "c1"
 _chats = itertools.count(700_001)
-
-
-@pytest.fixture(scope="module")
-async def tg(stack: Stack) -> AsyncIterator[FakeTelegram]:
-    await stack.add_node(NODE)
-    yield await stack.start_bot()
 
 
 async def fresh_chat(tg: FakeTelegram, node_id: str = NODE) -> TelegramUser:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psutil
@@ -16,12 +15,6 @@ from runtime.protocol import Api, new_id
 
 NODE = "h10"
 _chats = itertools.count(710_001)
-
-
-@pytest.fixture(scope="module")
-async def tg(stack: Stack) -> AsyncIterator[FakeTelegram]:
-    await stack.add_node(NODE)
-    yield await stack.start_bot()
 
 
 @pytest.mark.case("H-10")

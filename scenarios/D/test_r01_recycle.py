@@ -1,7 +1,6 @@
 """R-01: a node bounds codex's memory by restarting its child between turns; threads resume, nothing runs twice."""
 from __future__ import annotations
 
-import aiohttp
 import pytest
 
 from harness.stack.stack import Stack
@@ -40,11 +39,8 @@ async def test_codex_child_recycled_between_turns(stack: Stack) -> None:
     assert await stack.serves(f"{run} back on thread 0") == 1
     assert len(proc.log_lines("registered")) == 1, "a recycle must not drop the node's link to the manager"
     # The manager hears of it with the node's next heartbeat, and /metrics shows it.
-    shown = ""
-    async with aiohttp.ClientSession() as http:
-        async for _ in Backoff(0.5, factor=1).tries(20):
-            async with http.get(stack.manager_url + Api.METRICS) as resp:
-                shown = next((ln for ln in (await resp.text()).split("\n") if ln.startswith("relay_codex_recycles ")), "")
-            if shown.endswith(" 1"):
-                break
-    assert shown == "relay_codex_recycles 1", shown
+    shown = 0.0
+    async for _ in Backoff(0.5, factor=1).tries(20):
+        if (shown := await stack.gauge("relay_codex_recycles")) == 1:
+            break
+    assert shown == 1, f"relay_codex_recycles is {shown}"

@@ -1,0 +1,15 @@
+"""Stage C's fixture: the module's stack with its node (the module's NODE) and the real bot on the fake Bot API."""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from harness.ends.telegram import FakeTelegram
+from harness.stack.stack import Stack
+
+
+@pytest.fixture(scope="module")
+async def tg(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[FakeTelegram]:
+    await stack.add_node(request.module.NODE)
+    yield await stack.start_bot()
