@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from runtime.protocol import Api, Msg, decode, encode, message
+from runtime.protocol import NODE_AUTH_HEADER, Api, Msg, bearer, decode, encode, message
 
 
 async def _next(queue: asyncio.Queue[dict[str, Any]], wanted: Callable[[dict[str, Any]], bool], timeout: float,
@@ -40,8 +40,10 @@ class ScriptedNode:
         self._reader: asyncio.Task[None] | None = None
         self.close_frame_code: int | None = None  # the code in the manager's close frame, if one arrived
 
-    async def connect(self) -> ScriptedNode:
-        self.ws = await self.http.ws_connect(self.url, max_msg_size=0)
+    async def connect(self, token: str | None = None) -> ScriptedNode:
+        """Open the socket; with a token, on the upgrade request as a node of protocol 3 sends it."""
+        headers = {NODE_AUTH_HEADER: bearer(token)} if token is not None else None
+        self.ws = await self.http.ws_connect(self.url, max_msg_size=0, headers=headers)
         self._reader = asyncio.create_task(self._read())
         return self
 

@@ -50,6 +50,10 @@ class ManagerConfig:
                                            "are closed on arrival", ge=1)] = 256
     max_unregistered: Annotated[int, setting("node sockets not yet registered at once; more are refused until "
                                              "some register or time out", ge=1)] = 64
+    preauth_frame_bytes: Annotated[int, setting("largest frame a node socket may send when its upgrade request "
+                                                "carried no valid node token; nodes before protocol 3 send their "
+                                                "token only in a frame, so raise it to 1048576 while such nodes are "
+                                                "being upgraded", ge=1024, le=1 << 20)] = 8192
     # runtime/manager/collector.py says why the manager schedules its own full collections.
     gc_interval: Annotated[float, setting("seconds between scheduled full GC passes; 0 keeps CPython's own "
                                           "schedule", ge=0)] = 300.0

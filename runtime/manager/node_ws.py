@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMessage, WSMsgType, web
 
 from runtime.logfmt import log
 from runtime.manager.hub import NodeSession
@@ -20,8 +20,8 @@ from runtime.manager.keys import MANAGER
 from runtime.manager.sender import Sender
 from runtime.manager.service import Manager
 from runtime.protocol import (CLOSE_PROTOCOL, CLOSE_REPLACED, CLOSE_UNAUTHORIZED, FINAL_STATES, MAX_FRAME_BYTES,
-                              MIN_NODE_PROTOCOL, PROTOCOL_VERSION, ApprovalState, ErrorKind, RelayError, TaskState,
-                              control_fail, encode_bytes, new_id)
+                              MIN_NODE_PROTOCOL, NODE_AUTH_HEADER, PROTOCOL_VERSION, ApprovalState, ErrorKind,
+                              RelayError, TaskState, bearer_token, control_fail, encode_bytes, new_id)
 from runtime.protocol import wire
 
 logger = logging.getLogger("codex_manager.ws")
@@ -43,13 +43,21 @@ async def node_socket(request: web.Request) -> web.StreamResponse:
     if mgr.hub.unregistered >= mgr.config.max_unregistered:
         # Unauthenticated work stays cheap: past the cap a new socket costs one HTTP reply.
         mgr.hub.counters["registrations_busy"] += 1
-        err = RelayError(ErrorKind.BUSY, f"{mgr.hub.unregistered} node sockets are still registering")
-        return web.Response(body=encode_bytes(control_fail(err)), status=err.http_status,
-                            content_type="application/json")
-    ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=None, timeout=mgr.config.close_timeout)
-    sender = Sender(ws, request, mgr.limits, "node", mgr.hub.counters, mgr.tasks)
+        return _http_refusal(RelayError(ErrorKind.BUSY, f"{mgr.hub.unregistered} node sockets are still registering"))
     mgr.hub.unregistered += 1
     try:
+        header_token = bearer_token(request.headers.get(NODE_AUTH_HEADER))
+        authenticated = False
+        if header_token is not None:
+            try:
+                mgr.throttle.check(request.remote, mgr.hub.counters)
+            except RelayError as err:
+                return _http_refusal(err)
+            authenticated = await _live_token(mgr, header_token) is not None
+        # Only a socket that proved a token on its upgrade request may send large frames (wire.NODE_AUTH_HEADER).
+        max_size = MAX_FRAME_BYTES if authenticated else mgr.config.preauth_frame_bytes
+        ws = web.WebSocketResponse(max_msg_size=max_size, heartbeat=None, timeout=mgr.config.close_timeout)
+        sender = Sender(ws, request, mgr.limits, "node", mgr.hub.counters, mgr.tasks)
         await ws.prepare(request)
         try:
             # One deadline for the whole wait: pings or a trickle of bytes do not extend it.
@@ -59,7 +67,7 @@ async def node_socket(request: web.Request) -> web.StreamResponse:
             await _refuse(mgr, ws, RelayError(ErrorKind.INVALID_REQUEST, "no register message in time"),
                           CLOSE_PROTOCOL)
             return ws
-        session = await _register(mgr, ws, sender, first, request.remote)
+        session = await _register(mgr, ws, sender, first, request.remote, header_token)
     finally:
         mgr.hub.unregistered -= 1
     if session is None:
@@ -93,9 +101,30 @@ async def _serve(mgr: Manager, session: NodeSession) -> None:
             session.send(wire.ErrorReply(**err.fields()))
 
 
+def _http_refusal(err: RelayError) -> web.Response:
+    return web.Response(body=encode_bytes(control_fail(err)), status=err.http_status, content_type="application/json")
+
+
+async def _live_token(mgr: Manager, token: str) -> dict[str, Any] | None:
+    """The token's row if it is known and not revoked, else None; a DB that does not answer counts as None."""
+    try:
+        row = await mgr.store.token_for(token)
+    except RelayError:
+        return None
+    return row if row is not None and row["revoked_at"] is None else None
+
+
 async def _register(mgr: Manager, ws: web.WebSocketResponse, sender: Sender, frame: WSMessage,
-                    address: str | None) -> NodeSession | None:
+                    address: str | None, header_token: str | None) -> NodeSession | None:
     if frame.type != WSMsgType.TEXT:
+        too_big = isinstance(frame.data, WebSocketError) and frame.data.code == WSCloseCode.MESSAGE_TOO_BIG
+        if frame.type == WSMsgType.ERROR and too_big:
+            # aiohttp has already closed the socket with 1009 at the frame's header, without reading it.
+            mgr.hub.counters["registrations_refused"] += 1
+            log(logger, logging.WARNING, "register_refused", error_kind=ErrorKind.TOO_LARGE.value,
+                error=f"a frame over {mgr.config.preauth_frame_bytes} bytes before registering: a node sends its "
+                      f"token on the upgrade request ({NODE_AUTH_HEADER}) to send larger ones")
+            return None
         if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
             return None
         await _refuse(mgr, ws, RelayError(ErrorKind.INVALID_REQUEST, "the first frame must be a JSON register"),
@@ -110,9 +139,14 @@ async def _register(mgr: Manager, ws: web.WebSocketResponse, sender: Sender, fra
             raise RelayError(ErrorKind.INVALID_REQUEST, f"the node speaks protocol {msg.protocol}, this manager "
                              f"{MIN_NODE_PROTOCOL}..{PROTOCOL_VERSION}: upgrade the older of the two")
         mgr.throttle.check(address, mgr.hub.counters)
-        if not msg.token:
-            raise RelayError(ErrorKind.UNAUTHORIZED, "missing token: pass the node token in `token`")
-        row = await mgr.store.token_for(msg.token)
+        if header_token is not None and msg.token and msg.token != header_token:
+            raise RelayError(ErrorKind.UNAUTHORIZED, "the register frame's token differs from the upgrade "
+                             f"request's {NODE_AUTH_HEADER} header: send one token")
+        token = msg.token or header_token
+        if not token:
+            raise RelayError(ErrorKind.UNAUTHORIZED, "missing token: send `Authorization: Bearer <node token>` on "
+                             "the upgrade request, or the node token in `token`")
+        row = await mgr.store.token_for(token)  # again: it may have been revoked since the upgrade
         if row is None or row["revoked_at"] is not None:
             mgr.throttle.failed(address)
             raise RelayError(ErrorKind.UNAUTHORIZED, "token is unknown or revoked: ask an admin for a new one")

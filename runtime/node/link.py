@@ -20,7 +20,8 @@ from runtime.backoff import Backoff
 from runtime.logfmt import log
 from runtime.node.config import NodeConfig
 from runtime.node.outbox import Outbox
-from runtime.protocol import CLOSE_REPLACED, MAX_FRAME_BYTES, PROTOCOL_VERSION, RelayError, encode_bytes
+from runtime.protocol import (CLOSE_REPLACED, ERROR_KINDS, MAX_FRAME_BYTES, NODE_AUTH_HEADER, PROTOCOL_VERSION, ErrorKind,
+                              RelayError, bearer, encode_bytes)
 from runtime.protocol import wire
 
 logger = logging.getLogger("codex_node")
@@ -87,8 +88,16 @@ class ManagerLink:
     async def _session(self, http: aiohttp.ClientSession) -> bool:
         """One connection's life; True if it got as far as a successful registration."""
         try:
+            # The token goes on the upgrade request too, so the manager lets this socket send large frames.
             self.ws = await http.ws_connect(self.config.manager_url, max_msg_size=MAX_FRAME_BYTES,
+                                            headers={NODE_AUTH_HEADER: bearer(self.config.token)},
                                             heartbeat=None, timeout=aiohttp.ClientWSTimeout(ws_close=2))
+        except aiohttp.WSServerHandshakeError as exc:
+            # The manager answered the upgrade with an HTTP error (429 throttled, 503 busy): its envelope's kind.
+            kind = {429: ErrorKind.RATE_LIMITED, 503: ErrorKind.BUSY}.get(exc.status)
+            log(logger, logging.WARNING, "connect_refused", node_id=self.config.node_id, status=exc.status,
+                error_kind=kind and kind.value, error=ERROR_KINDS[kind].text if kind else exc.message)
+            return False
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if (problem := tls.failure(exc)) is not None:
                 log(logger, logging.ERROR, "connect_failed", node_id=self.config.node_id, error=problem)

@@ -16,11 +16,27 @@ from msgspec import UNSET, Meta, UnsetType
 from runtime.protocol.kinds import ErrorKind, RelayError
 from runtime.protocol.states import Decision
 
-PROTOCOL_VERSION: Final = 2
-# The oldest node protocol this manager still serves: 1 differs only in the register frame's `protocol` default.
+PROTOCOL_VERSION: Final = 3
+# The oldest node protocol this manager still serves: 1 differs only in the register frame's `protocol` default,
+# 2 in that its node sends its token in the register frame only, not also on the upgrade request (NODE_AUTH_HEADER).
 MIN_NODE_PROTOCOL: Final = 1
 # Frames above this are refused by both ends: a turn's text is small, a bigger frame is abuse.
 MAX_FRAME_BYTES: Final = 1 << 20
+# A node (protocol 3) sends `Bearer <node token>` here on its WebSocket upgrade request. A socket whose request
+# carried a valid token may send frames up to MAX_FRAME_BYTES; any other may send only small ones until it has
+# registered (the manager's preauth_frame_bytes), so a stranger's frame costs the manager a few KB at most.
+NODE_AUTH_HEADER: Final = "Authorization"
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None when there is none."""
+    if header is None or not header.startswith("Bearer "):
+        return None
+    return header[len("Bearer "):].strip() or None
 
 Id = Annotated[str, Meta(min_length=1, max_length=256)]
 

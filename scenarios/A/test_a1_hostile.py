@@ -15,14 +15,15 @@ import pytest
 from harness.ends.peers import ScriptedNode
 from harness.stack.procs import log_fields
 from harness.stack.stack import Stack
-from runtime.protocol import (CLOSE_PROTOCOL, CLOSE_UNAUTHORIZED, MAX_BODY_BYTES, MAX_FRAME_BYTES, Api, Msg, message,
-                              new_id)
+from runtime.protocol import (CLOSE_PROTOCOL, CLOSE_UNAUTHORIZED, MAX_BODY_BYTES, MAX_FRAME_BYTES, NODE_AUTH_HEADER, Api,
+                              Msg, bearer, message, new_id)
 
 # Bounds small enough to be crossed within a case: a frame may take 2 s to leave and 2 MiB may wait for one peer (a
 # 900 KB prompt fits, three do not), a close 0.5 s, a registration 1 s; 8 sockets may be registering at once.
 # Scripted nodes send no heartbeats, so the offline timeout outlasts every case; a task nobody answers for (a
 # dispatch cut short by a shutdown) fails half a second past its deadline.
 SEND_TIMEOUT, CLOSE_TIMEOUT, REGISTER_TIMEOUT, MAX_UNREGISTERED = 2.0, 0.5, 1.0, 8
+PREAUTH_FRAME_BYTES = 8192  # the manager's default: what a socket may send before it has proved a token
 MAX_CONNECTING = 64  # sockets that have sent no request head yet, at once: above the 18 calls H-01 opens at once
 STACK_MANAGER_ARGS = {"send-timeout": SEND_TIMEOUT, "send-budget": 2 << 20, "close-timeout": CLOSE_TIMEOUT,
                       "register-timeout": REGISTER_TIMEOUT, "max-unregistered": MAX_UNREGISTERED,
@@ -36,7 +37,7 @@ LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 async def registered(stack: Stack, node: ScriptedNode, token: str | None = None) -> str:
     """Connect and register `node` with `token`, or with a token minted for its node_id; returns the token."""
     token = token or (await stack.call(Api.TOKENS, {"node_id": node.node_id}))["token"]
-    await node.connect()
+    await node.connect(token)
     assert (await node.register(token))["type"] == Msg.REGISTER_OK
     return str(token)
 
@@ -332,11 +333,11 @@ async def test_sockets_that_never_register(stack: Stack, peer: Callable[..., Scr
         for ws in idle:
             await ws.close()
 
-        # A frame before registration is refused and closed; the log does not copy it, however large.
+        # A frame before registration is refused and closed; the log does not copy it.
         manager = stack.procs["manager"]
         seen = len(manager.log_lines("register_refused"))
         early = await http.ws_connect(url)
-        junk = "Z" * 600_000
+        junk = "Z" * (PREAUTH_FRAME_BYTES - 100)
         await early.send_str(json.dumps({"type": junk}))
         reply = await early.receive(timeout=5)
         assert reply.type == aiohttp.WSMsgType.TEXT and json.loads(reply.data)["type"] == Msg.REGISTER_ERROR
@@ -344,17 +345,43 @@ async def test_sockets_that_never_register(stack: Stack, peer: Callable[..., Scr
         assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == CLOSE_PROTOCOL, closing
         line = await manager.wait_log("register_refused", seen=seen)
         assert len(line) < 4000 and "Z" * 2001 not in line, len(line)
-        # Past one frame's limit the manager closes on the frame's header (1009), without reading it all.
-        huge = await http.ws_connect(url)
-        try:
-            await huge.send_str("Z" * (MAX_FRAME_BYTES + 1))
-        except ConnectionError:
-            pass
-        closing = await huge.receive(timeout=5)
-        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING), closing
-        assert huge.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG or closing.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+        # Before registering, a socket whose upgrade request carried no valid token may send a few KB: a larger
+        # frame is closed on its header (1009), unread. A wrong token in the header buys nothing more.
+        for headers in (None, {NODE_AUTH_HEADER: bearer("crt_not-a-real-token")}):
+            seen = len(manager.log_lines("register_refused"))
+            big = await http.ws_connect(url, headers=headers)
+            await _send_ignoring_reset(big, json.dumps({"type": "Z" * (PREAUTH_FRAME_BYTES + 1)}))
+            await _closed_too_big(big)
+            line = await manager.wait_log("register_refused", seen=seen)
+            assert "error_kind=too_large" in line and "Z" * 100 not in line, line
+        # With a valid token on the upgrade request (as the real node sends it), frames up to one frame's limit pass
+        # once registered; past that limit the manager closes on the frame's header too.
+        authed = peer()
+        token = (await stack.call(Api.TOKENS, {"node_id": authed.node_id}))["token"]
+        await authed.connect(token)
+        assert (await authed.register(token))["type"] == Msg.REGISTER_OK
+        await authed.send(message(Msg.ERROR, error="x" * (PREAUTH_FRAME_BYTES * 8), error_kind="internal",
+                                  retriable=False))
+        await authed.send(message(Msg.HEARTBEAT, node_id=authed.node_id))
+        await authed.expect(Msg.HEARTBEAT_ACK)
+        huge = await http.ws_connect(url, headers={NODE_AUTH_HEADER: bearer(token)})
+        await _send_ignoring_reset(huge, "Z" * (MAX_FRAME_BYTES + 1))
+        await _closed_too_big(huge)
     # A registration still works after all that.
     await registered(stack, peer())
+
+
+async def _send_ignoring_reset(ws: aiohttp.ClientWebSocketResponse, data: str) -> None:
+    try:
+        await ws.send_str(data)
+    except ConnectionError:
+        pass  # the manager may close before the frame has left
+
+
+async def _closed_too_big(ws: aiohttp.ClientWebSocketResponse) -> None:
+    closing = await ws.receive(timeout=5)
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING), closing
+    assert aiohttp.WSCloseCode.MESSAGE_TOO_BIG in (ws.close_code, closing.data), (ws.close_code, closing)
 
 
 async def _server_closed(reader: asyncio.StreamReader, within: float) -> bool:

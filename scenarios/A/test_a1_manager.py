@@ -45,7 +45,7 @@ async def approval_pending(stack: Stack, approval_id: str) -> None:
 
 async def registered(stack: Stack, node: ScriptedNode) -> str:
     token = (await stack.call(Api.TOKENS, {"node_id": node.node_id}))["token"]
-    await node.connect()
+    await node.connect(token)
     assert (await node.register(token))["type"] == Msg.REGISTER_OK
     return str(token)
 
