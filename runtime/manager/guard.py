@@ -3,7 +3,8 @@
 aiohttp waits for a request head as long as the peer likes, so an idle socket, or headers sent a byte at a
 time, would be held forever. Each connection is handed to aiohttp through a thin protocol that watches for the
 end of the first head (a blank line): past `header_timeout`, or beyond `max_connecting` such connections at
-once, the socket is aborted. After its first head a connection is aiohttp's (keep-alive timeout, WebSocket).
+once, the socket is aborted. After its first head a connection is aiohttp's alone (keep-alive timeout,
+WebSocket): the guard hands the transport to aiohttp's protocol and is gone.
 It is served as an aiohttp site (web.BaseSite, the public way to add one), so the runner still owns shutdown.
 """
 from __future__ import annotations
@@ -54,11 +55,18 @@ class HeadGuard(asyncio.Protocol):
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if self.waiting:
-            if HEAD_END in self.tail + data:
-                self._headed()
-            else:
-                self.tail = (self.tail + data)[-3:]
+        if not self.waiting:
+            self.inner.data_received(data)
+            return
+        if HEAD_END not in self.tail + data:
+            self.tail = (self.tail + data)[-3:]
+            self.inner.data_received(data)
+            return
+        self._headed()
+        # From its first head on, the connection is aiohttp's alone: the transport talks to aiohttp's protocol
+        # directly (a public transport call), so a held node socket costs no guard and no extra call per read.
+        if self.transport is not None:
+            self.transport.set_protocol(self.inner)
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:

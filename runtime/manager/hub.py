@@ -17,7 +17,7 @@ from runtime.protocol import encode_bytes
 from runtime.protocol.wire import EventFrame, Frame, RpcOutcome
 
 
-@dataclass
+@dataclass(slots=True)  # 10,000 of them in a fleet
 class NodeSession:
     node_id: str
     session_id: str

@@ -44,7 +44,7 @@ class Sender:
         self.queued = 0  # bytes waiting in the queue or being written
         self.dropped: str | None = None
         self._finished: asyncio.Event | None = None  # see `finished`
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes] | None = None  # an empty deque is 760 bytes: made when first needed
         self._writer: asyncio.Task[None] | None = None
         self._finishing = False
         self._held: list[tuple[int, bytes]] | None = None  # live events kept back while missed ones are queued
@@ -91,6 +91,8 @@ class Sender:
             self.drop("send_budget", queued=self.queued, frame=len(frame))
             return False
         self.queued += len(frame)
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(frame)
         if self._writer is None:
             self._writer = self.tasks.spawn(self._flush(), f"send-{self.peer}")
@@ -104,9 +106,11 @@ class Sender:
 
     async def _flush(self) -> None:
         """The writer: one frame at a time, each within the send timeout, until the queue is empty."""
+        queue = self._queue
+        assert queue is not None  # put() makes it before it starts a writer
         try:
-            while self._queue and self.dropped is None:
-                frame = self._queue[0]
+            while queue and self.dropped is None:
+                frame = queue[0]
                 try:
                     async with asyncio.timeout(self.limits.send_timeout):
                         await self.ws.send_frame(frame, WSMsgType.TEXT)
@@ -115,11 +119,13 @@ class Sender:
                     return
                 except (ConnectionError, RuntimeError):
                     return  # closed under us: the handler notices on its own
-                if self._queue and self._queue[0] is frame:
-                    self._queue.popleft()
+                if queue and queue[0] is frame:
+                    queue.popleft()
                     self.queued -= len(frame)
         finally:
             self._writer = None
+            if not queue and self._queue is queue:
+                self._queue = None  # idle peers keep no deque
             if self._finishing or self.dropped is not None:
                 self._set_finished()
 
@@ -132,7 +138,7 @@ class Sender:
         log(logger, logging.WARNING, "peer_dropped", peer=self.peer, reason=reason, **fields)
         if self.transport is not None:
             self.transport.abort()
-        self._queue.clear()
+        self._queue = None
         self.queued = 0
         self._set_finished()
 
