@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from telegram import Update
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from runtime.bot import render
-from runtime.bot.access import ADMIN
+from runtime.bot import permissions, render
 from runtime.bot.commands import BUTTONS, COMMANDS, Command
 from runtime.bot.context import Relay, Reply, Req
+from runtime.bot.permissions import Role, Rule
 from runtime.logfmt import log
 from runtime.protocol import RelayError
 
@@ -24,8 +24,10 @@ logger = logging.getLogger("codex_bot.handlers")
 Work = Callable[[Req], Awaitable[str | None]]  # returns a toast text for buttons, None for messages
 
 
-async def _guarded(relay: Relay, update: Update, op: str, admin: bool, what: str, work: Work) -> None:
-    """Authorise, run, and turn every outcome into one answer: a message, or a callback answer."""
+async def _guarded(relay: Relay, update: Update, op: str, rule: Rule, what: str, work: Work,
+                   subject: str = "this bot") -> None:
+    """Authorise by the permission matrix's rule, run, and turn every outcome into one answer: a message, or a
+    callback answer. `subject` is what a refusal says is not for this user."""
     req = Req.of(update)
     if req is None:
         await _unaddressed(relay, update, what)
@@ -36,9 +38,9 @@ async def _guarded(relay: Relay, update: Update, op: str, admin: bool, what: str
     alert = False
     try:
         role = await relay.access.role(req.user_id, req.trace_id)
-        if role is None or (admin and role != ADMIN):
-            log(logger, logging.WARNING, "unauthorized", **fields, role=role)
-            toast, alert = render.unauthorized(req.user_id, admin_only=role is not None), True
+        if role < rule.who:
+            log(logger, logging.WARNING, "unauthorized", **fields, role=role.name.lower(), needs=rule.who.name.lower())
+            toast, alert = render.unauthorized(req.user_id, subject, admin_only=rule.who == Role.ADMIN), True
         else:
             toast = await work(req)
             log(logger, logging.INFO, op, **fields, outcome="ok", ms=round((time.monotonic() - started) * 1000))
@@ -77,20 +79,21 @@ def _command_handler(relay: Relay, cmd: Command) -> CommandHandler[ContextTypes.
 
         async def work(req: Req) -> None:
             await cmd.fn(relay, req, args)
-        await _guarded(relay, update, "command", cmd.admin, f"/{cmd.name}", work)
+        await _guarded(relay, update, "command", cmd.rule, f"/{cmd.name}", work, subject=f"/{cmd.name}")
     return CommandHandler(cmd.name, handle)
 
 
 async def _button(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     data = update.callback_query.data if update.callback_query else None
     prefix, _, arg = (data or "").partition(":")
-    fn = BUTTONS.get(prefix)
+    known = BUTTONS.get(prefix)
 
     async def work(req: Req) -> str:
-        if fn is None or not arg:
+        if known is None or not arg:
             raise Reply(render.STALE_BUTTON)
-        return await fn(relay, req, arg)
-    await _guarded(relay, update, "button", False, f"button {prefix or '?'}", work)
+        return await known.fn(relay, req, arg)
+    await _guarded(relay, update, "button", known.rule if known else permissions.OTHER, f"button {prefix or '?'}", work,
+                   subject="this button")
 
 
 async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -99,7 +102,7 @@ async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE
     async def work(req: Req) -> None:
         node_id, _ = await relay.selected_node(req)
         await relay.turns.start(req, node_id, text or "")
-    await _guarded(relay, update, "text", False, "Sending to Codex", work)
+    await _guarded(relay, update, "text", permissions.TEXT, "Sending to Codex", work)
 
 
 async def _unknown(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -111,7 +114,7 @@ async def _unknown(relay: Relay, update: Update, context: ContextTypes.DEFAULT_T
 
     async def work(req: Req) -> None:
         raise Reply("Unknown command. /help lists what I can do.")
-    await _guarded(relay, update, "command", False, "unknown command", work)
+    await _guarded(relay, update, "command", permissions.OTHER, "unknown command", work)
 
 
 async def _on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
