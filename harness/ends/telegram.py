@@ -78,7 +78,7 @@ class TelegramUser:
 
 class FakeTelegram:
     def __init__(self, http: aiohttp.ClientSession, port: int) -> None:
-        self.http, self.base = http, f"http://127.0.0.1:{port}/_fake/"
+        self.http, self.port, self.base = http, port, f"http://127.0.0.1:{port}/_fake/"
 
     def user(self, user_id: int, chat_id: int | None = None) -> TelegramUser:
         return TelegramUser(self, user_id, chat_id)

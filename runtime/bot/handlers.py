@@ -15,6 +15,7 @@ from telegram.ext import Application, CallbackQueryHandler, CommandHandler, Cont
 from runtime.bot import permissions, render
 from runtime.bot.commands import BUTTONS, COMMANDS, Command
 from runtime.bot.context import Relay, Reply, Req
+from runtime.bot.flood import Refusal
 from runtime.bot.permissions import Role, Rule
 from runtime.logfmt import log
 from runtime.protocol import RelayError
@@ -34,6 +35,9 @@ async def _guarded(relay: Relay, update: Update, op: str, rule: Rule, what: str,
         return
     started = time.monotonic()
     fields = {"cmd": what, "chat_id": req.chat_id, "user_id": req.user_id, "trace_id": req.trace_id}
+    if (refusal := relay.flood.admit(req.user_id)) is not None:  # before anything costs a manager call
+        await _flooded(relay, req, refusal, fields)
+        return
     toast: str | None = None
     alert = False
     try:
@@ -59,6 +63,19 @@ async def _guarded(relay: Relay, update: Update, op: str, rule: Rule, what: str,
         await relay.delivery.answer(req.query_id, toast, alert, chat_id=req.chat_id, trace_id=req.trace_id)
     elif toast is not None and alert:
         await relay.say(req, toast)
+
+
+async def _flooded(relay: Relay, req: Req, refusal: Refusal, fields: dict[str, object]) -> None:
+    """Past the user's rate limit: told once, with the wait; the rest of the flood is skipped (a button's spinner
+    still stops)."""
+    log(logger, logging.WARNING if refusal.tell else logging.INFO, "rate_limited", **fields, wait_s=refusal.wait,
+        told=refusal.tell)
+    text = render.slow_down(refusal.wait, relay.config.user_rate_limit, relay.config.user_rate_window)
+    if req.query_id is not None:
+        await relay.delivery.answer(req.query_id, text if refusal.tell else None, refusal.tell,
+                                    chat_id=req.chat_id, trace_id=req.trace_id)
+    elif refusal.tell:
+        await relay.say(req, text)
 
 
 async def _unaddressed(relay: Relay, update: Update, what: str) -> None:

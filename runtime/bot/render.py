@@ -77,6 +77,11 @@ def unauthorized(user_id: int, what: str, admin_only: bool) -> str:
             f"Ask an admin to allow your user id: /user add {user_id}")
 
 
+def slow_down(wait: int, limit: int, window: float) -> str:
+    return (f"You are sending more than I can take: at most {limit} messages or button presses in {window:g} s. "
+            f"Please try again in {wait} s; until then I skip what you send.")
+
+
 STALE_BUTTON = "This button is no longer valid. Send the command again."
 NO_NODE = "No node selected for this chat. Pick one with /node."
 NO_NODES = "No nodes are registered yet. Create a token with /token generate and start a node with it."
