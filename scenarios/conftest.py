@@ -37,8 +37,10 @@ def _module_dir(run_dir: Path, request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="module")
 async def stack(run_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
-    """One real stack per test module; a module may pass manager flags via `STACK_MANAGER_ARGS`."""
-    s = Stack(_module_dir(run_dir, request), getattr(request.module, "STACK_MANAGER_ARGS", None))
+    """One real stack per test module; a module may pass manager flags via `STACK_MANAGER_ARGS`, and have every
+    service read its secrets from files with `STACK_SECRET_FILES = True`."""
+    s = Stack(_module_dir(run_dir, request), getattr(request.module, "STACK_MANAGER_ARGS", None),
+              secret_files=getattr(request.module, "STACK_SECRET_FILES", False))
     try:
         await s.start()
         yield s

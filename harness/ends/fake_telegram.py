@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 Json = dict[str, Any]
@@ -23,7 +24,10 @@ Json = dict[str, Any]
 TEXT_KEYS = frozenset({"text", "caption", "callback_query_id", "data", "url", "parse_mode", "action", "name",
                        "inline_message_id", "secret_token", "language_code", "description", "query", "title"})
 COMMAND = re.compile(r"^/[A-Za-z0-9_]{1,32}(@[A-Za-z0-9_]{3,64})?(?=\s|$)")
-TRUE_METHODS = ("close", "logOut", "sendChatAction", "setWebhook")  # answered `true`, no state the tests read
+TRUE_METHODS = ("close", "logOut", "sendChatAction")  # answered `true`, no state the tests read
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+WEBHOOK_RETRY_S = 0.5       # Telegram retries an update its webhook did not take; here, soon
+WEBHOOK_ATTEMPTS = 120      # and gives up on it after a while (Telegram: 24 h), so one bad update cannot wedge the rest
 NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and reply markup are "
                 "exactly the same as a current content and reply markup of the message")
 ERROR_STATUSES = frozenset(s.value for s in HTTPStatus if 400 <= s.value <= 599)
@@ -152,9 +156,11 @@ class FakeTelegram:
         self.commands: list[Json] = []
         self.closing = False
         self.polls_waiting = 0  # getUpdates requests being held open: the bot is listening
+        self.webhook: Json | None = None  # {"url", "secret_token"} once the bot set one: updates are POSTed there
+        self.deliverer: asyncio.Task[None] | None = None
         self.changed = asyncio.Condition()  # wakes long polls: new update, new call, newer poll, shutdown
         self.handlers = {n.lower(): n for n in TRUE_METHODS + (
-            "getMe", "deleteWebhook", "getUpdates", "sendMessage", "editMessageText", "editMessageReplyMarkup",
+            "getMe", "setWebhook", "deleteWebhook", "getUpdates", "sendMessage", "editMessageText", "editMessageReplyMarkup",
             "answerCallbackQuery", "deleteMessage", "setMyCommands", "getMyCommands")}
         self.reset()
 
@@ -256,12 +262,49 @@ class FakeTelegram:
     async def m_getMe(self, p: Json) -> Json:
         return self.bot_user
 
+    async def m_setWebhook(self, p: Json) -> bool:
+        url = _need(p, "url", str)
+        self.webhook = {"url": url, "secret_token": p.get("secret_token")} if url else None  # "" removes it
+        if self.webhook is not None and self.deliverer is None:
+            self.deliverer = asyncio.create_task(self._deliver())
+        await self._notify()
+        return True
+
     async def m_deleteWebhook(self, p: Json) -> bool:
+        self.webhook = None
         if p.get("drop_pending_updates") is True:
             self.updates.clear()
         return True
 
+    async def _deliver(self) -> None:
+        """As Telegram does with a webhook set: each update POSTed in order, with the secret token header; one not
+        answered 2xx is tried again, up to WEBHOOK_ATTEMPTS times."""
+        attempts = 0
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            while not self.closing:
+                await self._wait(lambda: bool(self.updates and self.webhook), 60.0)
+                if not (self.updates and self.webhook):
+                    continue
+                update, hook = self.updates[0], self.webhook
+                headers = {SECRET_HEADER: str(hook["secret_token"])} if hook.get("secret_token") else {}
+                try:
+                    async with http.post(hook["url"], json=update, headers=headers) as resp:
+                        status: int | None = resp.status
+                except (aiohttp.ClientError, TimeoutError):
+                    status = None
+                attempts += 1
+                log("webhook", update_id=update["update_id"], status=status, attempt=attempts)
+                if (status is not None and 200 <= status < 300) or attempts >= WEBHOOK_ATTEMPTS:
+                    if self.updates and self.updates[0] is update:
+                        self.updates.pop(0)
+                    attempts = 0
+                else:
+                    await asyncio.sleep(WEBHOOK_RETRY_S)
+
     async def m_getUpdates(self, p: Json) -> list[Json]:
+        if self.webhook is not None:
+            raise TgError(409, "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to "
+                               "delete the webhook first")
         offset, limit = int(p.get("offset") or 0), min(max(int(p.get("limit") or 100), 1), 100)
         if offset > 0:  # an offset confirms every update before it
             self.updates = [u for u in self.updates if u["update_id"] >= offset]
@@ -459,6 +502,8 @@ class FakeTelegram:
     async def on_shutdown(self, app: web.Application) -> None:
         self.closing = True  # release long polls now instead of holding shutdown for their `timeout`
         await self._notify()
+        if self.deliverer is not None:
+            self.deliverer.cancel()
 
 
 @web.middleware

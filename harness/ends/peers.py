@@ -31,10 +31,12 @@ async def _next(queue: asyncio.Queue[dict[str, Any]], wanted: Callable[[dict[str
 class ScriptedNode:
     """A hand-driven node: every frame the manager sends is queued for the test to inspect."""
 
-    def __init__(self, manager_url: str, node_id: str) -> None:
+    def __init__(self, manager_url: str, node_id: str, local_address: str | None = None) -> None:
         self.url = manager_url.replace("http://", "ws://") + Api.NODE_WS
         self.node_id = node_id
-        self.http = aiohttp.ClientSession()
+        # local_address: connect from another loopback address (127.0.0.N), which the manager counts apart
+        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(
+            local_addr=(local_address, 0) if local_address else None))
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._reader: asyncio.Task[None] | None = None

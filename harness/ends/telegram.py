@@ -28,6 +28,19 @@ class TelegramUser:
                                         "message_id": message_id})
         return since
 
+    async def press(self, message_id: int, data: str, timeout: float = 15.0) -> dict[str, Any]:
+        """Tap a button and return the bot's answer to this very press, however many others it answers meanwhile."""
+        since = await self.tg.last_seq()
+        query_id = (await self.tg.post("callback", {"chat_id": self.chat_id, "user_id": self.user_id, "data": data,
+                                                    "message_id": message_id}))["callback_query_id"]
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            call = await self.tg.wait_call("answerCallbackQuery", None, since, left, required=False)
+            if call.get("params", {}).get("callback_query_id") == query_id:
+                return dict(call["params"])
+            since = call.get("seq", since)
+        raise TimeoutError(f"the bot did not answer the press of {data!r} in chat {self.chat_id} within {timeout}s")
+
     async def hostile(self, shape: str) -> int:
         """Inject one update of a hostile shape (fake_telegram.HOSTILE_SHAPES) from this user; its update_id."""
         body = {"shape": shape, "chat_id": self.chat_id, "user_id": self.user_id}
@@ -65,7 +78,7 @@ class TelegramUser:
 
 class FakeTelegram:
     def __init__(self, http: aiohttp.ClientSession, port: int) -> None:
-        self.http, self.base = http, f"http://127.0.0.1:{port}/_fake/"
+        self.http, self.port, self.base = http, port, f"http://127.0.0.1:{port}/_fake/"
 
     def user(self, user_id: int, chat_id: int | None = None) -> TelegramUser:
         return TelegramUser(self, user_id, chat_id)

@@ -87,6 +87,12 @@ class Toxics:
                                  listen="127.0.0.1:0", enabled=True)
         return int(str(proxy.listen).rsplit(":", 1)[1])
 
+    async def retarget(self, name: str, upstream_port: int) -> None:
+        """Point a proxy at another upstream port; it keeps its listen port. For a server that learns its port
+        only after it was told where it is reached (the bot's webhook, on port 0)."""
+        await self._proxy(name)
+        await self._call(APIConsumer.post, f"/proxies/{name}", json={"upstream": f"127.0.0.1:{upstream_port}"})
+
     async def reset(self) -> None:
         """Every proxy enabled, every toxic gone: the clean state between cases."""
         if self.shared_prefix is None:

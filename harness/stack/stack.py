@@ -9,7 +9,9 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,9 +25,10 @@ from harness.ends.telegram import FakeTelegram
 from harness.ends.upstream import prompt_key
 from harness.faults.toxics import FaultLog, Toxics
 from harness.stack import paths, ports
-from harness.stack.procs import Proc
+from harness.stack.procs import Proc, log_fields
 from runtime.backoff import Backoff
 from runtime.bot.config import SETTINGS as BOT_SETTINGS
+from runtime.bot.webhook import PATH as WEBHOOK_PATH
 from runtime.manager.config import SETTINGS as MANAGER_SETTINGS
 from runtime.node.config import SETTINGS as NODE_SETTINGS
 from runtime.protocol import Api, new_id
@@ -69,13 +72,20 @@ stream_idle_timeout_ms = {idle_ms}
 """
 
 
-def launch(loader: Loader[Any], module: str, options: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+def launch(loader: Loader[Any], module: str, options: dict[str, Any],
+           secrets_dir: Path | None = None) -> tuple[list[str], dict[str, str]]:
     """A service's command line and environment: secrets go in CODEX_RELAY_<SERVICE>_<NAME>, never in argv,
-    which every process listing shows and each log's first line records (H-10)."""
+    which every process listing shows and each log's first line records (H-10). With `secrets_dir`, each secret
+    is a file there instead, named by CODEX_RELAY_<SERVICE>_<NAME>_FILE, as systemd's credentials are (S-04)."""
     argv, env = [PY, "-m", module], {}
     for key, value in options.items():
         name = key.replace("-", "_")
-        if name in loader.fields and loader.fields[name].secret:
+        if name in loader.fields and loader.fields[name].secret and secrets_dir is not None:
+            path = secrets_dir / f"{loader.env(name).lower()}-{secrets.token_hex(4)}"
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as fh:
+                fh.write(f"{value}\n")  # one trailing newline, as `echo` leaves it; the services drop it
+            env[loader.env(name) + "_FILE"] = str(path)
+        elif name in loader.fields and loader.fields[name].secret:
             env[loader.env(name)] = str(value)
         else:
             argv += [f"--{name.replace('_', '-')}", str(value)]
@@ -83,9 +93,12 @@ def launch(loader: Loader[Any], module: str, options: dict[str, Any]) -> tuple[l
 
 
 class Stack:
-    def __init__(self, root: Path, manager_args: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: Path, manager_args: dict[str, Any] | None = None, secret_files: bool = False) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        # secret_files: every service reads its secrets from files (`*_FILE`), kept outside reports/ as a deployment
+        # keeps them outside its logs, and removed at close.
+        self.secrets_dir = Path(tempfile.mkdtemp(prefix="relay-secrets-")) if secret_files else None
         # Fresh secrets per stack, so H-10 can look for each one under reports/ and in every argv.
         self.control_token = "ctl_" + secrets.token_hex(12)
         self.bot_token = f"{secrets.randbelow(9 * 10**8) + 10**8}:{secrets.token_urlsafe(24)}"
@@ -105,6 +118,7 @@ class Stack:
         # Every control call made, with the ids it touched: a case's steps and log filter come from here.
         self.trail: list[dict[str, Any]] = []
         self.telegram: FakeTelegram | None = None
+        self.webhook_url = self.webhook_secret = ""  # set by start_bot(webhook=True)
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> Stack:
@@ -119,6 +133,8 @@ class Stack:
             proc.terminate()
         if self._http is not None:
             await self._http.close()
+        if self.secrets_dir is not None:
+            shutil.rmtree(self.secrets_dir, ignore_errors=True)
 
     def _proc(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Proc:
         proc = Proc(name, argv, self.root / "logs" / f"{name}.log", env)
@@ -155,7 +171,8 @@ class Stack:
 
     def _manager_launch(self) -> tuple[list[str], dict[str, str]]:
         return launch(MANAGER_SETTINGS, "runtime.manager.main", {
-            "port": self.manager_port, "db": self.db_path, "control_token": self.control_token, **self.manager_args})
+            "port": self.manager_port, "db": self.db_path, "control_token": self.control_token, **self.manager_args},
+            self.secrets_dir)
 
     async def wait_manager(self, timeout: float = 20.0) -> None:
         await self._wait_http(f"{self.manager_url}{Api.HEALTHZ}", "manager", timeout, self.procs["manager"])
@@ -211,7 +228,7 @@ class Stack:
         return proc
 
     def node_launch(self, node_id: str) -> tuple[list[str], dict[str, str]]:
-        return launch(NODE_SETTINGS, "runtime.node.main", self.node_settings[node_id])
+        return launch(NODE_SETTINGS, "runtime.node.main", self.node_settings[node_id], self.secrets_dir)
 
     def manager_link(self, node_id: str) -> str:
         return f"{self.root.name}_{node_id}_to_manager"
@@ -268,8 +285,9 @@ class Stack:
     # ---- the bot and its fake Telegram ------------------------------------------------------
     ADMIN, USER, STRANGER = 1001, 1002, 1666
 
-    async def start_bot(self, **settings: Any) -> FakeTelegram:
-        """The fake Bot API and the real bot; bot->manager and bot->Telegram go through Toxiproxy."""
+    async def start_bot(self, webhook: bool = False, **settings: Any) -> FakeTelegram:
+        """The fake Bot API and the real bot; bot->manager and bot->Telegram go through Toxiproxy, and with
+        `webhook` Telegram->bot too: the fake POSTs each update to the bot's webhook, with a secret token."""
         assert self.toxics is not None and self._http is not None
         tg = self._proc("telegram", [PY, "-m", "harness.ends.fake_telegram", "--host", "127.0.0.1", "--port", "0"],
                         {"FAKE_TELEGRAM_TOKEN": self.bot_token}).start()
@@ -279,11 +297,47 @@ class Stack:
         options = {"telegram_token": self.bot_token, "telegram_base_url": f"http://127.0.0.1:{to_tg}/bot",
                    "manager_url": f"http://127.0.0.1:{to_mgr}", "control_token": self.control_token,
                    "allowed_users": f"{self.ADMIN},{self.USER}", "admin_users": str(self.ADMIN),
-                   "poll_timeout": 5, "progress_interval": 1.0, "state_dir": str(self.root / "bot"), **settings}
-        self._proc("bot", *launch(BOT_SETTINGS, "runtime.bot.main", options)).start()
-        self.telegram = FakeTelegram(self._http, tg_port)
-        await self.telegram.wait_polling(20)
+                   "poll_timeout": 5, "progress_interval": 1.0, "state_dir": str(self.root / "bot"),
+                   # Off, as auth-failures is for the manager: cases speak as the same few users many times a minute.
+                   # S-05 (scenarios/A/test_a3_security.py) turns it on.
+                   "user_rate_limit": 0, **settings}
+        nowhere = ports.reserved()  # where the webhook's proxy points until the bot names its port: refused
+        try:
+            if webhook:
+                to_bot = await self.toxics.create(self.telegram_bot_link, nowhere.getsockname()[1])
+                self.webhook_secret = "whs_" + secrets.token_hex(16)
+                ISSUED[f"{self.root.name} webhook secret"] = self.webhook_secret
+                self.webhook_url = f"http://127.0.0.1:{to_bot}{WEBHOOK_PATH}"
+                options.update(webhook_url=self.webhook_url, webhook_listen="127.0.0.1", webhook_port=0,
+                               webhook_secret=self.webhook_secret)
+            bot = self._proc("bot", *launch(BOT_SETTINGS, "runtime.bot.main", options, self.secrets_dir)).start()
+            self.telegram = FakeTelegram(self._http, tg_port)
+            if webhook:  # updates sent meanwhile are refused, and the fake tries them again
+                ready = log_fields(await bot.wait_log("bot_ready", timeout=20))
+                await self.toxics.retarget(self.telegram_bot_link, int(ready["webhook_port"]))
+            else:
+                await self.telegram.wait_polling(20)
+        finally:
+            nowhere.close()
         return self.telegram
+
+    def spawn(self, name: str, service: str, **options: Any) -> Proc:
+        """One more process of a service (`manager`, `node` or `bot`) with exactly these settings, its secrets
+        handed over as the stack's are; stopped with the stack. For a case's misconfigured extra."""
+        loader, module = SERVICES[service]
+        return self._proc(name, *launch(loader, module, options, self.secrets_dir)).start()
+
+    async def expect_exit(self, proc: Proc, timeout: float = 20.0) -> int:
+        """Wait for a process the case expects to exit on its own (a refused setting); that exit is no crash."""
+        async for _ in Backoff(0.1, factor=1).tries(timeout):
+            if (code := proc.returncode) is not None:
+                proc.stopped_by_harness = True
+                return code
+        raise TimeoutError(f"{proc.name} still runs after {timeout}s; see {proc.log_path}")
+
+    @property
+    def telegram_bot_link(self) -> str:
+        return f"{self.root.name}_telegram_to_bot"
 
     @property
     def bot_telegram_link(self) -> str:
@@ -365,6 +419,9 @@ class Stack:
         raise TimeoutError(f"codex never asked the model for {prompt!r} within {timeout}s")
 
 
+SERVICES: dict[str, tuple[Loader[Any], str]] = {"manager": (MANAGER_SETTINGS, "runtime.manager.main"),
+                                                "node": (NODE_SETTINGS, "runtime.node.main"),
+                                                "bot": (BOT_SETTINGS, "runtime.bot.main")}
 # Paths served only as GET; TOKENS and USERS take both, so callers pass method="GET" to list them.
 GET_ONLY = {Api.SERVERS, Api.APPROVALS, Api.CHAT, Api.TASKS}
 

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.bot import render
-from runtime.bot.access import ADMIN, Access
+from runtime.bot.access import Access
 from runtime.bot.context import Reply, Req, chat_id_of
 from runtime.bot.delivery import Delivery
 from runtime.bot.manager_client import ManagerClient
+from runtime.bot.permissions import Role
 from runtime.logfmt import log
 from runtime.protocol import Api, ApprovalState, Decision, ErrorKind, RelayError
 
@@ -76,7 +77,7 @@ class Approvals:
     async def decide(self, req: Req, approval_id: str, decision: Decision) -> str:
         """Decide via the manager; a second decision is refused politely (the manager answers conflict)."""
         try:
-            admin = await self.access.role(req.user_id, req.trace_id) == ADMIN
+            admin = await self.access.role(req.user_id, req.trace_id) == Role.ADMIN
             result = await self.manager.post(Api.APPROVALS_DECIDE, req.trace_id, {
                 "approval_id": approval_id, "decision": decision.value, "decided_by": req.user_label,
                 "chat_key": req.chat_key, "admin": admin})

@@ -1,6 +1,7 @@
 """The commands and the buttons. A button calls the same function its text command calls.
 
-Handlers only do the work: authorization, trace ids, logging and error replies live in handlers.py.
+Handlers only do the work: authorization (by runtime/bot/permissions.py), trace ids, logging and error replies
+live in handlers.py.
 """
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.bot import render
+from runtime.bot import permissions, render
 from runtime.bot.context import Relay, Reply, Req
+from runtime.bot.permissions import Rule
 from runtime.bot.render import USAGE, Cb
 from runtime.protocol import Api, Decision, ErrorKind, RelayError
 
@@ -22,23 +24,31 @@ ButtonFn = Callable[[Relay, Req, str], Awaitable[str]]     # (relay, request, ca
 class Command:
     name: str
     fn: CommandFn
-    admin: bool
+    rule: Rule
+
+
+@dataclass(frozen=True)
+class Button:
+    prefix: Cb
+    fn: ButtonFn
+    rule: Rule
 
 
 COMMANDS: dict[str, Command] = {}
-BUTTONS: dict[str, ButtonFn] = {}
+BUTTONS: dict[str, Button] = {}
 
 
-def command(name: str, admin: bool = False) -> Callable[[CommandFn], CommandFn]:
+# Who may use each comes from the permission matrix alone: a command or button without a row there fails here.
+def command(name: str) -> Callable[[CommandFn], CommandFn]:
     def register(fn: CommandFn) -> CommandFn:
-        COMMANDS[name] = Command(name, fn, admin)
+        COMMANDS[name] = Command(name, fn, permissions.COMMANDS[name])
         return fn
     return register
 
 
 def button(prefix: Cb) -> Callable[[ButtonFn], ButtonFn]:
     def register(fn: ButtonFn) -> ButtonFn:
-        BUTTONS[prefix.value] = fn
+        BUTTONS[prefix.value] = Button(prefix, fn, permissions.BUTTONS[prefix])
         return fn
     return register
 
@@ -172,7 +182,7 @@ def _token_fields(rest: str) -> dict[str, str] | None:
     return {k: v for k, v in body.items() if v}
 
 
-@command("token", admin=True)
+@command("token")
 async def token(relay: Relay, req: Req, args: str) -> None:
     sub, _, rest = args.partition(" ")
     rest = rest.strip()
@@ -186,6 +196,37 @@ async def token(relay: Relay, req: Req, args: str) -> None:
         await relay.say(req, f"Token {rest} revoked; nodes using it can no longer connect. Sessions closed: {closed}.")
     else:
         raise Reply(USAGE["token"])
+
+
+# ---- users (admins) ------------------------------------------------------------------------------
+
+async def _set_user(relay: Relay, req: Req, user_id: str, role: str | None) -> list[dict[str, Any]]:
+    if not user_id.isdigit() or int(user_id) < 1:
+        raise Reply(f"Not a Telegram user id: {user_id}. " + USAGE["user"])
+    users = await relay.manager.post(Api.USERS, req.trace_id, {"user_id": int(user_id), "role": role})
+    relay.access.forget()  # seen by the next update, not after users_ttl
+    return list(users.get("users") or [])
+
+
+@command("user")
+async def user(relay: Relay, req: Req, args: str) -> None:
+    words = args.split()
+    config = relay.config
+    if words == ["list"]:
+        users = list((await relay.manager.get(Api.USERS, req.trace_id)).get("users") or [])
+        await relay.say(req, render.users(users, config.admin_users, config.allowed_users))
+    elif len(words) in (2, 3) and words[0] == "add" and words[2:] in ([], ["admin"]):
+        role = "admin" if words[2:] else "user"
+        await relay.say(req, render.users(await _set_user(relay, req, words[1], role), config.admin_users,
+                                          config.allowed_users, f"User {words[1]} may now use the bot as {role}."))
+    elif len(words) == 2 and words[0] == "remove":
+        if words[1].isdigit() and int(words[1]) in config.admin_users | config.allowed_users:
+            raise Reply(f"User {words[1]} is allowed by the bot's settings (admin_users, allowed_users): "
+                        "remove them there and restart the bot.")
+        await relay.say(req, render.users(await _set_user(relay, req, words[1], None), config.admin_users,
+                                          config.allowed_users, f"User {words[1]} may no longer use the bot."))
+    else:
+        raise Reply(USAGE["user"])
 
 
 # ---- approvals -----------------------------------------------------------------------------------
@@ -224,7 +265,7 @@ STRAIGHTEN = str.maketrans({"“": '"', "”": '"', "„": '"', "‘": "'", "’
 
 
 # Admins only: a config value can name programs codex runs (an MCP server, a notify command) on the node.
-@command("config_value_write", admin=True)
+@command("config_value_write")
 async def config_value_write(relay: Relay, req: Req, args: str) -> None:
     if not args.strip():
         raise Reply(USAGE["config_value_write"])

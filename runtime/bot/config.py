@@ -34,12 +34,17 @@ class BotConfig:
     telegram_timeout: Annotated[float, setting("seconds for one Bot API call", gt=0)] = 20.0
     poll_timeout: Annotated[float, setting("seconds of one getUpdates long poll", ge=0)] = 20.0
     progress_interval: Annotated[float, setting("seconds between progress edits of one message", gt=0)] = 3.0
+    user_rate_limit: Annotated[int, setting("messages and button presses one Telegram user may send per "
+                                            "user_rate_window; past it they are told once when to try again, "
+                                            "and skipped until then; 0 turns the limit off", ge=0)] = 20
+    user_rate_window: Annotated[float, setting("seconds of the window user_rate_limit counts in", gt=0)] = 60.0
     users_ttl: Annotated[float, setting("seconds the manager's allowlist is trusted before it is fetched again",
                                         ge=0)] = 10.0
     send_attempts: Annotated[int, setting("tries for one Telegram send", ge=1)] = 5
     webhook_url: Annotated[str, setting("public webhook URL; empty uses long polling")] = ""
     webhook_listen: Annotated[str, setting("address the webhook server listens on")] = "127.0.0.1"
-    webhook_port: Annotated[int, setting("port the webhook server listens on", ge=0, le=65535)] = 8443
+    webhook_port: Annotated[int, setting("port the webhook server listens on; 0 takes a free one, logged in "
+                                              "bot_ready", ge=0, le=65535)] = 8443
     webhook_secret: Annotated[str, setting("secret Telegram sends with each webhook call", secret=True)] = field(
         default="", repr=False)
     state_dir: Annotated[str, setting("where the bot keeps its place in the manager's events, so a restart "

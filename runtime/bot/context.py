@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from runtime.bot.approvals import Approvals
     from runtime.bot.config import BotConfig
     from runtime.bot.delivery import Delivery
+    from runtime.bot.flood import Flood
     from runtime.bot.manager_client import ManagerClient
     from runtime.bot.turns import Turns
 
@@ -75,6 +76,7 @@ class Relay:
     delivery: Delivery
     approvals: Approvals
     turns: Turns
+    flood: Flood
 
     async def say(self, req: Req, text: str, markup: InlineKeyboardMarkup | None = None) -> Message | None:
         return await self.delivery.send(req.chat_id, text, markup, trace_id=req.trace_id)

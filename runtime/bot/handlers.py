@@ -12,10 +12,11 @@ from collections.abc import Awaitable, Callable
 from telegram import Update
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from runtime.bot import render
-from runtime.bot.access import ADMIN
+from runtime.bot import permissions, render
 from runtime.bot.commands import BUTTONS, COMMANDS, Command
 from runtime.bot.context import Relay, Reply, Req
+from runtime.bot.flood import Refusal
+from runtime.bot.permissions import Role, Rule
 from runtime.logfmt import log
 from runtime.protocol import RelayError
 
@@ -24,21 +25,26 @@ logger = logging.getLogger("codex_bot.handlers")
 Work = Callable[[Req], Awaitable[str | None]]  # returns a toast text for buttons, None for messages
 
 
-async def _guarded(relay: Relay, update: Update, op: str, admin: bool, what: str, work: Work) -> None:
-    """Authorise, run, and turn every outcome into one answer: a message, or a callback answer."""
+async def _guarded(relay: Relay, update: Update, op: str, rule: Rule, what: str, work: Work,
+                   subject: str = "this bot") -> None:
+    """Authorise by the permission matrix's rule, run, and turn every outcome into one answer: a message, or a
+    callback answer. `subject` is what a refusal says is not for this user."""
     req = Req.of(update)
     if req is None:
         await _unaddressed(relay, update, what)
         return
     started = time.monotonic()
     fields = {"cmd": what, "chat_id": req.chat_id, "user_id": req.user_id, "trace_id": req.trace_id}
+    if (refusal := relay.flood.admit(req.user_id)) is not None:  # before anything costs a manager call
+        await _flooded(relay, req, refusal, fields)
+        return
     toast: str | None = None
     alert = False
     try:
         role = await relay.access.role(req.user_id, req.trace_id)
-        if role is None or (admin and role != ADMIN):
-            log(logger, logging.WARNING, "unauthorized", **fields, role=role)
-            toast, alert = render.unauthorized(req.user_id, admin_only=role is not None), True
+        if role < rule.who:
+            log(logger, logging.WARNING, "unauthorized", **fields, role=role.name.lower(), needs=rule.who.name.lower())
+            toast, alert = render.unauthorized(req.user_id, subject, admin_only=rule.who == Role.ADMIN), True
         else:
             toast = await work(req)
             log(logger, logging.INFO, op, **fields, outcome="ok", ms=round((time.monotonic() - started) * 1000))
@@ -59,6 +65,19 @@ async def _guarded(relay: Relay, update: Update, op: str, admin: bool, what: str
         await relay.say(req, toast)
 
 
+async def _flooded(relay: Relay, req: Req, refusal: Refusal, fields: dict[str, object]) -> None:
+    """Past the user's rate limit: told once, with the wait; the rest of the flood is skipped (a button's spinner
+    still stops)."""
+    log(logger, logging.WARNING if refusal.tell else logging.INFO, "rate_limited", **fields, wait_s=refusal.wait,
+        told=refusal.tell)
+    text = render.slow_down(refusal.wait, relay.config.user_rate_limit, relay.config.user_rate_window)
+    if req.query_id is not None:
+        await relay.delivery.answer(req.query_id, text if refusal.tell else None, refusal.tell,
+                                    chat_id=req.chat_id, trace_id=req.trace_id)
+    elif refusal.tell:
+        await relay.say(req, text)
+
+
 async def _unaddressed(relay: Relay, update: Update, what: str) -> None:
     """No sender to authorise, or no chat to act in: nothing runs. A button press is still answered, so the
     user's spinner stops; a message without a sender (a channel's, an anonymous one) is skipped quietly."""
@@ -77,20 +96,21 @@ def _command_handler(relay: Relay, cmd: Command) -> CommandHandler[ContextTypes.
 
         async def work(req: Req) -> None:
             await cmd.fn(relay, req, args)
-        await _guarded(relay, update, "command", cmd.admin, f"/{cmd.name}", work)
+        await _guarded(relay, update, "command", cmd.rule, f"/{cmd.name}", work, subject=f"/{cmd.name}")
     return CommandHandler(cmd.name, handle)
 
 
 async def _button(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     data = update.callback_query.data if update.callback_query else None
     prefix, _, arg = (data or "").partition(":")
-    fn = BUTTONS.get(prefix)
+    known = BUTTONS.get(prefix)
 
     async def work(req: Req) -> str:
-        if fn is None or not arg:
+        if known is None or not arg:
             raise Reply(render.STALE_BUTTON)
-        return await fn(relay, req, arg)
-    await _guarded(relay, update, "button", False, f"button {prefix or '?'}", work)
+        return await known.fn(relay, req, arg)
+    await _guarded(relay, update, "button", known.rule if known else permissions.OTHER, f"button {prefix or '?'}", work,
+                   subject="this button")
 
 
 async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -99,7 +119,7 @@ async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE
     async def work(req: Req) -> None:
         node_id, _ = await relay.selected_node(req)
         await relay.turns.start(req, node_id, text or "")
-    await _guarded(relay, update, "text", False, "Sending to Codex", work)
+    await _guarded(relay, update, "text", permissions.TEXT, "Sending to Codex", work)
 
 
 async def _unknown(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -111,7 +131,7 @@ async def _unknown(relay: Relay, update: Update, context: ContextTypes.DEFAULT_T
 
     async def work(req: Req) -> None:
         raise Reply("Unknown command. /help lists what I can do.")
-    await _guarded(relay, update, "command", False, "unknown command", work)
+    await _guarded(relay, update, "command", permissions.OTHER, "unknown command", work)
 
 
 async def _on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -27,6 +27,7 @@ from runtime.bot.context import Relay
 from runtime.bot.cursor import Cursor
 from runtime.bot.delivery import Delivery
 from runtime.bot.events import EventStream
+from runtime.bot.flood import Flood
 from runtime.bot.manager_client import ManagerClient
 from runtime.bot.turns import Turns
 from runtime.bot.updates import SUBSCRIBED, Screen, UpdatesRequest
@@ -55,7 +56,7 @@ def build(config: BotConfig, screen: Screen) -> tuple[Application, Relay, EventS
     delivery = Delivery(app.bot, config.send_attempts)
     access = Access(config, manager)
     relay = Relay(config, manager, access, delivery, Approvals(manager, delivery, access),
-                  Turns(config, manager, delivery))
+                  Turns(config, manager, delivery), Flood(config.user_rate_limit, config.user_rate_window))
     handlers.install(app, relay)
 
     async def resolved(e: dict) -> None:  # type: ignore[type-arg]
@@ -108,9 +109,10 @@ async def run(config: BotConfig) -> int:
         log(logger, logging.WARNING, "telegram_poll_failed", error=f"{type(exc).__name__}: {exc.message}")
 
     webhook = Webhook(app, screen, config.webhook_secret) if config.webhook_url else None
+    listening: int | None = None
     if webhook is not None:
         try:
-            await webhook.start(config.webhook_listen, config.webhook_port, config.webhook_url)
+            listening = await webhook.start(config.webhook_listen, config.webhook_port, config.webhook_url)
         except (OSError, TelegramError) as exc:  # the port is taken, or Telegram refused the URL
             log(logger, logging.ERROR, "startup_failed", error=f"webhook: {type(exc).__name__}: {exc}",
                 exit_code=EXIT_CONFIG, fix=f"set {config_mod.SETTINGS.where('webhook_port')} to a free port and "
@@ -126,8 +128,8 @@ async def run(config: BotConfig) -> int:
     stream = events.tasks.spawn(events.run_forever(), "events")
     log(logger, logging.INFO, "bot_ready", username=app.bot.username, version=__version__,
         manager_url=config.manager_url,
-        mode="webhook" if config.webhook_url else "polling", allowed=len(config.allowed_users),
-        admins=len(config.admin_users))
+        mode="webhook" if config.webhook_url else "polling", webhook_port=listening, allowed=len(config.allowed_users),
+        admins=len(config.admin_users), user_rate=f"{config.user_rate_limit}/{config.user_rate_window:g}s")
     await stop.wait()
     log(logger, logging.INFO, "bot_stopping")
     await cancel(stream)

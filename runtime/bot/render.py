@@ -52,12 +52,15 @@ HELP = """Codex Relay: drive Codex on your machines from here.
 /decline <approval_id>: decline a pending request
 /config_value_write {"key_path": "...", "value": ...}: write a Codex config value on the node (admins)
 /token generate|list|revoke: node tokens (admins)
+/user add|remove|list: who may use this bot (admins)
 
 Any other text is sent to Codex on the selected node."""
 
 USAGE = {
     "token": "Usage:\n/token generate [node=<node_id>] [note=<text>]: create a node token (shown once)\n"
              "/token list: list tokens\n/token revoke <token_id>: revoke a token and cut off its nodes",
+    "user": "Usage:\n/user add <user_id> [admin]: allow a Telegram user (as an admin with `admin`)\n"
+            "/user remove <user_id>: take the bot away from a user\n/user list: who may use the bot",
     "approve": "Usage: /approve <approval_id> [session]\nApproves a pending request; add `session` to also allow "
                "the same command for the rest of the session.",
     "decline": "Usage: /decline <approval_id>\nDeclines a pending request; Codex is told and carries on without it.",
@@ -66,10 +69,17 @@ USAGE = {
 }
 
 
-def unauthorized(user_id: int, admin_only: bool = False) -> str:
+def unauthorized(user_id: int, what: str, admin_only: bool) -> str:
+    """A refusal that names who may (runtime/bot/permissions.py says who), and what to do about it."""
     if admin_only:
-        return f"unauthorized: this command is for admins, and Telegram user {user_id} is not one."
-    return f"unauthorized: Telegram user {user_id} may not use this bot. Ask an admin to allow your user id."
+        return f"unauthorized: {what} is for admins, and Telegram user {user_id} is not one. Ask an admin to do it."
+    return (f"unauthorized: {what} is for allowed users and admins, and Telegram user {user_id} is neither. "
+            f"Ask an admin to allow your user id: /user add {user_id}")
+
+
+def slow_down(wait: int, limit: int, window: float) -> str:
+    return (f"You are sending more than I can take: at most {limit} messages or button presses in {window:g} s. "
+            f"Please try again in {wait} s; until then I skip what you send.")
 
 
 STALE_BUTTON = "This button is no longer valid. Send the command again."
@@ -168,6 +178,16 @@ def tokens(rows: list[dict[str, Any]]) -> str:
         state = f"revoked {ago(t['revoked_at'])}" if t.get("revoked_at") else "active"
         note = f", note: {t['note']}" if t.get("note") else ""
         lines.append(f"• {t['token_id']}: node {t.get('node_id') or 'any'}, {state}{note}")
+    return "\n".join(lines)
+
+
+def users(rows: list[dict[str, Any]], admins: frozenset[int], allowed: frozenset[int], done: str = "") -> str:
+    """Who may use the bot: the manager's users, and those the bot's settings allow (changed only there)."""
+    lines = [done] if done else []
+    lines.append("Users:")
+    lines += [f"• {u['user_id']}: {u['role']}" for u in rows]
+    lines += [f"• {u}: admin (bot settings)" for u in sorted(admins)]
+    lines += [f"• {u}: user (bot settings)" for u in sorted(allowed - admins)]
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from typing import Any
 
 from aiohttp import web
 from telegram import Update
@@ -16,16 +17,18 @@ SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 
 
 class Webhook:
-    def __init__(self, app: Application, screen: Screen, secret: str) -> None:  # type: ignore[type-arg]
+    def __init__(self, app: Application[Any, Any, Any, Any, Any, Any], screen: Screen, secret: str) -> None:
         self.app, self.screen, self.secret = app, screen, secret
         server = web.Application(client_max_size=1 << 20)
         server.router.add_post(PATH, self.receive)
         self.runner = web.AppRunner(server, access_log=None)
 
-    async def start(self, listen: str, port: int, url: str) -> None:
+    async def start(self, listen: str, port: int, url: str) -> int:
+        """Listen (port 0 takes a free one) and tell Telegram the URL; returns the port listened on."""
         await self.runner.setup()
         await web.TCPSite(self.runner, listen, port).start()
         await self.app.bot.set_webhook(url, allowed_updates=list(SUBSCRIBED), secret_token=self.secret or None)
+        return int(self.runner.addresses[0][1])
 
     async def stop(self) -> None:
         await self.runner.cleanup()

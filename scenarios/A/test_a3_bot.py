@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from harness.ends.telegram import FakeTelegram, TelegramUser
+from harness.stack import paths
 from harness.stack.procs import Proc
 from harness.stack.stack import Stack
 from runtime.backoff import Backoff
@@ -213,7 +214,7 @@ async def test_config_value_write_invalid_json(stack: Stack, tg: FakeTelegram) -
     config = Path(stack.node_settings[NODE]["codex_home"]) / "config.toml"
     before = config.read_text()
     refused = (await ask(fresh(tg, Stack.USER), '/config_value_write {"key_path": "model", "value": "x"}'))["text"]
-    assert refused.startswith("unauthorized: this command is for admins"), refused
+    assert refused.startswith("unauthorized: /config_value_write is for admins"), refused
     user = fresh(tg, Stack.ADMIN)
     bad = (await ask(user, '/config_value_write {"key_path": "model", "value": }'))["text"]
     assert bad.startswith("Invalid JSON:") and "line 1, column" in bad and '"key_path"' in bad, bad
@@ -323,3 +324,72 @@ async def test_hostile_updates(stack: Stack, tg: FakeTelegram) -> None:
     assert len([m for m in await group.messages() if m["from_bot"]]) == 2, await group.messages()
 
     assert tracebacks(bot) == crashes, "the bot logged a traceback"
+
+
+# ---- S-01: the permission matrix, cell by cell ---------------------------------------------------------------
+
+README_MATRIX = re.compile(r"<!-- permissions: begin -->\n(.*?)\n<!-- permissions: end -->", re.S)
+ROLES = {"stranger": Stack.STRANGER, "user": Stack.USER, "admin": Stack.ADMIN}
+
+
+def readme_matrix() -> dict[str, dict[str, bool]]:
+    """The README's permission table: row label -> {role: may use it}."""
+    block = README_MATRIX.search((paths.REPO_ROOT / "README.md").read_text())
+    assert block is not None, "README.md has no permission table"
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in block.group(1).splitlines()[2:]]
+    return {r[0]: {role: r[1 + i] == "yes" for i, role in enumerate(ROLES)} for r in rows}
+
+
+def probes(label: str) -> list[tuple[str, str]]:
+    """What a cell sends: ("say", text) or ("press", callback data). Each asks for nothing that changes another
+    case's state: commands without arguments, picks in the cell's own chat, an approval id that does not exist."""
+    if label.startswith("`/"):
+        return [("say", label.strip("`"))]
+    if label.startswith("button "):
+        prefix = label.removeprefix("button ").strip("`")
+        arg = {"node:": NODE, "model:": "gpt-5.5", "thread:": "new", "ap:": f"{new_id('appr')}:a"}[prefix]
+        return [("press", prefix + arg)]
+    if label == "text":
+        return [("say", f"hello {new_id('s01')}")]
+    assert label == "other", f"a permission row the scenario cannot send: {label}"
+    return [("say", "/nosuchcommand"), ("press", "zz:gone")]
+
+
+async def answer(tg: FakeTelegram, role: str, kind: str, what: str) -> str:
+    """The bot's answer to one probe, in a chat of its own: the reply, or the alert on a press."""
+    user = fresh(tg, ROLES[role])
+    if kind == "say":
+        return str((await ask(user, what))["text"])
+    shown = await ask(user, "/help")  # any message of the bot's to press a button on (a refusal, for a stranger)
+    return str((await user.press(shown["message_id"], what))["text"])
+
+
+@pytest.mark.case("S-01")
+async def test_permission_matrix(stack: Stack, tg: FakeTelegram) -> None:
+    """every command, button, text and unknown command, from a stranger, a user and an admin: allowed or refused
+    exactly as the README's table says; a refusal names who may and the user's id; no token is made"""
+    matrix, before = readme_matrix(), await token_ids(stack)
+    cells = [(label, role, kind, what) for label, row in matrix.items() for role in ROLES for kind, what in probes(label)]
+    answers = await asyncio.gather(*(answer(tg, role, kind, what) for _, role, kind, what in cells))
+    wrong = []
+    for (label, role, kind, what), text in zip(cells, answers, strict=True):
+        refused = text.startswith("unauthorized:")
+        admins_only = not matrix[label]["user"]
+        names_who = ("is for admins" if admins_only else "is for allowed users and admins") in text
+        if refused == matrix[label][role] or (refused and not (names_who and str(ROLES[role]) in text)):
+            wrong.append(f"{role} {kind} {what!r} ({label}): {text!r}")
+    assert not wrong, "answers that break the permission matrix:\n" + "\n".join(wrong)
+    assert len(cells) >= 3 * len(matrix), cells
+    assert await token_ids(stack) == before
+
+    # User management, the admins' way in: a stranger an admin adds is a user at once, and refused once removed.
+    admin, newcomer = fresh(tg, Stack.ADMIN), next(_chats)
+    assert (await ask(fresh(tg, newcomer), "/help"))["text"].startswith("unauthorized:")
+    added = (await ask(admin, f"/user add {newcomer}"))["text"]
+    assert added.startswith(f"User {newcomer} may now use the bot as user.") and f"• {newcomer}: user" in added, added
+    assert (await ask(fresh(tg, newcomer), "/help"))["text"].startswith(HELP)
+    assert (await ask(fresh(tg, newcomer), "/user list"))["text"].startswith("unauthorized: /user is for admins")
+    removed = (await ask(admin, f"/user remove {newcomer}"))["text"]
+    assert removed.startswith(f"User {newcomer} may no longer use the bot.") and f"• {newcomer}:" not in removed
+    assert (await ask(fresh(tg, newcomer), "/help"))["text"].startswith("unauthorized:")
+    assert newcomer not in {u["user_id"] for u in (await stack.call(Api.USERS, method="GET"))["users"]}

@@ -1,0 +1,65 @@
+"""S-01: who may use each command and button, in one table. The handlers take every check from it, and the
+README's permission table is this table printed (`python -m runtime.bot.permissions`; tests/test_permissions.py
+fails when they differ)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from runtime.bot.render import Cb
+
+
+class Role(IntEnum):
+    """Ordered: each role may do all that the ones below it may."""
+
+    STRANGER = 0   # any Telegram user not allowed by the bot's settings or the manager's users
+    USER = 1       # allowed_users, or a manager user with role `user`
+    ADMIN = 2      # admin_users, or a manager user with role `admin`
+
+
+@dataclass(frozen=True)
+class Rule:
+    who: Role    # the least role that may use it
+    what: str    # what it does, for the README's table
+
+
+USER, ADMIN = Role.USER, Role.ADMIN
+
+COMMANDS: dict[str, Rule] = {
+    "start": Rule(USER, "what the bot does (same as /help)"),
+    "help": Rule(USER, "what the bot does"),
+    "node": Rule(USER, "list the nodes, pick one for this chat"),
+    "status": Rule(USER, "the chat's node: state, model, thread"),
+    "model": Rule(USER, "list models, pick one for this chat"),
+    "thread": Rule(USER, "list threads, start a new one or switch"),
+    "approve": Rule(USER, "approve a request posted in this chat (an admin: in any chat)"),
+    "decline": Rule(USER, "decline a request posted in this chat (an admin: in any chat)"),
+    "token": Rule(ADMIN, "node tokens: generate, list, revoke"),
+    "user": Rule(ADMIN, "who may use the bot: add, remove, list"),
+    "config_value_write": Rule(ADMIN, "write a Codex config value on the node (it can name programs codex runs)"),
+}
+
+BUTTONS: dict[Cb, Rule] = {
+    Cb.NODE: Rule(USER, "a node under /node"),
+    Cb.MODEL: Rule(USER, "a model under /model"),
+    Cb.THREAD: Rule(USER, "a thread (or New thread) under /thread"),
+    Cb.APPROVE: Rule(USER, "Approve / Decline on an approval prompt, in its chat (an admin: in any chat)"),
+}
+
+TEXT = Rule(USER, "any other text: a Codex turn on the chat's node")
+OTHER = Rule(USER, "an unknown command, or a button the bot no longer knows: told so")
+
+
+def table() -> str:
+    """The README's permission table."""
+    rows = [(f"`/{name}`", rule) for name, rule in COMMANDS.items()]
+    rows += [(f"button `{prefix.value}:`", rule) for prefix, rule in BUTTONS.items()]
+    rows += [("text", TEXT), ("other", OTHER)]
+    lines = ["| command or button | stranger | user | admin | what |", "|---|---|---|---|---|"]
+    for label, rule in rows:
+        lines.append(f"| {label} | {' | '.join('yes' if role >= rule.who else 'no' for role in Role)} | {rule.what} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())
