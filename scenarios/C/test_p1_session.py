@@ -65,8 +65,8 @@ async def until_stopped(stack: Stack, user: TelegramUser, placeholder: dict[str,
 
 @pytest.mark.case("P1-01")
 async def test_stop(stack: Stack, tg: FakeTelegram) -> None:
-    """the Stop button and /stop: turn/interrupt reaches codex, the user reads Stopped, the task ends cancelled,
-    and the chat's next message runs normally"""
+    """the Stop button, /stop, and Cancel on an approval: turn/interrupt reaches codex, the user reads Stopped, the
+    task ends cancelled (not an error), and the chat's next message runs normally"""
     user = await fresh_chat(tg)
     run = new_id("p101")
     cancelled = await stack.metric("tasks_cancelled")
@@ -84,10 +84,16 @@ async def test_stop(stack: Stack, tg: FakeTelegram) -> None:
             "no turn/interrupt reached codex"
         assert [r for r in received(stack, "turn/completed") if r["msg"]["params"]["turn"]["id"] == turn_id
                 and r["msg"]["params"]["turn"]["status"] == "interrupted"], "codex did not end the turn interrupted"
-    assert await stack.metric("tasks_cancelled") == cancelled + 2  # counted apart from failures
+    # Cancel on an approval (codex's own "decline and stop the turn") is the user's stop too, not an error.
+    placeholder = await user.sent(await user.say(f"{run} cancelled at its approval [[mock:approve]]"))
+    prompt = await user.until_shown(lambda m: "Approval needed" in m["text"] and m.get("reply_markup"))
+    approval_id = next(line[4:] for line in prompt["text"].splitlines() if line.startswith("id: "))
+    await stack.call(Api.APPROVALS_DECIDE, {"approval_id": approval_id, "decision": "cancel"})
+    await until_stopped(stack, user, placeholder, button(placeholder, "Stop").partition(":")[2])
+    assert await stack.metric("tasks_cancelled") == cancelled + 3  # counted apart from failures
     # The next message runs normally, on the same thread (codex sees every prompt of it).
     thread_id = task["thread_id"]
-    await user.turn(f"{run} [[mock:history]] after the stops", "history: 3 user messages")
+    await user.turn(f"{run} [[mock:history]] after the stops", "history: 4 user messages")
     assert (await stack.call(Api.CHAT, {"chat_key": f"tg:{user.chat_id}"}))["threads"][NODE] == thread_id
     idle = await user.reply(await user.say("/stop"))
     assert idle["text"] == "Nothing to stop: no turn is running in this chat.", idle
