@@ -59,7 +59,8 @@ async def _reply_time(tg: FakeTelegram, chat_id: int, since: int, expect: str, t
 async def run(a: argparse.Namespace) -> list[Figure]:
     placeholder, added, turn_ms, total = [], [], [], []
     async with stacks.stack(NAME) as s:
-        await s.add_node(NODE, manager_url=f"ws://127.0.0.1:{s.manager_port}{Api.NODE_WS}",
+        # The node as it runs for real: the harness's traffic log off (production's default).
+        await s.add_node(NODE, manager_url=f"ws://127.0.0.1:{s.manager_port}{Api.NODE_WS}", appserver_log="",
                          heartbeat_interval=NodeConfig.heartbeat_interval, manager_silence=NodeConfig.manager_silence)
         tg = await s.start_bot()
         user = tg.user(Stack.USER)

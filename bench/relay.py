@@ -58,13 +58,14 @@ def _relay_call(http: HttpClient, node_id: str) -> Call:
     return call
 
 
-async def _no_request(method: str, params: dict[str, Any]) -> dict[str, Any]:
+async def _no_request(method: str, params: dict[str, Any], request_id: Any) -> dict[str, Any]:
     raise RelayError(ErrorKind.APPSERVER_ERROR, "the benchmark answers no server requests")
 
 
 async def run(a: argparse.Namespace) -> list[Figure]:
     async with stacks.stack(NAME) as s:
-        await s.add_node(NODE, manager_url=f"ws://127.0.0.1:{s.manager_port}{Api.NODE_WS}",
+        # The node as it runs for real: the harness's traffic log off (production's default).
+        await s.add_node(NODE, manager_url=f"ws://127.0.0.1:{s.manager_port}{Api.NODE_WS}", appserver_log="",
                          heartbeat_interval=NodeConfig.heartbeat_interval, manager_silence=NodeConfig.manager_silence)
         home, cwd = s.root / "direct" / "codex_home", s.root / "direct" / "cwd"
         home.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.history.history import Fault, Op
 
-FINAL = ("done", "failed")
+FINAL = ("done", "failed", "cancelled")  # cancelled: the user stopped it, final and not a failure
 EXAMPLES = 10  # violations listed by id; the counts hold the rest
 DROP_SLACK_S = 1.0  # a result in flight when the manager's own timeout fired is a race, not a drop
 

@@ -76,6 +76,28 @@ class TelegramUser:
             await self.tg.wait_call(None, self.chat_id, await self.tg.last_seq(), 1.0, required=False)
 
 
+    async def pick_node(self, node_id: str) -> None:
+        """Select `node_id` for this chat through /node and its button, as a user would."""
+        listing = await self.sent(await self.say("/node"))
+        [choice] = [b for row in listing["reply_markup"]["inline_keyboard"] for b in row
+                    if b["callback_data"].endswith(f":{node_id}")]
+        alert = await self.alert(await self.tap(listing["message_id"], choice["callback_data"]))
+        assert "selected" in alert["text"], alert
+
+    async def turn(self, text: str, expect: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Send plain text; wait for the bot's final answer containing `expect` (placeholder edits skipped)."""
+        since = await self.say(text)
+        placeholder = await self.sent(since)
+        assert placeholder["text"].startswith("⏳"), placeholder
+        return await self.until_shown(lambda m: expect in m["text"] and "⏳" not in m["text"], timeout)
+
+
+def button(message: dict[str, Any], label: str) -> str:
+    """The callback data of the button whose label ends with `label`."""
+    return next(b["callback_data"] for row in message["reply_markup"]["inline_keyboard"] for b in row
+                if b["text"].endswith(label))
+
+
 class FakeTelegram:
     def __init__(self, http: aiohttp.ClientSession, port: int) -> None:
         self.http, self.port, self.base = http, port, f"http://127.0.0.1:{port}/_fake/"

@@ -29,12 +29,14 @@ PLAIN = re.compile(r'[^\s"=]+')
 ECHO_CMD = "echo relay-approved"
 JSON_CT = "application/json"
 BEHAVIORS = frozenset(
-    ("reply", "history", "approve", "patch", "drop", "eof", "hang", "http500", "failed", "slow")
+    ("reply", "history", "approve", "patch", "elicit", "drop", "eof", "hang", "http500", "failed", "slow")
 )
 OUTPUT_TYPES = ("function_call_output", "custom_tool_call_output")
 ESCALATE: Json = {"sandbox_permissions": "require_escalated", "justification": "mock needs approval"}
 HANG_MAX_S = 600.0
 SLOW_MAX_S = 120.0
+# `elicit`: read a resource of the node's MCP server (harness/ends/mcp_asker.py), which asks the user a question.
+MCP_READ: Json = {"server": "relay_asker", "uri": "relay://question"}
 PATCH = "*** Begin Patch\n*** Add File: relay_patch.txt\n+patched by mock\n*** End Patch\n"
 USAGE: Json = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
 
@@ -130,6 +132,8 @@ def _message(mid: str, text: str | None) -> Json:
 def _tool_call(name: str, call_id: str) -> Json:
     if name == "patch":
         return {"type": "custom_tool_call", "call_id": call_id, "name": "apply_patch", "input": PATCH}
+    if name == "elicit":
+        return {"type": "function_call", "call_id": call_id, "name": "read_mcp_resource", "arguments": json.dumps(MCP_READ)}
     args = json.dumps({"cmd": ECHO_CMD, **ESCALATE})
     return {"type": "function_call", "call_id": call_id, "name": "exec_command", "arguments": args}
 
@@ -188,7 +192,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
         return _error(400, str(exc), "invalid_request_error")
     if followup:
         text = f"tool said: {_tool_output(last)}"
-        name = "reply" if name in ("approve", "patch", "history") else name
+        name = "reply" if name in ("approve", "patch", "elicit", "history") else name
     elif name == "history":
         text = f"history: {sum(map(_is_real_user, items))} user messages"
     else:
@@ -220,7 +224,7 @@ async def _stream(
         error = {"code": "server_error", "message": "mock upstream reported response.failed"}
         await resp.write(_sse("response.failed", response={"id": rid, "status": "failed", "error": error}))
         return
-    if name in ("approve", "patch"):
+    if name in ("approve", "patch", "elicit"):
         await resp.write(
             _sse("response.output_item.done", output_index=0, item=_tool_call(name, f"call_{n}"))
         )

@@ -52,7 +52,7 @@ class Resolution:
     """What an op's task became, read from the manager's DB after recovery: how an `unknown` is settled."""
     op_id: str
     task_id: str
-    state: str                   # done, failed, open, or absent (the manager never stored it)
+    state: str                   # done, failed, cancelled, open, or absent (the manager never stored it)
     error_kind: str | None = None
     type: str = "resolve"
 

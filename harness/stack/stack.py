@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from harness.ends import mcp_asker
 from harness.ends.telegram import FakeTelegram
 from harness.ends.upstream import prompt_key
 from harness.faults.toxics import FaultLog, Toxics
@@ -69,6 +70,13 @@ supports_websockets = false
 request_max_retries = 0  # fail fast: the harness judges each fault, not codex's retries
 stream_max_retries = 0
 stream_idle_timeout_ms = {idle_ms}
+"""
+
+
+MCP_ASKER = """
+[mcp_servers.{name}]
+command = {python}
+args = [{script}]
 """
 
 
@@ -210,7 +218,10 @@ class Stack:
         up_port = await self.toxics.create(self.upstream_link(node_id), self.upstream_port)
         mgr_port = await self.toxics.create(self.manager_link(node_id), self.manager_port)
         idle_ms = int(settings.pop("stream_idle_timeout_ms", 10000))
-        (home / "config.toml").write_text(CODEX_CONFIG.format(port=up_port, idle_ms=idle_ms))
+        config = CODEX_CONFIG.format(port=up_port, idle_ms=idle_ms)
+        if settings.pop("mcp_asker", False):  # a user's MCP server that asks questions ([[mock:elicit]])
+            config += MCP_ASKER.format(name=mcp_asker.NAME, python=json.dumps(PY), script=json.dumps(mcp_asker.__file__))
+        (home / "config.toml").write_text(config)
         if token is None:
             token = (await self.call(Api.TOKENS, {"node_id": node_id, "note": "harness"}))["token"]
             ISSUED[f"{self.root.name} node token {node_id}"] = token  # not a case's own (wrong, short) ones
@@ -218,6 +229,8 @@ class Stack:
             "node_id": node_id, "token": token, "manager_url": f"ws://127.0.0.1:{mgr_port}{Api.NODE_WS}",
             "cwd": str(cwd), "codex_bin": str(paths.codex_bin()), "codex_home": str(home),
             "state_dir": str(self.root / "nodes" / node_id / "state"),
+            # Every line between the node and codex, kept with the run's logs (Stack.traffic reads it).
+            "appserver_log": str(self.root / "logs" / f"{node_id}.appserver.jsonl"),
             # Heartbeats every 0.5 s: cases that wait for one (or for proof there was none) wait less. The
             # silence limit stays above the longest request a case holds in a link (B2's 2 s app-server call).
             "heartbeat_interval": 0.5, "manager_silence": 4.0, **settings, **NODE_OVERRIDES}
@@ -226,6 +239,12 @@ class Stack:
         if wait:
             await self.wait_online(node_id)
         return proc
+
+    def traffic(self, node_id: str) -> list[dict[str, Any]]:
+        """What the node and its codex children said to each other so far (its appserver_log), oldest first:
+        each line has `dir` (`>>` towards codex), `gen` (which child) and `msg`."""
+        path = Path(self.node_settings[node_id]["appserver_log"])
+        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
     def node_launch(self, node_id: str) -> tuple[list[str], dict[str, str]]:
         return launch(NODE_SETTINGS, "runtime.node.main", self.node_settings[node_id], self.secrets_dir)

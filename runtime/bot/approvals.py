@@ -59,7 +59,7 @@ class Approvals:
                 task_id=approval.get("task_id"), trace_id=approval.get("trace_id"),
                 chats=",".join(str(c) for c, _ in entry.messages) or "none")
 
-    async def on_resolved(self, approval_id: str, state: str, decided_by: str | None) -> None:
+    async def on_resolved(self, approval_id: str, state: str, decided_by: str | None, reason: str | None = None) -> None:
         """Edit every copy to show the outcome and who decided, without buttons. Done once."""
         entry = self._posted.get(approval_id)
         if entry is None:
@@ -68,7 +68,7 @@ class Approvals:
             if entry.resolved:
                 return
             entry.resolved = True
-            text = render.approval_outcome(entry.text, state, decided_by)
+            text = render.approval_outcome(entry.text, state, decided_by, reason)
             for chat_id, message_id in entry.messages:
                 await self.delivery.edit(chat_id, message_id, text, None, trace_id=entry.approval.get("trace_id"))
         log(logger, logging.INFO, "approval_shown_resolved", approval_id=approval_id, state=state,

@@ -257,6 +257,35 @@ async def approval_button(relay: Relay, req: Req, arg: str) -> str:
     return await relay.approvals.decide(req, approval_id, decision)
 
 
+# ---- stopping a turn ------------------------------------------------------------------------------
+
+async def _stop(relay: Relay, req: Req, task_id: str | None) -> str:
+    """Through the manager, which checks the turn is this chat's (or the user an admin) and tells its node."""
+    admin = await relay.access.role(req.user_id, req.trace_id) == permissions.ADMIN
+    body: dict[str, Any] = {"chat_key": req.chat_key, "stopped_by": req.user_label, "admin": admin}
+    if task_id is not None:
+        body["task_id"] = task_id
+    try:
+        done = await relay.manager.post(Api.TASKS_STOP, req.trace_id, body)
+    except RelayError as err:
+        if err.kind == ErrorKind.NOT_FOUND:
+            raise Reply(render.NOTHING_TO_STOP) from None
+        if err.kind == ErrorKind.CONFLICT:
+            raise Reply("That turn has already finished.") from None
+        raise
+    return render.stopping(len(done.get("stopping") or []))
+
+
+@command("stop")
+async def stop(relay: Relay, req: Req, args: str) -> None:
+    await relay.say(req, await _stop(relay, req, None))
+
+
+@button(Cb.STOP)
+async def stop_button(relay: Relay, req: Req, task_id: str) -> str:
+    return await _stop(relay, req, task_id)
+
+
 # ---- config --------------------------------------------------------------------------------------
 
 CONFIG_EXAMPLE = '{"key_path": "model", "value": "gpt-5.5"}'

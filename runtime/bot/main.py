@@ -60,7 +60,8 @@ def build(config: BotConfig, screen: Screen) -> tuple[Application, Relay, EventS
     handlers.install(app, relay)
 
     async def resolved(e: dict) -> None:  # type: ignore[type-arg]
-        await relay.approvals.on_resolved(str(e.get("approval_id")), str(e.get("state")), e.get("decided_by"))
+        await relay.approvals.on_resolved(str(e.get("approval_id")), str(e.get("state")), e.get("decided_by"),
+                                          e.get("reason"))
 
     async def requested(e: dict) -> None:  # type: ignore[type-arg]
         await relay.approvals.on_requested(e.get("approval") or {}, str(e.get("trace_id") or ""))

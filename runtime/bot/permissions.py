@@ -34,6 +34,7 @@ COMMANDS: dict[str, Rule] = {
     "thread": Rule(USER, "list threads, start a new one or switch"),
     "approve": Rule(USER, "approve a request posted in this chat (an admin: in any chat)"),
     "decline": Rule(USER, "decline a request posted in this chat (an admin: in any chat)"),
+    "stop": Rule(USER, "stop the chat's running turn (an admin: any chat's, by its Stop button)"),
     "token": Rule(ADMIN, "node tokens: generate, list, revoke"),
     "user": Rule(ADMIN, "who may use the bot: add, remove, list"),
     "config_value_write": Rule(ADMIN, "write a Codex config value on the node (it can name programs codex runs)"),
@@ -44,6 +45,7 @@ BUTTONS: dict[Cb, Rule] = {
     Cb.MODEL: Rule(USER, "a model under /model"),
     Cb.THREAD: Rule(USER, "a thread (or New thread) under /thread"),
     Cb.APPROVE: Rule(USER, "Approve / Decline on an approval prompt, in its chat (an admin: in any chat)"),
+    Cb.STOP: Rule(USER, "Stop on a turn's progress message, in its chat (an admin: in any chat)"),
 }
 
 TEXT = Rule(USER, "any other text: a Codex turn on the chat's node")

@@ -20,6 +20,7 @@ class Cb(StrEnum):
     THREAD = "thread"
     APPROVE = "ap"
     NEW_THREAD = "new"
+    STOP = "stop"
 
 
 DECISION_CODES = {Decision.ACCEPT: "a", Decision.ACCEPT_FOR_SESSION: "s", Decision.DECLINE: "d"}
@@ -48,6 +49,7 @@ HELP = """Codex Relay: drive Codex on your machines from here.
 /status: the selected node's state
 /model: list models and pick one for this chat
 /thread: list threads, start a new one or switch
+/stop: stop the turn running in this chat (or tap Stop under it)
 /approve <approval_id> [session]: approve a pending request
 /decline <approval_id>: decline a pending request
 /config_value_write {"key_path": "...", "value": ...}: write a Codex config value on the node (admins)
@@ -88,6 +90,8 @@ NO_NODES = "No nodes are registered yet. Create a token with /token generate and
 
 
 def failure(what: str, kind: str, error: str | None = None) -> str:
+    if kind == ErrorKind.CANCELLED:
+        return STOPPED
     verb = "timed out" if kind == ErrorKind.TIMEOUT else "failed"
     return f"{what} {verb}: {user_error_line(kind, error)}"
 
@@ -207,9 +211,12 @@ def approval(a: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup | None]:
                                          callback(Cb.APPROVE, aid, DECISION_CODES[Decision.ACCEPT_FOR_SESSION]))]])
 
 
-def approval_outcome(original: str, state: str, decided_by: str | None) -> str:
+def approval_outcome(original: str, state: str, decided_by: str | None, reason: str | None = None) -> str:
     if state == ApprovalState.EXPIRED:
         return f"{original}\n\n⌛ Expired: nobody decided in time, so Codex was told decline."
+    if state == ApprovalState.WITHDRAWN:
+        why = f" ({reason})" if reason else ""
+        return f"{original}\n\n⏹ Withdrawn{why}: Codex no longer needs this decision; nothing was approved."
     verb = "✅ Approved" if state == ApprovalState.APPROVED else "❌ Declined"
     return f"{original}\n\n{verb} by {decided_by or 'someone'}."
 
@@ -220,6 +227,23 @@ def already_decided(approval_id: str, error: str | None) -> str:
 
 def placeholder(node_id: str) -> str:
     return f"⏳ Working on it on {node_id}…"
+
+
+STOPPED = "⏹ Stopped. Codex was interrupted; send a new message to go on (the thread keeps what was done so far)."
+NOTHING_TO_STOP = "Nothing to stop: no turn is running in this chat."
+
+
+def stop_button(task_id: str) -> InlineKeyboardMarkup | None:
+    return keyboard([[("⏹ Stop", callback(Cb.STOP, task_id))]])
+
+
+def stopping(count: int) -> str:
+    return f"⏹ Stopping {'the running turn' if count == 1 else f'{count} running turns'}…"
+
+
+def notes(lines: list[str]) -> str:
+    """What the node refused on the user's behalf during the turn, read after the answer."""
+    return "\n".join(f"ℹ️ {line}" for line in lines)
 
 
 def progress(node_id: str, text: str) -> str:

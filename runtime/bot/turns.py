@@ -57,9 +57,10 @@ class Turns:
 
     async def start(self, req: Req, node_id: str, text: str) -> None:
         """Answer with the placeholder now; the turn itself runs in the background."""
-        asked = time.monotonic()
-        sent = await self.delivery.send(req.chat_id, render.placeholder(node_id), trace_id=req.trace_id)
-        turn = Turn(new_id("task"), req.chat_id, req.user_id, node_id, req.trace_id, sent.message_id if sent else None)
+        asked, task_id = time.monotonic(), new_id("task")
+        sent = await self.delivery.send(req.chat_id, render.placeholder(node_id), render.stop_button(task_id),
+                                        trace_id=req.trace_id)
+        turn = Turn(task_id, req.chat_id, req.user_id, node_id, req.trace_id, sent.message_id if sent else None)
         turn.shown = render.placeholder(node_id)
         self.active[turn.task_id] = turn
         log(logger, logging.INFO, "turn_started", chat_id=req.chat_id, user_id=req.user_id, node_id=node_id,
@@ -90,7 +91,8 @@ class Turns:
             if turn.done or turn.message_id is None or turn.shown.endswith(LOST_NOTE):
                 return
             turn.shown += LOST_NOTE
-            await self.delivery.edit(turn.chat_id, turn.message_id, turn.shown, trace_id=turn.trace_id)
+            await self.delivery.edit(turn.chat_id, turn.message_id, turn.shown, render.stop_button(turn.task_id),
+                                     trace_id=turn.trace_id)
         log(logger, logging.WARNING, "turn_waiting_for_manager", chat_id=turn.chat_id, task_id=turn.task_id,
             trace_id=turn.trace_id)
 
@@ -104,7 +106,9 @@ class Turns:
             if turn.done or text == turn.shown or time.monotonic() - turn.last_edit < self.config.progress_interval:
                 return
             turn.last_edit, turn.shown = time.monotonic(), text
-            await self.delivery.edit(turn.chat_id, turn.message_id, text, trace_id=turn.trace_id)
+            # The Stop button stays while the turn runs: an edit without it would take it away.
+            await self.delivery.edit(turn.chat_id, turn.message_id, text, render.stop_button(turn.task_id),
+                                     trace_id=turn.trace_id)
 
     async def on_result(self, event: dict[str, Any]) -> None:
         """A result event: the same answer the dispatch call gives, and the only one after a lost call."""
@@ -123,7 +127,7 @@ class Turns:
         if chat_id is None or task_id in self._finished:
             return
         self._remember(task_id)
-        parts = (render.chunks(str(result.get("text") or "")) if result.get("ok") else
+        parts = (answer(result) if result.get("ok") else
                  [render.failure("Codex turn", str(result.get("error_kind") or "internal"), result.get("error"))])
         for part in parts:
             await self.delivery.send(chat_id, part)
@@ -135,7 +139,7 @@ class Turns:
             self._finished.popitem(last=False)
 
     async def finish(self, turn: Turn, result: dict[str, Any]) -> None:
-        await self._final(turn, render.chunks(str(result.get("text") or "")), ok=True)
+        await self._final(turn, answer(result), ok=True)
 
     async def fail(self, turn: Turn, err: RelayError) -> None:
         await self._final(turn, [render.failure("Codex turn", err.kind, err.error)], ok=False, error_kind=err.kind)
@@ -160,3 +164,11 @@ class Turns:
 
     async def close(self) -> None:
         await self.tasks.close()
+
+
+def answer(result: dict[str, Any]) -> list[str]:
+    """Codex's answer in Telegram-sized parts, then what the node refused for the user during the turn."""
+    parts = render.chunks(str(result.get("text") or ""))
+    if notes := [str(n) for n in result.get("notes") or []]:
+        parts += render.chunks(render.notes(notes))
+    return parts

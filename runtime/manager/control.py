@@ -152,6 +152,11 @@ async def tasks(mgr: Manager, q: api.TasksQuery, trace_id: str) -> dict[str, Any
     return ok(open=await mgr.store.open_tasks(), counts=await mgr.store.task_counts())
 
 
+@handles("POST", Api.TASKS_STOP)
+async def tasks_stop(mgr: Manager, body: api.StopBody, trace_id: str) -> dict[str, Any]:
+    return ok(**await mgr.stop_tasks(body.task_id, body.chat_key, body.stopped_by, body.admin))
+
+
 @handles("GET", Api.USERS)
 async def users(mgr: Manager, body: api.NoBody, trace_id: str) -> dict[str, Any]:
     return ok(users=await mgr.store.list_users())

@@ -264,13 +264,12 @@ async def _approval_request(mgr: Manager, session: NodeSession, msg: wire.Approv
 
 @on(wire.ApprovalExpired)
 async def _approval_expired(mgr: Manager, session: NodeSession, msg: wire.ApprovalExpired) -> None:
-    approval = await mgr.store.approval(msg.approval_id)
-    if approval is not None and approval["node_id"] != session.node_id:
-        mgr.hub.counters["foreign_messages"] += 1
-        raise RelayError(ErrorKind.INVALID_REQUEST, f"approval {msg.approval_id!r} belongs to another node")
-    if await mgr.store.decide_approval(msg.approval_id, ApprovalState.EXPIRED, "decline", "timeout"):
-        await mgr.publish(wire.ApprovalResolved(approval_id=msg.approval_id, state=ApprovalState.EXPIRED.value,
-                                                decision="decline", decided_by="timeout"))
+    await mgr.close_approval(session.node_id, msg.approval_id, ApprovalState.EXPIRED, "timeout")
+
+
+@on(wire.ApprovalWithdrawn)
+async def _approval_withdrawn(mgr: Manager, session: NodeSession, msg: wire.ApprovalWithdrawn) -> None:
+    await mgr.close_approval(session.node_id, msg.approval_id, ApprovalState.WITHDRAWN, "codex", msg.reason or None)
 
 
 @on(wire.ErrorReply)

@@ -19,7 +19,8 @@ from runtime.manager.hub import Hub, NodeSession
 from runtime.manager.sender import Limits
 from runtime.manager.throttle import AuthThrottle
 from runtime.manager.store import Store
-from runtime.protocol import CLOSE_REVOKED, CLOSE_SILENT, ApprovalState, Decision, ErrorKind, RelayError, TaskState, new_id
+from runtime.protocol import (CLOSE_REVOKED, CLOSE_SILENT, FINAL_STATES, ApprovalState, Decision, ErrorKind, RelayError,
+                              TaskState, new_id)
 from runtime.protocol import wire
 from runtime.protocol.wire import RpcOutcome, TaskOutcome
 
@@ -161,9 +162,10 @@ class Manager:
         self.hub.counters[f"tasks_{finished['state']}"] += 1
         log(logger, logging.INFO, "task_final", trace_id=task["trace_id"], node_id=task["node_id"], task_id=task_id,
             state=finished["state"], error_kind=clean.get("error_kind"))
-        for approval_id in finished["expired_approvals"]:
-            await self.publish(wire.ApprovalResolved(approval_id=approval_id, state=ApprovalState.EXPIRED.value,
-                                                     decision="decline", decided_by="task_ended"))
+        ended = "the turn was stopped" if finished["state"] == TaskState.CANCELLED else "the task ended first"
+        for approval_id in finished["withdrawn_approvals"]:
+            await self.publish(wire.ApprovalResolved(approval_id=approval_id, state=ApprovalState.WITHDRAWN.value,
+                                                     decided_by="task_ended", reason=ended))
         self.hub.resolve_task(task_id, clean)
         await self.publish(wire.TaskResultEvent(task_id=task_id, node_id=task["node_id"], chat_key=task["chat_key"],
                                                 trace_id=task["trace_id"], result=result))
@@ -176,6 +178,38 @@ class Manager:
             self.hub.counters["foreign_messages"] += 1
             raise RelayError(ErrorKind.INVALID_REQUEST, f"task {task_id!r} was not assigned to node {node_id!r}")
         return task
+
+    async def stop_tasks(self, task_id: str | None, chat_key: str | None, stopped_by: str, admin: bool) -> dict[str, Any]:
+        """Ask the nodes to stop a task, or a chat's running turns. Each node interrupts its codex turn, and each
+        task still ends with its one result (state `cancelled`, or whatever it had become first)."""
+        if task_id is not None:
+            task = await self.store.task(task_id)
+            if task is None:
+                raise RelayError(ErrorKind.NOT_FOUND, f"no task {task_id!r}")
+            if chat_key is not None and not admin and task["chat_key"] != chat_key:
+                self.hub.counters["stops_forbidden"] += 1
+                raise RelayError(ErrorKind.FORBIDDEN, f"task {task_id} belongs to another chat: only that chat's "
+                                                      "users or an admin may stop it")
+            if task["state"] in FINAL_STATES:
+                raise RelayError(ErrorKind.CONFLICT, f"task {task_id} already finished ({task['state']})")
+            targets = [task]
+        elif chat_key is not None:
+            targets = await self.store.open_tasks(chat_key=chat_key)
+            if not targets:
+                raise RelayError(ErrorKind.NOT_FOUND, "no turn is running in this chat: nothing to stop")
+        else:
+            raise RelayError(ErrorKind.INVALID_REQUEST, "pass `task_id`, or `chat_key` to stop a chat's running turns")
+        stopping = []
+        for t in targets:
+            session = self.hub.online(t["node_id"])
+            if session is not None and session.send(wire.TaskCancel(task_id=t["task_id"], reason="user")):
+                stopping.append(t["task_id"])
+            log(logger, logging.INFO, "task_stop_requested", trace_id=t["trace_id"], node_id=t["node_id"],
+                task_id=t["task_id"], stopped_by=stopped_by, delivered=session is not None)
+        if not stopping:
+            raise RelayError(ErrorKind.NODE_OFFLINE, f"node {targets[0]['node_id']} is offline, so the turn cannot be "
+                                                     "stopped now; it ends at its deadline")
+        return {"stopping": stopping}
 
     async def accept_task_state(self, node_id: str, task_id: str, state: str) -> None:
         if state == "unknown":
@@ -210,6 +244,21 @@ class Manager:
                 approval_id=msg.approval_id, trace_id=msg.trace_id)
             await self.publish(wire.ApprovalRequested(approval=wire.PendingApproval(
                 node_id=node_id, **msgspec.structs.asdict(msg))))
+
+    async def close_approval(self, node_id: str, approval_id: str, state: ApprovalState, decided_by: str,
+                             reason: str | None = None) -> None:
+        """A node closed a pending approval without a user's decision: expired on its timer, or withdrawn by codex.
+        Only the node it came from may; once closed, a late decision finds it decided."""
+        approval = await self.store.approval(approval_id)
+        if approval is not None and approval["node_id"] != node_id:
+            self.hub.counters["foreign_messages"] += 1
+            raise RelayError(ErrorKind.INVALID_REQUEST, f"approval {approval_id!r} belongs to another node")
+        decision = "decline" if state == ApprovalState.EXPIRED else None
+        if await self.store.decide_approval(approval_id, state, decision, decided_by):
+            log(logger, logging.INFO, f"approval_{state.value}", node_id=node_id, approval_id=approval_id,
+                task_id=approval and approval.get("task_id"), reason=reason)
+            await self.publish(wire.ApprovalResolved(approval_id=approval_id, state=state.value, decision=decision,
+                                                     decided_by=decided_by, reason=reason))
 
     async def decide(self, approval_id: str, decision: Decision, decided_by: str, chat_key: str | None = None,
                      admin: bool = False) -> dict[str, Any]:

@@ -19,7 +19,8 @@ import aiosqlite
 
 from runtime.logfmt import log
 from runtime.manager.nodeview import COLUMNS as NODE_COLUMNS, NodeView
-from runtime.protocol import FINAL_STATES, ApprovalState, ErrorKind, RelayError, TaskState, encode, encode_bytes, new_id
+from runtime.protocol import (FINAL_STATES, ApprovalState, ErrorKind, RelayError, TaskState, encode, encode_bytes,
+                              final_state, new_id)
 from runtime.protocol.wire import ApprovalRequest, EventFrame, TaskAssign
 
 logger = logging.getLogger("codex_manager.store")
@@ -59,7 +60,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     INSERT INTO meta VALUES ('manager_id', lower(hex(randomblob(8))));
     """,
+    # A task the user stopped ends `cancelled`, a final state of its own: the partial indexes name every final state.
+    """
+    DROP INDEX tasks_open;
+    CREATE INDEX tasks_open ON tasks (state) WHERE state NOT IN ('cancelled', 'done', 'failed');
+    DROP INDEX tasks_final_age;
+    CREATE INDEX tasks_final_age ON tasks (updated_at) WHERE state IN ('cancelled', 'done', 'failed');
+    """,
 )
+# The final states as SQL, written exactly as the partial indexes above have them, so SQLite uses those indexes.
+FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
+assert FINAL_SQL == "('cancelled', 'done', 'failed')", "a new final state needs a migration of the partial indexes"
 
 
 def hash_token(token: str) -> str:
@@ -293,9 +304,9 @@ class Store:
     async def finish_task(self, task_id: str, result: dict[str, Any]) -> dict[str, Any] | None:
         """Record the one final state; None if the task is unknown or already final (a duplicate).
 
-        The thread a turn ran on, and the expiry of approvals the task left pending, commit with it.
+        The thread a turn ran on, and the approvals the task left pending (withdrawn), commit with it.
         """
-        state = TaskState.DONE if result.get("ok") else TaskState.FAILED
+        state = final_state(bool(result.get("ok")), result.get("error_kind"))
         now = time.time()
         async with self.tx("finish_task") as db:
             rows = await fetch(db, "SELECT * FROM tasks WHERE task_id = ?", (task_id,))
@@ -310,17 +321,19 @@ class Store:
                               result.get("thread_id"), task_id))
             if task["chat_key"] and result.get("thread_id"):
                 await self._set_thread(db, task["chat_key"], task["node_id"], result["thread_id"], now)
-            expired = await fetch(db, "SELECT approval_id FROM approvals WHERE task_id = ? AND state = ?",
-                                  (task_id, ApprovalState.PENDING))
-            await db.execute("UPDATE approvals SET state = ?, decision = 'decline', decided_by = 'task_ended', "
-                             "decided_at = ? WHERE task_id = ? AND state = ?",
-                             (ApprovalState.EXPIRED, now, task_id, ApprovalState.PENDING))
+            # Nobody waits on them any more: withdrawn with the task, not expired (no timer ran out).
+            withdrawn = await fetch(db, "SELECT approval_id FROM approvals WHERE task_id = ? AND state = ?",
+                                    (task_id, ApprovalState.PENDING))
+            await db.execute("UPDATE approvals SET state = ?, decided_by = 'task_ended', decided_at = ? "
+                             "WHERE task_id = ? AND state = ?",
+                             (ApprovalState.WITHDRAWN, now, task_id, ApprovalState.PENDING))
         return {**task, "state": state.value, "result": result,
-                "expired_approvals": [r["approval_id"] for r in expired]}
+                "withdrawn_approvals": [r["approval_id"] for r in withdrawn]}
 
-    async def open_tasks(self, node_id: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT task_id, trace_id, node_id, state, deadline FROM tasks WHERE state NOT IN ('done', 'failed')"
-        return await self.query(sql + (" AND node_id = ?" if node_id else ""), (node_id,) if node_id else ())
+    async def open_tasks(self, node_id: str | None = None, chat_key: str | None = None) -> list[dict[str, Any]]:
+        sql = f"SELECT task_id, trace_id, node_id, chat_key, state, deadline FROM tasks WHERE state NOT IN {FINAL_SQL}"
+        where = {k: v for k, v in (("node_id", node_id), ("chat_key", chat_key)) if v}
+        return await self.query(sql + "".join(f" AND {k} = ?" for k in where), tuple(where.values()))
 
     # ---- numbered events --------------------------------------------------------------------
     async def add_event(self, event: EventFrame) -> bytes:
@@ -339,15 +352,14 @@ class Store:
 
     async def open_task_counts(self) -> dict[str, int]:
         """Tasks not yet final, by state: read off the partial index, so it costs the same with a million done."""
-        rows = await self.query("SELECT state, COUNT(*) AS n FROM tasks WHERE state NOT IN ('done', 'failed') "
-                                "GROUP BY state")
+        rows = await self.query(f"SELECT state, COUNT(*) AS n FROM tasks WHERE state NOT IN {FINAL_SQL} GROUP BY state")
         return {r["state"]: r["n"] for r in rows}
 
     async def prune(self, before: float, batch: int) -> tuple[int, int]:
         """Delete up to `batch` finished tasks and decided approvals last changed before `before`."""
         async with self.tx("prune") as db:
-            tasks = await db.execute("DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM tasks WHERE state IN "
-                                     "('done', 'failed') AND updated_at < ? LIMIT ?)", (before, batch))
+            tasks = await db.execute(f"DELETE FROM tasks WHERE task_id IN (SELECT task_id FROM tasks WHERE state IN "
+                                     f"{FINAL_SQL} AND updated_at < ? LIMIT ?)", (before, batch))
             approvals = await db.execute("DELETE FROM approvals WHERE approval_id IN (SELECT approval_id FROM "
                                          "approvals WHERE decided_at IS NOT NULL AND decided_at < ? LIMIT ?)",
                                          (before, batch))

@@ -1,7 +1,8 @@
 """The `codex app-server` child: JSON-RPC over stdio, restarted with backoff when it dies.
 
 Requests are correlated by id, notifications and server->client requests are routed to
-callbacks, and a crash fails every call in flight with `appserver_crash`.
+callbacks, and a crash fails every call in flight with `appserver_crash`. Every line both ways can be
+written to a file for debugging (traffic.py).
 """
 from __future__ import annotations
 
@@ -17,14 +18,25 @@ from runtime.aiotasks import Background, cancel
 from runtime.backoff import Backoff
 from runtime.logfmt import log
 from runtime.node.config import SETTINGS, NodeConfig
+from runtime.node.traffic import Traffic
 from runtime.protocol import ErrorKind, RelayError, encode_bytes
 
 logger = logging.getLogger("codex_node")
 
 Notify = Callable[[str, dict[str, Any]], None]
-ServerRequest = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+# (method, params, codex's request id) -> the JSON-RPC result; None when codex resolved the request itself
+# (serverRequest/resolved), so it gets no answer at all. RpcError answers with a JSON-RPC error.
+ServerRequest = Callable[[str, dict[str, Any], Any], Awaitable[dict[str, Any] | None]]
 STREAM_LIMIT = 16 << 20  # codex lines carry whole turns; the default 64 KiB readline limit is too small
 NO_PARAMS: Any = msgspec.UNSET  # a call sent without `params`: some codex methods take none
+
+
+class RpcError(Exception):
+    """A server request answered with a JSON-RPC error: its response has no way to say no, or it is unknown."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 class AppServer:
@@ -43,6 +55,7 @@ class AppServer:
         self.recycles = 0
         self._recycling: str | None = None  # why the child is being restarted on purpose
         self._closing = False
+        self.traffic = Traffic(config.appserver_log, config.node_id)
 
     @property
     def pid(self) -> int | None:
@@ -95,6 +108,7 @@ class AppServer:
         if self._supervisor:
             await cancel(self._supervisor)
         await self.tasks.close()
+        self.traffic.close()
 
     async def _supervise(self) -> None:
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_factor, self.config.backoff_max)
@@ -175,6 +189,7 @@ class AppServer:
         if self.proc is None or self.proc.stdin is None or self.proc.stdin.is_closing():
             raise RelayError(ErrorKind.APPSERVER_CRASH, "codex app-server is not running")
         self.proc.stdin.write(encode_bytes(msg) + b"\n")
+        self.traffic.record(">>", self.generation, msg)
 
     def _fail_pending(self, err: RelayError) -> None:
         for fut in self._pending.values():
@@ -192,6 +207,7 @@ class AppServer:
             if not isinstance(msg, dict):
                 log(logger, logging.WARNING, "appserver_bad_line", node_id=self.config.node_id, line=line[:200])
                 continue
+            self.traffic.record("<<", self.generation, msg)
             if "method" in msg and "id" in msg:
                 self.tasks.spawn(self._answer(proc, msg), "appserver-request")
             elif "method" in msg:
@@ -206,18 +222,22 @@ class AppServer:
 
     async def _answer(self, proc: asyncio.subprocess.Process, msg: dict[str, Any]) -> None:
         """Server->client requests (approvals) are answered on the same child that asked, whatever happens:
-        codex waits for the answer, so one left unanswered stalls its turn."""
+        codex waits for the answer, so one left unanswered stalls its turn. The one exception is a request
+        codex resolved itself: it waits for nothing, and a late answer would only be noise."""
+        reply: dict[str, Any] | None
         try:
-            result = await self.on_request(str(msg["method"]), msg.get("params") or {})
-            reply: dict[str, Any] = {"id": msg["id"], "result": result}
+            result = await self.on_request(str(msg["method"]), msg.get("params") or {}, msg["id"])
+            reply = None if result is None else {"id": msg["id"], "result": result}
+        except RpcError as err:
+            reply = {"id": msg["id"], "error": {"code": err.code, "message": err.message}}
         except RelayError as err:
             reply = {"id": msg["id"], "error": {"code": -32603, "message": err.error}}
         except Exception as exc:  # noqa: BLE001 - a bug here must still answer codex, and is logged
             log(logger, logging.ERROR, "server_request_failed", node_id=self.config.node_id, method=msg["method"],
                 error=f"{type(exc).__name__}: {exc}")
             reply = {"id": msg["id"], "error": {"code": -32603, "message": f"the node failed: {type(exc).__name__}"}}
-        if proc is self.proc and proc.stdin is not None and not proc.stdin.is_closing():
-            proc.stdin.write(encode_bytes(reply) + b"\n")
+        if reply is not None and proc is self.proc and proc.stdin is not None and not proc.stdin.is_closing():
+            self._write(reply)
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None

@@ -60,6 +60,9 @@ class NodeConfig:
                                             "threads; 0 never", ge=0)] = 100
     recycle_fds: Annotated[int, setting("restart the codex child between turns once it holds this many open "
                                         "files; 0 never", ge=0)] = 2000
+    appserver_log: Annotated[str, setting("file to write the codex app-server traffic to, both ways, as JSON lines "
+                                          "with secrets redacted (rotates at 64 MiB); for debugging; empty is "
+                                          "off")] = ""
     log_level: Annotated[str, setting("log level", choices=LOG_LEVELS)] = "info"
     event_loop: Annotated[str, setting("event loop; asyncio e.g. for its debug mode",
                                        choices=eventloop.LOOPS)] = eventloop.DEFAULT

@@ -28,7 +28,7 @@ logger = logging.getLogger("codex_node")
 
 Handler = Callable[[wire.ManagerFrame], Coroutine[Any, Any, None]]
 OUTBOX_MAX = 10_000  # bounded: a node cut off for days must not grow without limit
-DURABLE = (wire.ApprovalExpired, wire.ApprovalRequest)
+DURABLE = (wire.ApprovalExpired, wire.ApprovalRequest, wire.ApprovalWithdrawn)
 
 
 class ManagerLink:

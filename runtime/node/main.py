@@ -42,8 +42,8 @@ class Node:
     def _on_notify(self, method: str, params: dict[str, Any]) -> None:
         self.runner.on_notify(method, params)
 
-    async def _on_server_request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        return await self.runner.on_server_request(method, params)
+    async def _on_server_request(self, method: str, params: dict[str, Any], request_id: Any) -> dict[str, Any] | None:
+        return await self.runner.on_server_request(method, params, request_id)
 
     async def handle(self, msg: wire.ManagerFrame) -> None:
         handler = self.handlers.get(type(msg))

@@ -5,6 +5,7 @@ A task_id seen before is never executed again: its ack and result are replayed i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -13,9 +14,10 @@ from typing import Any
 
 from runtime.logfmt import log
 from runtime.node.appserver import AppServer
+from runtime.node.approvals import Approvals
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
-from runtime.protocol import Decision, ErrorKind, RelayError, TaskState, new_id
+from runtime.protocol import ErrorKind, RelayError, TaskState, final_state
 from runtime.protocol import wire
 from runtime.protocol.wire import TaskOutcome, failed_task
 
@@ -24,7 +26,9 @@ logger = logging.getLogger("codex_node")
 # Finished tasks remembered for replays (task_sync after a reconnect, a repeated assign); the manager's DB
 # is the lasting record, so a small window suffices, and keeps the node's memory flat.
 KNOWN_MAX = 1_000
-APPROVAL_METHODS = {"item/commandExecution/requestApproval": "command", "item/fileChange/requestApproval": "file_change"}
+STOP_GRACE = 5.0  # seconds codex gets to end a turn it was told to interrupt, before the node stops waiting for it
+# codexErrorInfo variants (codex's schema: a string, or an object whose one key is the variant) by error kind.
+DISCONNECTS = frozenset({"responseStreamDisconnected", "responseStreamConnectionFailed", "httpConnectionFailed"})
 
 
 @dataclass
@@ -37,7 +41,12 @@ class Turn:
     messages: list[str] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     approvals_expired: int = 0
+    notes: list[str] = field(default_factory=list)  # requests the node refused for the user (refusals.py)
+    thread_id: str | None = None
     turn_id: str | None = None
+    generation: int = 0          # the codex child that runs it: only that one can interrupt it
+    starting: bool = False       # turn/start was sent: from here on, a stop goes through codex
+    stop_requested: bool = False  # the user stopped it: an interrupted end is `cancelled`, not a failure
     last_progress: float = 0.0
     done: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -48,19 +57,31 @@ class Task:
     state: TaskState = TaskState.QUEUED
     result: TaskOutcome | None = None
     runner: asyncio.Task[None] | None = None
-    stopped: RelayError | None = None  # why its runner was cancelled: the manager's timeout, or a drain
+    stopped: RelayError | None = None  # why its runner was cancelled: the manager's timeout, a drain, a stop
+    turn: Turn | None = None
+
+
+def error_info(err: dict[str, Any]) -> str:
+    """codexErrorInfo's variant: a plain one is a string, one with details an object keyed by the variant."""
+    info = err.get("codexErrorInfo")
+    if isinstance(info, dict):
+        return str(next(iter(info), ""))
+    return str(info or "")
 
 
 def classify(turn: dict[str, Any], errors: list[dict[str, Any]]) -> RelayError:
-    """Map a failed turn to an error kind: a dropped or idle upstream stream is upstream_disconnect."""
+    """Map a failed turn to an error kind: a dropped, refused or idle upstream stream is upstream_disconnect."""
     err = turn.get("error") or (errors[-1].get("error") if errors else None) or {}
+    info = error_info(err)
+    if turn.get("status") == "interrupted" and not err:
+        return RelayError(ErrorKind.APPSERVER_ERROR, "codex interrupted the turn without being asked to; "
+                                                     "send the message again")
     text = str(err.get("message") or "the turn failed without a message")
-    info = str(err.get("codexErrorInfo") or "")
-    if "stream disconnected" in text or "idle timeout" in text or info == "responseStreamDisconnected":
+    if "stream disconnected" in text or "idle timeout" in text or info in DISCONNECTS:
         return RelayError(ErrorKind.UPSTREAM_DISCONNECT, text)
-    if info in ("internalServerError", "serverOverloaded", "usageLimitExceeded") or "response.failed" in text:
-        return RelayError(ErrorKind.UPSTREAM_ERROR, text)
-    return RelayError(ErrorKind.UPSTREAM_ERROR if info else ErrorKind.APPSERVER_ERROR, text)
+    # Any other variant is the model provider's answer (overloaded, limits, HTTP 5xx): retriable.
+    return RelayError(ErrorKind.UPSTREAM_ERROR if info or "response.failed" in text else ErrorKind.APPSERVER_ERROR,
+                      text)
 
 
 class Runner:
@@ -72,7 +93,7 @@ class Runner:
         self.turns: dict[str, Turn] = {}             # by thread_id: one turn per thread at a time
         self.locks: dict[str, asyncio.Lock] = {}
         self.loaded: dict[str, int] = {}              # thread_id -> app-server generation that loaded it
-        self.approvals: dict[str, asyncio.Future[str]] = {}
+        self.approvals = Approvals(config, link, self.turns.get)
         self.draining = False
 
     def active(self) -> int:
@@ -113,8 +134,33 @@ class Runner:
 
     async def on_cancel(self, msg: wire.TaskCancel) -> None:
         task = self.tasks.get(msg.task_id)
-        if task is not None and task.runner is not None and not task.runner.done():
+        if task is None or task.runner is None or task.runner.done():
+            return  # finished already: its one result stands
+        if msg.reason != "user":
             task.stopped = RelayError(ErrorKind.TIMEOUT, "cancelled by the manager after its timeout")
+            task.runner.cancel()
+            return
+        log(logger, logging.INFO, "task_stop_requested", node_id=self.config.node_id, task_id=task.task_id,
+            trace_id=task.turn.trace_id if task.turn else None)
+        turn = task.turn
+        if turn is not None and turn.starting:
+            # Codex has (or is about to have) the turn: interrupt it there, and let it end the turn itself, so
+            # the thread is idle before the next turn on it starts.
+            turn.stop_requested = True
+            if turn.turn_id is not None:
+                self.link.tasks.spawn(self._stop(task, turn), f"stop-{task.task_id}")
+            return
+        task.stopped = RelayError(ErrorKind.CANCELLED, "stopped before the turn started")
+        task.runner.cancel()
+
+    async def _stop(self, task: Task, turn: Turn) -> None:
+        """Interrupt the turn in codex; if codex does not end it soon, stop waiting for it."""
+        if await self._interrupt(turn):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(turn.done), STOP_GRACE)
+                return
+        if task.runner is not None and not task.runner.done():
+            task.stopped = RelayError(ErrorKind.CANCELLED, "stopped; codex did not confirm the interrupt")
             task.runner.cancel()
 
     async def drain(self, timeout: float) -> None:
@@ -135,9 +181,7 @@ class Runner:
             await asyncio.wait(late, timeout=10)  # each interrupts its codex turn and reports its result
 
     async def on_decision(self, msg: wire.ApprovalDecision) -> None:
-        fut = self.approvals.get(msg.approval_id)
-        if fut is not None and not fut.done():
-            fut.set_result(msg.decision.value)
+        await self.approvals.on_decision(msg)
 
     async def _report(self, task: Task) -> None:
         if task.result is not None:
@@ -155,12 +199,12 @@ class Runner:
 
     def _finish(self, task: Task, result: TaskOutcome) -> None:
         task.result = result
-        task.state = TaskState.DONE if result.ok else TaskState.FAILED
+        task.state = final_state(result.ok, result.error_kind)
 
     # ---- running a turn ----------------------------------------------------------------------
     async def _run(self, task: Task, msg: wire.TaskAssign) -> None:
         started = time.monotonic()
-        turn = Turn(task.task_id, msg.trace_id, msg.chat_key)
+        turn = task.turn = Turn(task.task_id, msg.trace_id, msg.chat_key)
         try:
             result = await asyncio.wait_for(self._turn(task, turn, msg), msg.timeout)
         except TimeoutError:
@@ -171,7 +215,12 @@ class Runner:
             result = failed_task(err)
         finally:
             if turn.turn_id is not None and not turn.done.done():
-                await self._interrupt(msg.thread_id or "", turn)
+                await self._interrupt(turn)
+        # An approval still open has nobody waiting on it: closed as withdrawn, and codex gets no late answer.
+        self.approvals.turn_ended(turn, "the turn was stopped" if result.error_kind == ErrorKind.CANCELLED
+                                  else f"the turn ended ({result.error_kind or 'done'}) before anyone decided")
+        if turn.notes:
+            result.notes = turn.notes
         result.duration_ms = round((time.monotonic() - started) * 1000, 1)
         self._finish(task, result)
         log(logger, logging.INFO, "task_final", node_id=self.config.node_id, task_id=task.task_id,
@@ -220,17 +269,23 @@ class Runner:
                                        self.config.rpc_timeout)
                 self.loaded[thread_id] = self.app.generation
             self.turns[thread_id] = turn
-            generation = self.app.generation
+            turn.thread_id, turn.generation = thread_id, self.app.generation
             try:
                 params: dict[str, Any] = {"threadId": thread_id, "input": [
                     {"type": "text", "text": msg.prompt, "text_elements": []}]}
                 if msg.model:
                     params["model"] = msg.model
+                turn.starting = True
                 started = await self.app.request("turn/start", params, self.config.rpc_timeout)
                 turn.turn_id = started["turn"]["id"]
-                done = await self._until_done(turn, generation)
+                if turn.stop_requested:  # stopped while turn/start was on its way
+                    await self._interrupt(turn)
+                done = await self._until_done(turn, turn.generation)
             finally:
                 self.turns.pop(thread_id, None)
+        if done.get("status") == "interrupted" and turn.stop_requested:
+            return failed_task(RelayError(ErrorKind.CANCELLED, "stopped at the user's request"), thread_id=thread_id,
+                               turn_id=turn.turn_id)
         if done.get("status") == "completed":
             if turn.approvals_expired:
                 return failed_task(RelayError(ErrorKind.APPROVAL_TIMEOUT), thread_id=thread_id, turn_id=turn.turn_id,
@@ -248,14 +303,22 @@ class Runner:
                     raise RelayError(ErrorKind.APPSERVER_CRASH, "codex app-server exited during the turn; "
                                                                 "the node restarted it") from None
 
-    async def _interrupt(self, thread_id: str, turn: Turn) -> None:
+    async def _interrupt(self, turn: Turn) -> bool:
+        """turn/interrupt to the codex child running the turn; False when that child is gone (a new one never had
+        the thread, so there is nothing to interrupt) or the turn already ended."""
+        if self.app.generation != turn.generation or not self.app.ready.is_set():
+            return False
         try:
-            await self.app.request("turn/interrupt", {"threadId": thread_id, "turnId": turn.turn_id}, 2)
+            await self.app.request("turn/interrupt", {"threadId": turn.thread_id, "turnId": turn.turn_id}, 2)
+            return True
         except RelayError:
-            pass  # the child is gone or the turn already ended: nothing left to stop
+            return False
 
     # ---- from the app-server -----------------------------------------------------------------
     def on_notify(self, method: str, params: dict[str, Any]) -> None:
+        if method == "serverRequest/resolved":
+            self.approvals.on_resolved(params)
+            return
         turn = self.turns.get(params.get("threadId", ""))
         if turn is None:
             return
@@ -274,31 +337,8 @@ class Runner:
         elif method == "turn/completed" and not turn.done.done():
             turn.done.set_result(params.get("turn") or {})
 
-    async def on_server_request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        if method not in APPROVAL_METHODS:
-            raise RelayError(ErrorKind.APPSERVER_ERROR, f"the node does not handle {method}")
-        turn = self.turns.get(params.get("threadId", ""))
-        approval_id = new_id("appr")
-        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self.approvals[approval_id] = fut
-        await self.link.send(wire.ApprovalRequest(
-            approval_id=approval_id, kind=APPROVAL_METHODS[method],
-            task_id=turn.task_id if turn else None, trace_id=turn.trace_id if turn else None,
-            chat_key=turn.chat_key if turn else None, thread_id=params.get("threadId"),
-            command=params.get("command"), cwd=params.get("cwd"), reason=params.get("reason"),
-            changes=params.get("changes")))
-        try:
-            decision = await asyncio.wait_for(fut, self.config.approval_timeout)
-        except TimeoutError:
-            decision = Decision.DECLINE.value
-            if turn is not None:
-                turn.approvals_expired += 1
-            log(logger, logging.WARNING, "approval_expired", node_id=self.config.node_id, approval_id=approval_id,
-                task_id=turn.task_id if turn else None)
-            await self.link.send(wire.ApprovalExpired(approval_id=approval_id))
-        finally:
-            self.approvals.pop(approval_id, None)
-        return {"decision": decision}
+    async def on_server_request(self, method: str, params: dict[str, Any], request_id: Any) -> dict[str, Any] | None:
+        return await self.approvals.on_request(method, params, request_id)
 
 
 def _final_text(turn: Turn, done: dict[str, Any]) -> str:

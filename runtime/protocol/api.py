@@ -36,6 +36,7 @@ class Api(StrEnum):
     CHAT = "/api/chat"
     CHAT_SELECT = "/api/chat/select"
     TASKS = "/api/tasks"
+    TASKS_STOP = "/api/tasks/stop"
     USERS = "/api/users"
 
 
@@ -146,6 +147,16 @@ class TasksQuery(Body):
     task_id: Id | None = None
 
 
+class StopBody(Body):
+    """Stop one task (`task_id`) or every running turn of a chat (`chat_key` alone). Like a decision, a chat front
+    end passes the chat it acts from and whether its user is an admin: only that chat's users or an admin may
+    stop a chat's turn. A call without `chat_key` is the control token's holder, who may stop any."""
+    task_id: Id | None = None
+    chat_key: Id | None = None
+    stopped_by: Annotated[str, Meta(max_length=256)] = "api"
+    admin: bool = False
+
+
 class UserSetBody(Body):
     user_id: UserId
     role: Literal["user", "admin"] | None = None
@@ -252,6 +263,7 @@ class OpenTask(msgspec.Struct, kw_only=True):
     task_id: str
     trace_id: str
     node_id: str
+    chat_key: str | None = None
     state: str
     deadline: float
 
@@ -261,6 +273,11 @@ class TasksReply(Reply):
     task: TaskRow | UnsetType = UNSET
     open: list[OpenTask] | UnsetType = UNSET
     counts: dict[str, int] | UnsetType = UNSET
+
+
+class StopReply(Reply):
+    """The tasks whose nodes were asked to stop them; each still ends with its one result (state `cancelled`)."""
+    stopping: list[str]
 
 
 class UserInfo(msgspec.Struct):
@@ -317,6 +334,8 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("POST", Api.CHAT_SELECT, "Select a chat's node, model or thread (thread_id null starts a new one)",
           ChatSelectBody, ChatReply),
     Route("GET", Api.TASKS, "Tasks not yet final, or one task with ?task_id=", TasksQuery, TasksReply),
+    Route("POST", Api.TASKS_STOP, "Stop a running turn (task_id) or a chat's running turns (chat_key): codex is "
+          "interrupted and each task ends cancelled", StopBody, StopReply),
     Route("GET", Api.USERS, "Telegram users allowed to use the bot", NoBody, UsersReply),
     Route("POST", Api.USERS, "Allow a Telegram user (role user or admin), or remove one (role null)", UserSetBody,
           UsersReply),

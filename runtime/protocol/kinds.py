@@ -15,6 +15,9 @@ class ErrorKind(StrEnum):
     UPSTREAM_ERROR = "upstream_error"
     APPSERVER_ERROR = "appserver_error"
     APPSERVER_CRASH = "appserver_crash"
+    # Not a failure: the user stopped the turn (/stop, the Stop button, Cancel on an approval). A task that
+    # ends this way is in its own final state, `cancelled`, and is counted apart from failures.
+    CANCELLED = "cancelled"
     NODE_OFFLINE = "node_offline"
     # Seen only by the bot (and other control clients): the manager itself cannot be reached.
     MANAGER_UNAVAILABLE = "manager_unavailable"
@@ -58,6 +61,8 @@ ERROR_KINDS: Final[Mapping[ErrorKind, KindInfo]] = _table(
              "if it persists, check the provider's status and the node's model config."),
     KindInfo(K.APPSERVER_ERROR, False, "Codex app-server rejected the call. Check the method name and params."),
     KindInfo(K.APPSERVER_CRASH, True, "The Codex app-server on the node exited; the node restarted it. Retry."),
+    KindInfo(K.CANCELLED, False, "You stopped this turn. Send a new message to go on; the thread keeps what "
+             "was done so far."),
     KindInfo(K.NODE_OFFLINE, True, "The node is offline. Wait for it to reconnect, or pick another node with /node."),
     KindInfo(K.MANAGER_UNAVAILABLE, True, "manager unavailable: the Codex Relay manager cannot be reached right "
              "now. The bot keeps retrying by itself; send your request again in a minute."),

@@ -4,6 +4,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
+from runtime.protocol.kinds import ErrorKind
+
 
 class TaskState(StrEnum):
     QUEUED = "queued"
@@ -11,9 +13,17 @@ class TaskState(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # the user stopped it: final, and not a failure
 
 
-FINAL_STATES: Final = frozenset({TaskState.DONE, TaskState.FAILED})
+FINAL_STATES: Final = frozenset({TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED})
+
+
+def final_state(ok: bool, error_kind: str | None) -> TaskState:
+    """The final state a task's result puts it in: a stop by the user is its own state, not a failure."""
+    if ok:
+        return TaskState.DONE
+    return TaskState.CANCELLED if error_kind == ErrorKind.CANCELLED else TaskState.FAILED
 
 
 class ApprovalState(StrEnum):
@@ -21,6 +31,7 @@ class ApprovalState(StrEnum):
     APPROVED = "approved"
     DECLINED = "declined"
     EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"  # codex resolved it itself (its turn was stopped or ended): nothing was decided
 
 
 class Decision(StrEnum):

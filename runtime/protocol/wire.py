@@ -65,6 +65,7 @@ class Msg(StrEnum):
     APPROVAL_REQUEST = "approval_request"
     APPROVAL_DECISION = "approval_decision"
     APPROVAL_EXPIRED = "approval_expired"
+    APPROVAL_WITHDRAWN = "approval_withdrawn"
     ERROR = "error"
 
 
@@ -101,6 +102,9 @@ class TaskOutcome(Failure, kw_only=True):
     thread_id: str | None = None
     turn_id: str | None = None
     duration_ms: float | None = None
+    # What the node answered codex on the user's behalf during the turn (a request it cannot relay yet, and
+    # refused), for the user to read with the answer.
+    notes: list[str] | None = None
 
 
 class RpcOutcome(Failure, kw_only=True):
@@ -153,7 +157,7 @@ class TaskResult(Frame, tag=Msg.TASK_RESULT.value, kw_only=True):
 class TaskStateReport(Frame, tag=Msg.TASK_STATE.value, kw_only=True):
     """A task's state as the node knows it; `unknown` after a restart lost it."""
     task_id: Id
-    state: Literal["queued", "assigned", "running", "done", "failed", "unknown"]
+    state: Literal["queued", "assigned", "running", "done", "failed", "cancelled", "unknown"]
 
 
 class AppserverResponse(Frame, tag=Msg.APPSERVER_RESPONSE.value, kw_only=True):
@@ -187,6 +191,13 @@ class ApprovalExpired(Frame, tag=Msg.APPROVAL_EXPIRED.value, kw_only=True):
     approval_id: Id
 
 
+class ApprovalWithdrawn(Frame, tag=Msg.APPROVAL_WITHDRAWN.value, kw_only=True):
+    """Codex resolved a pending approval itself (its turn was stopped or ended): the prompt closes now, and
+    the node sends codex no late answer."""
+    approval_id: Id
+    reason: str = ""
+
+
 # ---- manager -> node -------------------------------------------------------------------------------
 
 class RegisterOk(Frame, tag=Msg.REGISTER_OK.value, kw_only=True):
@@ -217,7 +228,10 @@ class TaskAssign(Frame, tag=Msg.TASK_ASSIGN.value, kw_only=True):
 
 
 class TaskCancel(Frame, tag=Msg.TASK_CANCEL.value, kw_only=True):
+    """`timeout`: the manager gave up waiting, the task fails as timeout. `user`: the user stopped it; the node
+    interrupts the codex turn and the task ends cancelled. A node of the previous release ignores `reason`."""
     task_id: Id
+    reason: Literal["timeout", "user"] = "timeout"
 
 
 class TaskSync(Frame, tag=Msg.TASK_SYNC.value, kw_only=True):
@@ -245,7 +259,7 @@ class ErrorReply(Failure, Frame, tag=Msg.ERROR.value, kw_only=True):
 
 
 NodeFrame = (Register | Heartbeat | TaskAck | TaskProgress | TaskResult | TaskStateReport | AppserverResponse
-             | ApprovalRequest | ApprovalExpired | ErrorReply)
+             | ApprovalRequest | ApprovalExpired | ApprovalWithdrawn | ErrorReply)
 ManagerFrame = (RegisterOk | RegisterError | HeartbeatAck | TaskAssign | TaskCancel | TaskSync | AppserverRequest
                 | ApprovalDecision | ErrorReply)
 
@@ -275,6 +289,7 @@ class ApprovalResolved(EventFrame, tag=Event.APPROVAL_RESOLVED.value, kw_only=Tr
     state: str
     decision: str | None = None
     decided_by: str | None = None
+    reason: str | None = None  # why codex withdrew it (state `withdrawn`)
 
 
 class TaskProgressEvent(EventFrame, tag=Event.TASK_PROGRESS.value, kw_only=True):

@@ -347,7 +347,8 @@ def probes(label: str) -> list[tuple[str, str]]:
         return [("say", label.strip("`"))]
     if label.startswith("button "):
         prefix = label.removeprefix("button ").strip("`")
-        arg = {"node:": NODE, "model:": "gpt-5.5", "thread:": "new", "ap:": f"{new_id('appr')}:a"}[prefix]
+        arg = {"node:": NODE, "model:": "gpt-5.5", "thread:": "new", "ap:": f"{new_id('appr')}:a",
+               "stop:": new_id("task")}[prefix]
         return [("press", prefix + arg)]
     if label == "text":
         return [("say", f"hello {new_id('s01')}")]

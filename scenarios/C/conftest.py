@@ -1,4 +1,5 @@
-"""Stage C's fixture: the module's stack with its node (the module's NODE) and the real bot on the fake Bot API."""
+"""Stage C's fixture: the module's stack with its node (the module's NODE, with its NODE_SETTINGS) and the real bot
+on the fake Bot API."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -11,5 +12,5 @@ from harness.stack.stack import Stack
 
 @pytest.fixture(scope="module")
 async def tg(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[FakeTelegram]:
-    await stack.add_node(request.module.NODE)
+    await stack.add_node(request.module.NODE, **getattr(request.module, "NODE_SETTINGS", {}))
     yield await stack.start_bot()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from harness.ends.telegram import FakeTelegram, TelegramUser
+from harness.ends.telegram import FakeTelegram, TelegramUser, button
 from harness.stack import paths
 from harness.stack.stack import Stack
 from runtime.protocol import Api, new_id
@@ -21,20 +21,11 @@ _chats = itertools.count(700_001)
 async def fresh_chat(tg: FakeTelegram, node_id: str = NODE) -> TelegramUser:
     """A new chat of the admin's, with `node_id` picked through /node and its button, as a user would."""
     user = tg.user(Stack.ADMIN, next(_chats))
-    listing = await user.sent(await user.say("/node"))
-    buttons = [b for row in listing["reply_markup"]["inline_keyboard"] for b in row]
-    [choice] = [b for b in buttons if b["callback_data"].endswith(f":{node_id}")]
-    alert = await user.alert(await user.tap(listing["message_id"], choice["callback_data"]))
-    assert "selected" in alert["text"], alert
+    await user.pick_node(node_id)
     return user
 
 
-async def turn(user: TelegramUser, text: str, expect: str, timeout: float = 30.0) -> dict[str, Any]:
-    """Send plain text; wait for the bot's final answer containing `expect` (placeholder edits skipped)."""
-    since = await user.say(text)
-    placeholder = await user.sent(since)
-    assert placeholder["text"].startswith("⏳"), placeholder
-    return await user.until_shown(lambda m: expect in m["text"] and "⏳" not in m["text"], timeout)
+turn = TelegramUser.turn
 
 
 async def chat_thread(stack: Stack, user: TelegramUser, node_id: str = NODE) -> str | None:
@@ -88,11 +79,6 @@ async def approval_prompt(user: TelegramUser, since: int) -> dict[str, Any]:
     prompt = await user.until_shown(lambda m: "Approval needed" in m["text"] and m.get("reply_markup"))
     assert "command:" in prompt["text"] and "relay-approved" in prompt["text"] and "cwd:" in prompt["text"]
     return prompt
-
-
-def button(message: dict[str, Any], label: str) -> str:
-    return next(b["callback_data"] for row in message["reply_markup"]["inline_keyboard"] for b in row
-                if b["text"].endswith(label))
 
 
 @pytest.mark.case("C-05")
