@@ -59,14 +59,27 @@ shell_snapshot = false   # else each new thread runs a login shell: the machine'
 apps = false
 [model_providers.mock]
 name = "mock"
-base_url = "http://127.0.0.1:{port}/v1"
+base_url = "http://127.0.0.1:{port}{base_path}"
 wire_api = "responses"
-requires_openai_auth = false
+requires_openai_auth = {requires_openai_auth}
 supports_websockets = false
-request_max_retries = 0  # fail fast: the harness judges each fault, not codex's retries
-stream_max_retries = 0
-stream_idle_timeout_ms = {idle_ms}
+request_max_retries = {request_max_retries}
+stream_max_retries = {stream_max_retries}
+stream_idle_timeout_ms = {stream_idle_timeout_ms}
 """
+# The mock provider's settings a node may change (add_node's `provider=`). Retries 0 fail fast: the harness
+# judges each fault, not codex's retries. `requires_openai_auth` with base_path /auth/v1 plays a provider that
+# needs a login (harness/ends/upstream.py answers 401 there without an API key).
+PROVIDER = {"base_path": "/v1", "requires_openai_auth": False, "request_max_retries": 0, "stream_max_retries": 0,
+            "stream_idle_timeout_ms": 10000}
+
+
+def write_codex_home(home: Path, upstream_port: int, provider: dict[str, Any] | None = None) -> Path:
+    """A CODEX_HOME whose config points codex at the mock upstream on `upstream_port`, changed by `provider`."""
+    home.mkdir(parents=True, exist_ok=True)
+    toml = {k: str(v).lower() if isinstance(v, bool) else v for k, v in {**PROVIDER, **(provider or {})}.items()}
+    (home / "config.toml").write_text(CODEX_CONFIG.format(port=upstream_port, **toml))
+    return home
 
 
 def launch(loader: Loader[Any], module: str, options: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
@@ -105,6 +118,7 @@ class Stack:
         # Every control call made, with the ids it touched: a case's steps and log filter come from here.
         self.trail: list[dict[str, Any]] = []
         self.telegram: FakeTelegram | None = None
+        self.bot_settings: dict[str, Any] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> Stack:
@@ -184,16 +198,16 @@ class Stack:
     def manager_url(self) -> str:
         return f"http://127.0.0.1:{self.manager_port}"
 
-    async def add_node(self, node_id: str, token: str | None = None, wait: bool = True, **settings: Any) -> Proc:
-        """A real node with its own CODEX_HOME and cwd; its links run through Toxiproxy."""
+    async def add_node(self, node_id: str, token: str | None = None, wait: bool = True,
+                       provider: dict[str, Any] | None = None, **settings: Any) -> Proc:
+        """A real node with its own CODEX_HOME and cwd; its links run through Toxiproxy. `provider` changes the
+        mock provider in its codex config (PROVIDER)."""
         assert self.toxics is not None
-        home, cwd = self.root / "nodes" / node_id / "codex_home", self.root / "nodes" / node_id / "cwd"
-        home.mkdir(parents=True, exist_ok=True)
+        cwd = self.root / "nodes" / node_id / "cwd"
         cwd.mkdir(parents=True, exist_ok=True)
         up_port = await self.toxics.create(self.upstream_link(node_id), self.upstream_port)
         mgr_port = await self.toxics.create(self.manager_link(node_id), self.manager_port)
-        idle_ms = int(settings.pop("stream_idle_timeout_ms", 10000))
-        (home / "config.toml").write_text(CODEX_CONFIG.format(port=up_port, idle_ms=idle_ms))
+        home = write_codex_home(self.root / "nodes" / node_id / "codex_home", up_port, provider)
         if token is None:
             token = (await self.call(Api.TOKENS, {"node_id": node_id, "note": "harness"}))["token"]
             ISSUED[f"{self.root.name} node token {node_id}"] = token  # not a case's own (wrong, short) ones
@@ -253,6 +267,16 @@ class Stack:
             yield
         await self.wait_online(node_id)
 
+    async def wait_readiness(self, node_id: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Until the manager says the node's readiness is `state` (/api/servers); returns that readiness."""
+        seen: Any = None
+        async for _ in Backoff(0.1, factor=1).tries(timeout):
+            servers = (await self.call(Api.SERVERS, record=False))["servers"]
+            seen = next((s.get("readiness") for s in servers if s["node_id"] == node_id), None)
+            if seen is not None and seen.get("state") == state:
+                return dict(seen)
+        raise TimeoutError(f"node {node_id}'s readiness is not {state} within {timeout}s: {seen}")
+
     async def wait_heartbeat(self, node_id: str, after: float, timeout: float = 30.0) -> None:
         """Online with a heartbeat newer than `after`: the link works again, not merely not yet reaped.
 
@@ -280,6 +304,7 @@ class Stack:
                    "manager_url": f"http://127.0.0.1:{to_mgr}", "control_token": self.control_token,
                    "allowed_users": f"{self.ADMIN},{self.USER}", "admin_users": str(self.ADMIN),
                    "poll_timeout": 5, "progress_interval": 1.0, "state_dir": str(self.root / "bot"), **settings}
+        self.bot_settings = options
         self._proc("bot", *launch(BOT_SETTINGS, "runtime.bot.main", options)).start()
         self.telegram = FakeTelegram(self._http, tg_port)
         await self.telegram.wait_polling(20)
