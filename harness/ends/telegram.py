@@ -46,6 +46,14 @@ class TelegramUser:
         body = {"shape": shape, "chat_id": self.chat_id, "user_id": self.user_id}
         return int((await self.tg.post("hostile", body))["update_id"])
 
+    async def pick_node(self, node_id: str) -> None:
+        """/node, then that node's button, as a user picks the node for this chat."""
+        listing = await self.sent(await self.say("/node"))
+        [data] = [b["callback_data"] for row in listing["reply_markup"]["inline_keyboard"] for b in row
+                  if b["callback_data"].endswith(f":{node_id}")]
+        alert = await self.alert(await self.tap(listing["message_id"], data))
+        assert "selected" in alert["text"], alert
+
     async def reply(self, since: int, timeout: float = 15.0) -> dict[str, Any]:
         """The first message the bot sent to this chat after `since`."""
         return (await self.tg.wait_call("sendMessage", self.chat_id, since, timeout))["params"]
@@ -75,14 +83,6 @@ class TelegramUser:
                 raise TimeoutError(f"no bot message matched in chat {self.chat_id}: {await self.messages()}")
             await self.tg.wait_call(None, self.chat_id, await self.tg.last_seq(), 1.0, required=False)
 
-
-    async def pick_node(self, node_id: str) -> None:
-        """Select `node_id` for this chat through /node and its button, as a user would."""
-        listing = await self.sent(await self.say("/node"))
-        [choice] = [b for row in listing["reply_markup"]["inline_keyboard"] for b in row
-                    if b["callback_data"].endswith(f":{node_id}")]
-        alert = await self.alert(await self.tap(listing["message_id"], choice["callback_data"]))
-        assert "selected" in alert["text"], alert
 
     async def turn(self, text: str, expect: str, timeout: float = 30.0) -> dict[str, Any]:
         """Send plain text; wait for the bot's final answer containing `expect` (placeholder edits skipped)."""

@@ -1,6 +1,7 @@
 """Mock OpenAI Responses API (SSE) for driving a real `codex app-server` offline.
 
 Behaviour comes from a `[[mock:NAME]]` / `[[mock:NAME=ARG]]` marker in the last user message, or a global mode.
+Under /v1 it asks for no key; under /auth/v1 it wants one, as OpenAI's own API does.
 """
 
 from __future__ import annotations
@@ -29,8 +30,19 @@ PLAIN = re.compile(r'[^\s"=]+')
 ECHO_CMD = "echo relay-approved"
 JSON_CT = "application/json"
 BEHAVIORS = frozenset(
-    ("reply", "history", "approve", "patch", "elicit", "drop", "eof", "hang", "http500", "failed", "slow")
+    ("reply", "history", "approve", "patch", "elicit", "drop", "eof", "hang", "http500", "http", "failed", "slow")
 )
+# `[[mock:http=CODE]]`: the provider answers every request with that status and OpenAI's error body for it, the
+# way a real provider refuses a missing key (401), a rate limit (429) or an outage (5xx).
+HTTP_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    401: ("Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+          "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to sample from this model", "invalid_request_error", "model_not_allowed"),
+    429: ("Rate limit reached for requests per min. Please try again in 1s.", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request. Sorry about that!", "server_error", None),
+    502: ("Bad gateway.", "server_error", None),
+    503: ("The server is overloaded or not ready yet.", "server_error", None),
+}
 OUTPUT_TYPES = ("function_call_output", "custom_tool_call_output")
 ESCALATE: Json = {"sandbox_permissions": "require_escalated", "justification": "mock needs approval"}
 HANG_MAX_S = 600.0
@@ -83,6 +95,8 @@ def _parse_behavior(spec: str) -> tuple[str, str | None]:
         raise ValueError(f"unknown mock behaviour {name!r}")
     if name == "slow" and not re.fullmatch(r"\d+(\.\d*)?", arg):
         raise ValueError(f"slow needs seconds, got {arg!r}")
+    if name == "http" and not (arg.isdigit() and int(arg) in HTTP_ERRORS):
+        raise ValueError(f"http needs one of the statuses {sorted(HTTP_ERRORS)}, got {arg!r}")
     return name, (arg if "=" in spec else None)
 
 
@@ -203,6 +217,10 @@ async def responses(request: web.Request) -> web.StreamResponse:
     _log(op="serve" if serve else "followup", behavior=_fmt_marker(name, arg), prompt_key=key, n=n)
     if name == "http500":
         return _error(500, "mock upstream internal error", "server_error")
+    if name == "http":
+        message, kind, code = HTTP_ERRORS[int(arg or 0)]
+        return web.json_response({"error": {"message": message, "type": kind, "code": code, "param": None}},
+                                 status=int(arg or 0))
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     try:
@@ -249,6 +267,18 @@ async def _stream(
         await resp.write(_sse("response.completed", response={"id": rid, "usage": USAGE}))
 
 
+async def responses_with_key(request: web.Request) -> web.StreamResponse:
+    """The provider under /auth/v1: like api.openai.com, a request without an API key gets 401, so a codex that
+    is not logged in is refused here the way the real provider refuses it."""
+    if not request.headers.get("Authorization", "").startswith("Bearer "):
+        _log(op="no_api_key", path=request.path)
+        return web.json_response({"error": {
+            "message": "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                       "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            "type": "invalid_request_error", "code": None, "param": None}}, status=401)
+    return await responses(request)
+
+
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].snapshot())
 
@@ -287,6 +317,7 @@ def build_app(state: MockUpstream | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024 * 1024)
     app[STATE_KEY] = state or MockUpstream()
     app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/auth/v1/responses", responses_with_key)
     app.router.add_get("/_mock/stats", stats)
     app.router.add_post("/_mock/reset", reset)
     app.router.add_post("/_mock/mode", mode)

@@ -52,7 +52,8 @@ class BotConfig:
     log_level: Annotated[str, setting("log level", choices=LOG_LEVELS)] = "info"
 
 
-SETTINGS = Loader(BotConfig, "bot", "Codex Relay Telegram bot: the chat front end of the manager.")
+SETTINGS = Loader(BotConfig, "bot", "Codex Relay Telegram bot: the chat front end of the manager. "
+                  "`codex-relay-bot doctor [settings]` checks its setup instead, one line per check.")
 
 
 def load(argv: Sequence[str] | None = None) -> BotConfig:

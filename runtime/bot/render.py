@@ -7,7 +7,7 @@ from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from runtime.protocol import ApprovalState, Decision, ErrorKind, user_error_line
+from runtime.protocol import ApprovalState, Decision, ErrorKind, ReadyState, kind_of, user_error_line
 
 MAX_CALLBACK_DATA = 64  # Telegram's limit, in bytes
 
@@ -108,6 +108,29 @@ def offline(node_id: str, last_seen: float | None) -> str:
             "Wait for it to reconnect, or pick another node with /node.")
 
 
+READY_WORDS = {ReadyState.READY: "ready", ReadyState.NOT_LOGGED_IN: "not ready: codex is not logged in",
+               ReadyState.PROVIDER_UNREACHABLE: "not ready: its model provider is unreachable",
+               ReadyState.UNKNOWN: "readiness unknown"}
+
+
+def ready_state(readiness: dict[str, Any] | None) -> ReadyState:
+    try:
+        return ReadyState((readiness or {}).get("state") or ReadyState.UNKNOWN)
+    except ValueError:  # a state a newer node knows and this bot does not
+        return ReadyState.UNKNOWN
+
+
+def readiness(r: dict[str, Any] | None) -> list[str]:
+    """A node's readiness for /status: the state, what the node found, and the fix."""
+    state = ready_state(r)
+    lines = [f"ready: {'yes' if state == ReadyState.READY else READY_WORDS[state].replace('not ready: ', 'no, ')}"]
+    if state in (ReadyState.NOT_LOGGED_IN, ReadyState.PROVIDER_UNREACHABLE):
+        lines += [f"found: {(r or {}).get('problem') or state.value}", f"fix: {kind_of(state.value).text}"]
+    if (r or {}).get("codex_version"):
+        lines.append(f"codex: {(r or {})['codex_version']}")
+    return lines
+
+
 MAX_LISTED = 20  # a fleet of thousands would pass Telegram's 4096 characters and its keyboard limits
 
 
@@ -122,11 +145,17 @@ def nodes(servers: list[dict[str, Any]], selected: str | None) -> tuple[str, Inl
         return NO_NODES, None
     lines, rows = ["Nodes (tap one to use it in this chat):"], []
     for n in sorted(servers, key=lambda n: _rank(n, selected))[:MAX_LISTED]:
-        state = "online" if n.get("online") else f"offline, last seen {ago(n.get('last_seen'))}"
+        ready = ready_state(n.get("readiness"))
+        if not n.get("online"):
+            state, shown = f"offline, last seen {ago(n.get('last_seen'))}", "offline"
+        elif ready in (ReadyState.READY, ReadyState.UNKNOWN):  # a listing names only what is wrong; /status says all
+            state = shown = "online"
+        else:
+            state, shown = f"online, {READY_WORDS[ready]}", "online, not ready"
         mark = " ← selected" if n["node_id"] == selected else ""
         lines.append(f"• {n['node_id']}: {state}{mark}")
         if fits(Cb.NODE, n["node_id"]):
-            label = f"{'✅ ' if mark else ''}{n['node_id']} ({'online' if n.get('online') else 'offline'})"
+            label = f"{'✅ ' if mark else ''}{n['node_id']} ({shown})"
             rows.append([(label, callback(Cb.NODE, n["node_id"]))])
     if len(servers) > MAX_LISTED:
         online = sum(1 for n in servers if n.get("online"))
@@ -134,12 +163,16 @@ def nodes(servers: list[dict[str, Any]], selected: str | None) -> tuple[str, Inl
                      "Pick any by name: /node <node_id>")
     if not any(n.get("online") for n in servers):
         lines.append("No node is online right now: start one, or wait for it to reconnect.")
+    if any(n.get("online") and ready_state(n.get("readiness")) not in (ReadyState.READY, ReadyState.UNKNOWN)
+           for n in servers):
+        lines.append("A node that is not ready fails every message at once: /status on it says what to fix.")
     return "\n".join(lines), keyboard(rows)
 
 
 def status(s: dict[str, Any], chat: dict[str, Any]) -> str:
     thread = chat.get("threads", {}).get(s["node_id"])
-    return "\n".join([f"Node {s['node_id']}: online", f"version: {s.get('version') or 'unknown'}",
+    return "\n".join([f"Node {s['node_id']}: online", *readiness(s.get("readiness")),
+                      f"version: {s.get('version') or 'unknown'}",
                       f"open tasks: {s.get('open_tasks', 0)}", f"last seen: {ago(s.get('last_seen'))}",
                       f"model: {chat.get('model') or 'node default'}",
                       f"thread: {thread or 'a new one starts with your next message'}"])
@@ -246,8 +279,10 @@ def notes(lines: list[str]) -> str:
     return "\n".join(f"ℹ️ {line}" for line in lines)
 
 
-def progress(node_id: str, text: str) -> str:
-    return f"{text.strip()}\n\n⏳ still working on {node_id}…" if text.strip() else placeholder(node_id)
+def progress(node_id: str, text: str, notice: str | None = None) -> str:
+    """The answer so far and codex's latest retry notice ("reconnecting 2/5: ..."), under the working mark."""
+    parts = [p for p in (text.strip(), notice and f"🔄 {notice}") if p]
+    return "\n\n".join([*parts, f"⏳ still working on {node_id}…"]) if parts else placeholder(node_id)
 
 
 def chunks(text: str, size: int = 4000) -> list[str]:

@@ -42,6 +42,8 @@ class Turn:
     started: float = field(default_factory=time.monotonic)
     last_edit: float = field(default_factory=time.monotonic)
     shown: str = ""
+    latest: str = ""  # the newest progress, shown once the throttle allows
+    flushing: bool = False  # an edit of `latest` is scheduled for the end of the throttle's interval
     done: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -100,15 +102,29 @@ class Turns:
         turn = self.active.get(str(event.get("task_id")))
         if turn is None or turn.message_id is None:
             return
+        turn.latest = render.progress(turn.node_id, str(event.get("text") or ""), event.get("notice"))
+        await self._show_progress(turn)
+
+    async def _show_progress(self, turn: Turn) -> None:
+        """Throttled: progress inside the interval is shown at its end, so the last retry notice is not lost."""
         async with turn.lock:
-            text = render.progress(turn.node_id, str(event.get("text") or ""))
-            # Throttled: skipped progress is not lost, the next event or the final answer carries it.
-            if turn.done or text == turn.shown or time.monotonic() - turn.last_edit < self.config.progress_interval:
+            if turn.done or turn.message_id is None or turn.latest == turn.shown:
                 return
-            turn.last_edit, turn.shown = time.monotonic(), text
+            wait = self.config.progress_interval - (time.monotonic() - turn.last_edit)
+            if wait > 0:
+                if not turn.flushing:
+                    turn.flushing = True
+                    self.tasks.spawn(self._show_later(turn, wait), f"progress:{turn.task_id}")
+                return
+            turn.last_edit, turn.shown = time.monotonic(), turn.latest
             # The Stop button stays while the turn runs: an edit without it would take it away.
-            await self.delivery.edit(turn.chat_id, turn.message_id, text, render.stop_button(turn.task_id),
+            await self.delivery.edit(turn.chat_id, turn.message_id, turn.latest, render.stop_button(turn.task_id),
                                      trace_id=turn.trace_id)
+
+    async def _show_later(self, turn: Turn, wait: float) -> None:
+        await asyncio.sleep(wait)
+        turn.flushing = False
+        await self._show_progress(turn)
 
     async def on_result(self, event: dict[str, Any]) -> None:
         """A result event: the same answer the dispatch call gives, and the only one after a lost call."""

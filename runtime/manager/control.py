@@ -57,6 +57,7 @@ async def servers(mgr: Manager, q: api.ServersQuery, trace_id: str) -> dict[str,
         node["online"] = session is not None
         if session is not None:
             node["last_seen"] = session.last_seen
+            node["readiness"] = session.readiness
     next_after = nodes[-1]["node_id"] if nodes and len(nodes) == limit else None
     return ok(servers=nodes, online=sorted(mgr.hub.sessions), next_after=next_after)
 
@@ -69,7 +70,8 @@ async def status(mgr: Manager, body: api.NodeRef, trace_id: str) -> dict[str, An
     session = mgr.hub.online(body.node_id)
     open_tasks = await mgr.store.open_tasks(body.node_id)
     return ok(**{**node, "online": session is not None, "open_tasks": len(open_tasks),
-                 "last_seen": session.last_seen if session else node["last_seen"]})
+                 "last_seen": session.last_seen if session else node["last_seen"],
+                 "readiness": session.readiness if session else None})
 
 
 @handles("POST", Api.DISPATCH)

@@ -53,6 +53,14 @@ class NodeConfig:
     backoff_jitter: Annotated[float, setting("each reconnect delay varies at random by up to this share",
                                              ge=0, le=1)] = 0.1
     progress_interval: Annotated[float, setting("seconds between progress messages of one turn", ge=0)] = 0.5
+    # Readiness (runtime/node/readiness.py): codex's login and the model provider, told to the manager.
+    readiness_interval: Annotated[float, setting("seconds between checks of codex's login and the model provider; "
+                                                 "0 checks only at start and before a turn on a node that is not "
+                                                 "ready", ge=0)] = 60.0
+    provider_timeout: Annotated[float, setting("seconds the model provider has to answer the readiness probe",
+                                               gt=0)] = 5.0
+    provider_wait: Annotated[float, setting("seconds a turn may wait while codex waits for the network to reach "
+                                            "the model provider; then it fails as provider_unreachable", gt=0)] = 60.0
     # Codex keeps every thread it loaded in memory: the node restarts its child between turns past these bounds.
     recycle_rss_mb: Annotated[int, setting("restart the codex child between turns once its RSS passes this many "
                                            "MiB; 0 never", ge=0)] = 1024
@@ -68,7 +76,8 @@ class NodeConfig:
                                        choices=eventloop.LOOPS)] = eventloop.DEFAULT
 
 
-SETTINGS = Loader(NodeConfig, "node", "Codex Relay node: runs Codex on this machine for the manager.",
+SETTINGS = Loader(NodeConfig, "node", "Codex Relay node: runs Codex on this machine for the manager. "
+                  "`codex-relay-node doctor [settings]` checks this machine's setup instead, one line per check.",
                   legacy_env_prefix="CODEX_NODE_")
 
 
@@ -83,9 +92,18 @@ def load(argv: Sequence[str] | None = None) -> NodeConfig:
 
 def check_environment(config: NodeConfig) -> str:
     """Fail early on what would otherwise break the first task; returns the codex version line."""
+    check_cwd(config)
+    return codex_version(config)
+
+
+def check_cwd(config: NodeConfig) -> None:
     if not os.path.isdir(config.cwd):
         raise ConfigError(f"cwd does not exist or is not a directory: {config.cwd}",
                           f"create the directory or point {SETTINGS.where('cwd')} at an existing one", EXIT_CWD)
+
+
+def codex_version(config: NodeConfig) -> str:
+    """`codex --version`'s line; a binary that is missing or does not run is a ConfigError naming the fix."""
     try:
         out = subprocess.run([config.codex_bin, "--version"], capture_output=True, text=True, timeout=20)
     except FileNotFoundError:

@@ -17,6 +17,7 @@ from runtime.node.appserver import AppServer
 from runtime.node.approvals import Approvals
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
+from runtime.node.readiness import Monitor
 from runtime.protocol import ErrorKind, RelayError, TaskState, final_state
 from runtime.protocol import wire
 from runtime.protocol.wire import TaskOutcome, failed_task
@@ -27,8 +28,8 @@ logger = logging.getLogger("codex_node")
 # is the lasting record, so a small window suffices, and keeps the node's memory flat.
 KNOWN_MAX = 1_000
 STOP_GRACE = 5.0  # seconds codex gets to end a turn it was told to interrupt, before the node stops waiting for it
-# codexErrorInfo variants (codex's schema: a string, or an object whose one key is the variant) by error kind.
-DISCONNECTS = frozenset({"responseStreamDisconnected", "responseStreamConnectionFailed", "httpConnectionFailed"})
+# codex 0.171's retry notice while the provider cannot be reached at all; it waits like this without end.
+WAITING_FOR_NETWORK = "waiting for network"
 
 
 @dataclass
@@ -48,6 +49,8 @@ class Turn:
     starting: bool = False       # turn/start was sent: from here on, a stop goes through codex
     stop_requested: bool = False  # the user stopped it: an interrupted end is `cancelled`, not a failure
     last_progress: float = 0.0
+    notice: str | None = None  # codex's latest retry notice, as the user reads it
+    waiting_since: float | None = None  # since when codex waits for the network to reach the provider
     done: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -61,34 +64,44 @@ class Task:
     turn: Turn | None = None
 
 
-def error_info(err: dict[str, Any]) -> str:
-    """codexErrorInfo's variant: a plain one is a string, one with details an object keyed by the variant."""
-    info = err.get("codexErrorInfo")
-    if isinstance(info, dict):
-        return str(next(iter(info), ""))
-    return str(info or "")
-
-
 def classify(turn: dict[str, Any], errors: list[dict[str, Any]]) -> RelayError:
-    """Map a failed turn to an error kind: a dropped, refused or idle upstream stream is upstream_disconnect."""
+    """Map a failed turn to an error kind, with codex's reason: a dropped or idle upstream stream is
+    upstream_disconnect, a provider refusing the credentials upstream_unauthorized, one never reached
+    provider_unreachable, any other provider failure (429, 5xx, retries exhausted) upstream_error."""
     err = turn.get("error") or (errors[-1].get("error") if errors else None) or {}
-    info = error_info(err)
     if turn.get("status") == "interrupted" and not err:
         return RelayError(ErrorKind.APPSERVER_ERROR, "codex interrupted the turn without being asked to; "
                                                      "send the message again")
     text = str(err.get("message") or "the turn failed without a message")
-    if "stream disconnected" in text or "idle timeout" in text or info in DISCONNECTS:
+    raw = err.get("codexErrorInfo")
+    # codexErrorInfo is a name ("internalServerError") or {name: {"httpStatusCode": N}} (the app-server's schema).
+    info, detail = next(iter(raw.items())) if isinstance(raw, dict) and raw else (str(raw or ""), None)
+    status = detail.get("httpStatusCode") if isinstance(detail, dict) else None
+    if "stream disconnected" in text or "idle timeout" in text or info == "responseStreamDisconnected":
         return RelayError(ErrorKind.UPSTREAM_DISCONNECT, text)
-    # Any other variant is the model provider's answer (overloaded, limits, HTTP 5xx): retriable.
-    return RelayError(ErrorKind.UPSTREAM_ERROR if info or "response.failed" in text else ErrorKind.APPSERVER_ERROR,
-                      text)
+    if status in (401, 403) or info == "unauthorized":
+        return RelayError(ErrorKind.UPSTREAM_UNAUTHORIZED, text)
+    if info in ("httpConnectionFailed", "responseStreamConnectionFailed") and status is None:
+        return RelayError(ErrorKind.PROVIDER_UNREACHABLE, text)
+    if info in ("internalServerError", "serverOverloaded", "usageLimitExceeded") or "response.failed" in text:
+        return RelayError(ErrorKind.UPSTREAM_ERROR, text)
+    return RelayError(ErrorKind.UPSTREAM_ERROR if info else ErrorKind.APPSERVER_ERROR, text)
+
+
+def retry_notice(message: str, details: Any) -> str:
+    """codex's "Reconnecting... 2/5" and its details as a user reads them: "reconnecting 2/5: <reason>"."""
+    step = message.removeprefix("Reconnecting...").strip()
+    reason = str(details or "").split(", url: ")[0].strip()  # codex appends the request's URL: noise in a chat
+    head = "reconnecting" if not step else f"reconnecting {step}" if step[0].isdigit() else f"reconnecting, {step}"
+    return f"{head}: {reason}" if reason else head
 
 
 class Runner:
-    def __init__(self, config: NodeConfig, link: ManagerLink, app: AppServer) -> None:
+    def __init__(self, config: NodeConfig, link: ManagerLink, app: AppServer, readiness: Monitor) -> None:
         self.config = config
         self.link = link
         self.app = app
+        self.readiness = readiness
         self.tasks: OrderedDict[str, Task] = OrderedDict()
         self.turns: dict[str, Turn] = {}             # by thread_id: one turn per thread at a time
         self.locks: dict[str, asyncio.Lock] = {}
@@ -109,14 +122,19 @@ class Runner:
             return
         task = Task(task_id)
         self._remember(task)
+        # Each task's life in the node's log, by its trace_id: received, turn started, codex's notices, final.
+        log(logger, logging.INFO, "task_received", node_id=self.config.node_id, task_id=task_id, trace_id=msg.trace_id,
+            chat_key=msg.chat_key, thread_id=msg.thread_id, timeout=msg.timeout)
         if self.draining:
             self._finish(task, failed_task(RelayError(ErrorKind.NODE_OFFLINE, "the node is shutting down and takes "
                                                    "no new work; send it again once it is back, or to another node")))
+            self._log_final(task, msg.trace_id, msg.thread_id, None)
             await self._report(task)
             return
         if self.active() > self.config.max_pending:
             self._finish(task, failed_task(RelayError(
                 ErrorKind.QUEUE_FULL, f"node queue full (max={self.config.max_pending})")))
+            self._log_final(task, msg.trace_id, msg.thread_id, None)
             await self._report(task)
             return
         await self.link.send(wire.TaskAck(task_id=task_id, state=task.state.value))
@@ -223,10 +241,18 @@ class Runner:
             result.notes = turn.notes
         result.duration_ms = round((time.monotonic() - started) * 1000, 1)
         self._finish(task, result)
-        log(logger, logging.INFO, "task_final", node_id=self.config.node_id, task_id=task.task_id,
-            trace_id=turn.trace_id, ok=result.ok, error_kind=result.error_kind, duration_ms=result.duration_ms)
+        self._log_final(task, turn.trace_id, result.thread_id or msg.thread_id, turn.turn_id)
+        if result.error_kind == ErrorKind.PROVIDER_UNREACHABLE:
+            self.readiness.poke()  # so the manager shows it before the next turn tries
         await self._report(task)
         await self._recycle_if_due()
+
+    def _log_final(self, task: Task, trace_id: str, thread_id: str | None, turn_id: str | None) -> None:
+        result = task.result
+        assert result is not None
+        log(logger, logging.INFO if result.ok else logging.WARNING, "task_final", node_id=self.config.node_id,
+            task_id=task.task_id, trace_id=trace_id, thread_id=thread_id, turn_id=turn_id, ok=result.ok,
+            error_kind=result.error_kind, error=None if result.ok else result.error, duration_ms=result.duration_ms)
 
     async def _recycle_if_due(self) -> None:
         """Between turns only: past a bound the codex child is restarted, and its threads resume when next used."""
@@ -249,6 +275,7 @@ class Runner:
                 del self.locks[thread_id]
 
     async def _turn(self, task: Task, turn: Turn, msg: wire.TaskAssign) -> TaskOutcome:
+        await self.readiness.admit()  # a node that cannot run turns says why now, not at the deadline
         thread_id = msg.thread_id
         if thread_id is None:
             start: dict[str, Any] = {"cwd": self.config.cwd, "approvalPolicy": self.config.approval_policy,
@@ -278,6 +305,8 @@ class Runner:
                 turn.starting = True
                 started = await self.app.request("turn/start", params, self.config.rpc_timeout)
                 turn.turn_id = started["turn"]["id"]
+                log(logger, logging.INFO, "turn_started", node_id=self.config.node_id, task_id=task.task_id,
+                    trace_id=turn.trace_id, thread_id=thread_id, turn_id=turn.turn_id)
                 if turn.stop_requested:  # stopped while turn/start was on its way
                     await self._interrupt(turn)
                 done = await self._until_done(turn, turn.generation)
@@ -302,6 +331,11 @@ class Runner:
                 if self.app.generation != generation or not self.app.ready.is_set():
                     raise RelayError(ErrorKind.APPSERVER_CRASH, "codex app-server exited during the turn; "
                                                                 "the node restarted it") from None
+                # codex waits for an unreachable provider without end: past provider_wait the node gives up for it.
+                if turn.waiting_since is not None and \
+                        (waited := time.monotonic() - turn.waiting_since) > self.config.provider_wait:
+                    raise RelayError(ErrorKind.PROVIDER_UNREACHABLE, f"codex waited {waited:.0f}s for the network to "
+                                     f"the model provider ({turn.notice})") from None
 
     async def _interrupt(self, turn: Turn) -> bool:
         """turn/interrupt to the codex child running the turn; False when that child is gone (a new one never had
@@ -322,6 +356,8 @@ class Runner:
         turn = self.turns.get(params.get("threadId", ""))
         if turn is None:
             return
+        if method != "error":
+            turn.waiting_since = None  # codex got through again
         if method == "item/agentMessage/delta":
             turn.text += params.get("delta", "")
             now = time.monotonic()
@@ -334,8 +370,25 @@ class Runner:
             turn.text = ""
         elif method == "error":
             turn.errors.append(params)
+            self._codex_error(turn, params)
         elif method == "turn/completed" and not turn.done.done():
             turn.done.set_result(params.get("turn") or {})
+
+    def _codex_error(self, turn: Turn, params: dict[str, Any]) -> None:
+        """codex's own error and retry notices: each in the node's log; a retry also goes to the user at once."""
+        err = params.get("error") or {}
+        message, details = str(err.get("message") or ""), err.get("additionalDetails")
+        retrying = bool(params.get("willRetry"))
+        log(logger, logging.WARNING, "codex_retry" if retrying else "codex_error", node_id=self.config.node_id,
+            task_id=turn.task_id, trace_id=turn.trace_id, thread_id=params.get("threadId"),
+            turn_id=params.get("turnId"), error=message, details=details, codex_error_info=err.get("codexErrorInfo"))
+        if not retrying:
+            return
+        turn.notice = retry_notice(message, details)
+        if WAITING_FOR_NETWORK in message and turn.waiting_since is None:
+            turn.waiting_since = time.monotonic()
+        self.link.tasks.spawn(self.link.send(wire.TaskProgress(task_id=turn.task_id, chat_key=turn.chat_key,
+                                                               text=turn.text, notice=turn.notice)), "progress")
 
     async def on_server_request(self, method: str, params: dict[str, Any], request_id: Any) -> dict[str, Any] | None:
         return await self.approvals.on_request(method, params, request_id)

@@ -14,7 +14,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from runtime.protocol.kinds import ERROR_KINDS
 from runtime.protocol.states import ApprovalState, Decision
-from runtime.protocol.wire import Failure, PendingApproval, RpcOutcome, TaskOutcome
+from runtime.protocol.wire import Failure, PendingApproval, Readiness, RpcOutcome, TaskOutcome
 
 
 class Api(StrEnum):
@@ -172,6 +172,8 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     last_seen: float
     online: bool
     stored_online: bool | None = None
+    # Whether the node can run turns, as it last reported (protocol 3); null while it is offline.
+    readiness: Readiness | None = None
 
 
 class ServersReply(Reply):

@@ -13,6 +13,10 @@ class ErrorKind(StrEnum):
     UPSTREAM_DISCONNECT = "upstream_disconnect"
     APPROVAL_TIMEOUT = "approval_timeout"
     UPSTREAM_ERROR = "upstream_error"
+    # The node is not ready for turns (runtime.protocol.wire.Readiness): refused at once, before codex is asked.
+    NOT_LOGGED_IN = "not_logged_in"
+    PROVIDER_UNREACHABLE = "provider_unreachable"
+    UPSTREAM_UNAUTHORIZED = "upstream_unauthorized"
     APPSERVER_ERROR = "appserver_error"
     APPSERVER_CRASH = "appserver_crash"
     # Not a failure: the user stopped the turn (/stop, the Stop button, Cancel on an approval). A task that
@@ -59,6 +63,14 @@ ERROR_KINDS: Final[Mapping[ErrorKind, KindInfo]] = _table(
              "Send the request again and answer the approval prompt sooner."),
     KindInfo(K.UPSTREAM_ERROR, True, "The model upstream answered with an error. Retry later; "
              "if it persists, check the provider's status and the node's model config."),
+    KindInfo(K.NOT_LOGGED_IN, False, "Codex on that node is not logged in, so it cannot run turns. On that machine, "
+             "as the user the node runs as and with the node's CODEX_HOME, run `codex login` (or pipe an API key to "
+             "`codex login --with-api-key`), then send it again."),
+    KindInfo(K.PROVIDER_UNREACHABLE, True, "The node cannot reach its model provider. Check that machine's network, "
+             "its proxy settings (HTTPS_PROXY) and the provider's base_url in its Codex config, then retry."),
+    KindInfo(K.UPSTREAM_UNAUTHORIZED, False, "The model provider refused the node's credentials. On that machine, run "
+             "`codex login` again (as the user the node runs as, with its CODEX_HOME) or fix the provider's API key, "
+             "then send it again."),
     KindInfo(K.APPSERVER_ERROR, False, "Codex app-server rejected the call. Check the method name and params."),
     KindInfo(K.APPSERVER_CRASH, True, "The Codex app-server on the node exited; the node restarted it. Retry."),
     KindInfo(K.CANCELLED, False, "You stopped this turn. Send a new message to go on; the thread keeps what "

@@ -1,4 +1,4 @@
-"""The states a task and an approval go through, and the decisions a user can give."""
+"""The states a task and an approval go through, the decisions a user can give, and a node's readiness."""
 from __future__ import annotations
 
 from enum import StrEnum
@@ -41,3 +41,12 @@ class Decision(StrEnum):
     ACCEPT_FOR_SESSION = "acceptForSession"
     DECLINE = "decline"
     CANCEL = "cancel"
+
+
+class ReadyState(StrEnum):
+    """Whether a node can run turns now. A state that is not ready is also the ErrorKind its turns fail with."""
+
+    READY = "ready"
+    NOT_LOGGED_IN = "not_logged_in"            # codex has no account, and its provider requires OpenAI auth
+    PROVIDER_UNREACHABLE = "provider_unreachable"  # the model provider's base URL does not answer
+    UNKNOWN = "unknown"                        # not checked yet, or a node too old to say

@@ -14,12 +14,16 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from runtime.protocol.kinds import ErrorKind, RelayError
-from runtime.protocol.states import Decision
+from runtime.protocol.states import Decision, ReadyState
 
+# 3 adds a node's readiness (in its register frame, and the `readiness` frame whenever it changes), and the node's
+# token on its WebSocket upgrade request (NODE_AUTH_HEADER).
 PROTOCOL_VERSION: Final = 3
 # The oldest node protocol this manager still serves: 1 differs only in the register frame's `protocol` default,
-# 2 in that its node sends its token in the register frame only, not also on the upgrade request (NODE_AUTH_HEADER).
+# 2 in sending no readiness (such a node's readiness is `unknown`) and its token in the register frame only.
 MIN_NODE_PROTOCOL: Final = 1
+# The first protocol whose nodes send `readiness` frames, and whose managers take them.
+READINESS_PROTOCOL: Final = 3
 # Frames above this are refused by both ends: a turn's text is small, a bigger frame is abuse.
 MAX_FRAME_BYTES: Final = 1 << 20
 # A node (protocol 3) sends `Bearer <node token>` here on its WebSocket upgrade request. A socket whose request
@@ -52,6 +56,7 @@ class Msg(StrEnum):
     REGISTER_OK = "register_ok"
     REGISTER_ERROR = "register_error"
     HEARTBEAT = "heartbeat"
+    READINESS = "readiness"
     HEARTBEAT_ACK = "heartbeat_ack"
     TASK_ASSIGN = "task_assign"
     TASK_ACK = "task_ack"
@@ -122,6 +127,20 @@ def failed_task(err: RelayError, **fields: Any) -> TaskOutcome:
     return TaskOutcome(ok=False, **fields, **err.fields())
 
 
+class Readiness(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Whether a node can run turns, as its last check found: codex's login (`account/read`), whether its model
+    provider answers, and codex's version. A state other than ready is the ErrorKind its turns fail with."""
+    state: ReadyState = ReadyState.UNKNOWN
+    codex_version: str = ""
+    account: str | None = None  # codex's account type ("apiKey", "chatgpt"), None when it has none
+    requires_openai_auth: bool = False
+    provider: str = ""  # the model provider's id in codex's config
+    provider_url: str = ""  # its base URL, which the node probes
+    provider_reachable: bool | None = None
+    problem: str | None = None  # what the check found wrong; the fix is the kind's text (kinds.py)
+    checked_at: float = 0.0
+
+
 # ---- node -> manager -------------------------------------------------------------------------------
 
 class Register(Frame, tag=Msg.REGISTER.value, kw_only=True):
@@ -129,6 +148,14 @@ class Register(Frame, tag=Msg.REGISTER.value, kw_only=True):
     token: str = ""
     version: str = ""
     protocol: int = 1
+    readiness: Readiness | None = None  # protocol 3
+    # `codex-relay-node doctor`: the manager checks the token and answers, and registers nothing.
+    check: bool = False
+
+
+class ReadinessReport(Frame, tag=Msg.READINESS.value, kw_only=True):
+    """The node's readiness changed since it registered (protocol 3)."""
+    readiness: Readiness
 
 
 class Heartbeat(Frame, tag=Msg.HEARTBEAT.value, kw_only=True):
@@ -147,6 +174,8 @@ class TaskProgress(Frame, tag=Msg.TASK_PROGRESS.value, kw_only=True):
     task_id: Id
     chat_key: str | None = None
     text: str = ""
+    # codex's latest retry notice in this turn, e.g. "reconnecting 2/5: unexpected status 503 ..."
+    notice: str | None = None
 
 
 class TaskResult(Frame, tag=Msg.TASK_RESULT.value, kw_only=True):
@@ -258,8 +287,8 @@ class ErrorReply(Failure, Frame, tag=Msg.ERROR.value, kw_only=True):
     """Either side's answer to a frame it could not take; the session stays up."""
 
 
-NodeFrame = (Register | Heartbeat | TaskAck | TaskProgress | TaskResult | TaskStateReport | AppserverResponse
-             | ApprovalRequest | ApprovalExpired | ApprovalWithdrawn | ErrorReply)
+NodeFrame = (Register | Heartbeat | ReadinessReport | TaskAck | TaskProgress | TaskResult | TaskStateReport
+             | AppserverResponse | ApprovalRequest | ApprovalExpired | ApprovalWithdrawn | ErrorReply)
 ManagerFrame = (RegisterOk | RegisterError | HeartbeatAck | TaskAssign | TaskCancel | TaskSync | AppserverRequest
                 | ApprovalDecision | ErrorReply)
 
@@ -297,6 +326,7 @@ class TaskProgressEvent(EventFrame, tag=Event.TASK_PROGRESS.value, kw_only=True)
     node_id: str
     chat_key: str | None = None
     text: str = ""
+    notice: str | None = None
 
 
 class TaskResultEvent(EventFrame, tag=Event.TASK_RESULT.value, kw_only=True):
