@@ -85,7 +85,8 @@ async def token_check(http: aiohttp.ClientSession, config: NodeConfig) -> Check:
     probe = wire.Register(node_id=config.node_id, token=config.token, version=__version__, protocol=PROTOCOL_VERSION,
                           check=True)
     try:
-        async with http.ws_connect(config.manager_url, max_msg_size=wire.MAX_FRAME_BYTES) as ws:
+        async with http.ws_connect(config.manager_url, max_msg_size=wire.MAX_FRAME_BYTES,
+                                   headers={wire.NODE_AUTH_HEADER: wire.bearer(config.token)}) as ws:
             await ws.send_str(wire.encode_bytes(probe).decode())
             frame = await ws.receive(timeout=ANSWER_TIMEOUT)
         answer = wire.decode_manager_frame(frame.data) if frame.type == aiohttp.WSMsgType.TEXT else None
