@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from harness.ends.answers import long_markdown, rich_markdown
 from runtime.backoff import Backoff
 
 Json = dict[str, Any]
@@ -29,12 +30,14 @@ PLAIN = re.compile(r'[^\s"=]+')
 ECHO_CMD = "echo relay-approved"
 JSON_CT = "application/json"
 BEHAVIORS = frozenset(
-    ("reply", "history", "approve", "patch", "drop", "eof", "hang", "http500", "failed", "slow")
+    ("reply", "history", "approve", "patch", "drop", "eof", "hang", "http500", "failed", "slow", "markdown",
+     "long_markdown")
 )
 OUTPUT_TYPES = ("function_call_output", "custom_tool_call_output")
 ESCALATE: Json = {"sandbox_permissions": "require_escalated", "justification": "mock needs approval"}
 HANG_MAX_S = 600.0
 SLOW_MAX_S = 120.0
+LONG_MAX = 1_000_000  # characters of a long_markdown answer
 PATCH = "*** Begin Patch\n*** Add File: relay_patch.txt\n+patched by mock\n*** End Patch\n"
 USAGE: Json = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
 
@@ -81,6 +84,8 @@ def _parse_behavior(spec: str) -> tuple[str, str | None]:
         raise ValueError(f"unknown mock behaviour {name!r}")
     if name == "slow" and not re.fullmatch(r"\d+(\.\d*)?", arg):
         raise ValueError(f"slow needs seconds, got {arg!r}")
+    if name == "long_markdown" and not (arg.isdigit() and 0 < int(arg) <= LONG_MAX):
+        raise ValueError(f"long_markdown needs characters (1..{LONG_MAX}), got {arg!r}")
     return name, (arg if "=" in spec else None)
 
 
@@ -191,6 +196,10 @@ async def responses(request: web.Request) -> web.StreamResponse:
         name = "reply" if name in ("approve", "patch", "history") else name
     elif name == "history":
         text = f"history: {sum(map(_is_real_user, items))} user messages"
+    elif name == "markdown":  # an answer in Markdown with hostile text (harness/ends/answers.py)
+        text = rich_markdown(key)
+    elif name == "long_markdown":
+        text = long_markdown(int(arg or 0), key)
     else:
         text = f"mock reply: {key}"
     if serve := _is_user(last):

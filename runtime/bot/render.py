@@ -202,10 +202,19 @@ def placeholder(node_id: str) -> str:
     return f"⏳ Working on it on {node_id}…"
 
 
-def progress(node_id: str, text: str) -> str:
-    return f"{text.strip()}\n\n⏳ still working on {node_id}…" if text.strip() else placeholder(node_id)
+def progress(node_id: str, text: str, limit: int = 4096) -> str:
+    """The answer so far, its newest end if it is long, so the "still working" line is never cut off."""
+    suffix = f"\n\n⏳ still working on {node_id}…"
+    body = text.strip()
+    if len(body) + len(suffix) > limit:
+        body = "…" + body[len(body) - (limit - len(suffix) - 1):]
+    return body + suffix if body else placeholder(node_id)
 
 
-def chunks(text: str, size: int = 4000) -> list[str]:
-    text = text.strip() or "(Codex finished without a text reply.)"
-    return [text[i:i + size] for i in range(0, len(text), size)]
+def answer_document(task_id: str) -> str:
+    return f"answer-{task_id}.md"
+
+
+def answer_caption(chars: int, parts: int) -> str:
+    return (f"The whole answer as a file: {chars:,} characters, which would take {parts} messages "
+            "(the bot's answer_max_parts).")
