@@ -37,7 +37,7 @@ class BotConfig:
     users_ttl: Annotated[float, setting("seconds the manager's allowlist is trusted before it is fetched again",
                                         ge=0)] = 10.0
     answer_max_parts: Annotated[int, setting("messages one answer may take; a longer one comes as its first message "
-                                             "and the whole answer as an .md document", ge=1)] = 6
+                                             "and the whole answer as an .md document", ge=1)] = 8
     send_attempts: Annotated[int, setting("tries for one Telegram send", ge=1)] = 5
     webhook_url: Annotated[str, setting("public webhook URL; empty uses long polling")] = ""
     webhook_listen: Annotated[str, setting("address the webhook server listens on")] = "127.0.0.1"

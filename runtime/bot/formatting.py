@@ -40,6 +40,7 @@ _md = MarkdownIt("commonmark").enable(["table", "strikethrough"])
 class Run:
     text: str
     tags: tuple[Tag, ...] = ()
+    after_heading: bool = False  # a block boundary that would leave a heading alone at the end of a message
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def plain_part(text: str) -> Part:
 class _Writer:
     """Walks markdown-it's token stream; `blocks` are the top-level blocks, each a list of runs."""
 
-    blocks: list[list[Run]] = field(default_factory=list)
+    blocks: list[tuple[list[Run], bool]] = field(default_factory=list)  # runs, and whether it is a heading
     runs: list[Run] = field(default_factory=list)
     tags: list[Tag] = field(default_factory=list)
     lists: list[list[str | int]] = field(default_factory=list)  # per open list: [kind, next number]
@@ -86,9 +87,9 @@ class _Writer:
         if self.runs and not self.marked and not self.runs[-1].text.endswith("\n"):
             self.emit("\n")
 
-    def end_block(self) -> None:
+    def end_block(self, heading: bool = False) -> None:
         if self.runs:
-            self.blocks.append(self.runs)
+            self.blocks.append((self.runs, heading))
         self.runs = []
 
     def block(self, tok: Token) -> None:
@@ -133,7 +134,7 @@ class _Writer:
             else:
                 self.inline(tok.children or [])
         if tok.level == 0 and tok.nesting <= 0:
-            self.end_block()
+            self.end_block(heading=kind == "heading_close")
 
     def inline(self, children: list[Token]) -> None:
         for child in children:
@@ -194,9 +195,11 @@ def runs(markdown: str) -> list[Run]:
         writer.block(tok)
     writer.end_block()
     out: list[Run] = []
-    for block in writer.blocks:
+    heading = False
+    for block, is_heading in writer.blocks:
         if out:
-            out.append(Run("\n\n"))
+            out.append(Run("\n\n", after_heading=heading))
+        heading = is_heading
         for run in block:
             for i, line in enumerate(run.text.split("\n")):
                 if i:
@@ -237,8 +240,11 @@ def to_html(part: list[Run]) -> str:
 
 
 def _cut_rank(run: Run) -> int:
-    """Where a message may end: 0 between blocks, 1 at a line end, 2 nowhere better (a space or any character)."""
-    return 0 if run.text == "\n\n" else 1 if run.text == "\n" else 2
+    """Where a message may end: 0 between blocks, 1 at a line end or after a heading, 2 nowhere better (a space
+    or any character)."""
+    if run.text == "\n\n":
+        return 1 if run.after_heading else 0
+    return 1 if run.text == "\n" else 2
 
 
 def split(all_runs: list[Run], limit: int = MAX_TEXT) -> list[list[Run]]:
