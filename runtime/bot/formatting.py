@@ -248,8 +248,9 @@ def _cut_rank(run: Run) -> int:
 
 
 def split(all_runs: list[Run], limit: int = MAX_TEXT) -> list[list[Run]]:
-    """Messages of at most `limit` visible characters, cut at a block boundary if one lies in the second half of
-    the message, else at a line end, else at a space, else anywhere. The run a message is cut at is dropped."""
+    """Messages of at most `limit` visible characters. A message ends at its last block boundary in its second
+    half, else at its last line end there, else at any line end, else at a space, else anywhere; the run it is
+    cut at is dropped. Tags open at a cut are closed and reopened by to_html, each message on its own."""
     parts: list[list[Run]] = []
     queue = list(all_runs)
     while queue:
