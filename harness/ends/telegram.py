@@ -154,8 +154,15 @@ class FakeTelegram:
                 return
         raise TimeoutError(f"the bot did not poll for updates within {timeout}s")
 
+    async def file(self, file_id: str) -> bytes:
+        """A file the bot uploaded (sendDocument), as the fake Bot API kept it."""
+        async with self.http.get(self.base + f"file/{file_id}") as resp:
+            assert resp.status == 200, f"fake telegram has no file {file_id}: {resp.status}"
+            return await resp.read()
+
     async def fault(self, method: str, **fault: Any) -> None:
-        """status=, retry_after=, delay=, body= (answered as-is instead of JSON), count= (default 1)."""
+        """status=, retry_after=, delay=, body= (answered as-is instead of JSON), count= (default 1),
+        with_parse_mode=True (only calls with formatted text count)."""
         await self.post("faults", {"method": method, **fault})
 
     async def clear_faults(self) -> None:

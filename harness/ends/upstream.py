@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from harness.ends.answers import long_markdown, rich_markdown
 from runtime.backoff import Backoff
 
 Json = dict[str, Any]
@@ -30,7 +31,8 @@ PLAIN = re.compile(r'[^\s"=]+')
 ECHO_CMD = "echo relay-approved"
 JSON_CT = "application/json"
 BEHAVIORS = frozenset(
-    ("reply", "history", "approve", "patch", "elicit", "drop", "eof", "hang", "http500", "http", "failed", "slow")
+    ("reply", "history", "approve", "patch", "elicit", "drop", "eof", "hang", "http500", "http", "failed", "slow",
+     "markdown", "long_markdown")
 )
 # `[[mock:http=CODE]]`: the provider answers every request with that status and OpenAI's error body for it, the
 # way a real provider refuses a missing key (401), a rate limit (429) or an outage (5xx).
@@ -49,6 +51,7 @@ HANG_MAX_S = 600.0
 SLOW_MAX_S = 120.0
 # `elicit`: read a resource of the node's MCP server (harness/ends/mcp_asker.py), which asks the user a question.
 MCP_READ: Json = {"server": "relay_asker", "uri": "relay://question"}
+LONG_MAX = 1_000_000  # characters of a long_markdown answer
 PATCH = "*** Begin Patch\n*** Add File: relay_patch.txt\n+patched by mock\n*** End Patch\n"
 USAGE: Json = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
 
@@ -97,6 +100,8 @@ def _parse_behavior(spec: str) -> tuple[str, str | None]:
         raise ValueError(f"slow needs seconds, got {arg!r}")
     if name == "http" and not (arg.isdigit() and int(arg) in HTTP_ERRORS):
         raise ValueError(f"http needs one of the statuses {sorted(HTTP_ERRORS)}, got {arg!r}")
+    if name == "long_markdown" and not (arg.isdigit() and 0 < int(arg) <= LONG_MAX):
+        raise ValueError(f"long_markdown needs characters (1..{LONG_MAX}), got {arg!r}")
     return name, (arg if "=" in spec else None)
 
 
@@ -209,6 +214,10 @@ async def responses(request: web.Request) -> web.StreamResponse:
         name = "reply" if name in ("approve", "patch", "elicit", "history") else name
     elif name == "history":
         text = f"history: {sum(map(_is_real_user, items))} user messages"
+    elif name == "markdown":  # an answer in Markdown with hostile text (harness/ends/answers.py)
+        text = rich_markdown(key)
+    elif name == "long_markdown":
+        text = long_markdown(int(arg or 0), key)
     else:
         text = f"mock reply: {key}"
     if serve := _is_user(last):

@@ -279,12 +279,22 @@ def notes(lines: list[str]) -> str:
     return "\n".join(f"ℹ️ {line}" for line in lines)
 
 
-def progress(node_id: str, text: str, notice: str | None = None) -> str:
-    """The answer so far and codex's latest retry notice ("reconnecting 2/5: ..."), under the working mark."""
-    parts = [p for p in (text.strip(), notice and f"🔄 {notice}") if p]
-    return "\n\n".join([*parts, f"⏳ still working on {node_id}…"]) if parts else placeholder(node_id)
+def progress(node_id: str, text: str, notice: str | None = None, limit: int = 4096) -> str:
+    """The answer so far (its newest end if it is long, so the "still working" line is never cut off) and codex's
+    latest retry notice ("reconnecting 2/5: ..."), under the working mark."""
+    tail = "\n\n".join([*([f"🔄 {notice}"] if notice else []), f"⏳ still working on {node_id}…"])
+    body = text.strip()
+    if not body and not notice:
+        return placeholder(node_id)
+    if len(body) + len(tail) + 2 > limit:
+        body = "…" + body[len(body) - (limit - len(tail) - 3):]
+    return f"{body}\n\n{tail}" if body else tail
 
 
-def chunks(text: str, size: int = 4000) -> list[str]:
-    text = text.strip() or "(Codex finished without a text reply.)"
-    return [text[i:i + size] for i in range(0, len(text), size)]
+def answer_document(task_id: str) -> str:
+    return f"answer-{task_id}.md"
+
+
+def answer_caption(chars: int, parts: int) -> str:
+    return (f"The whole answer as a file: {chars:,} characters, which would take {parts} messages "
+            "(the bot's answer_max_parts).")

@@ -7,13 +7,14 @@ task_id twice, it answers with what the first run became.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.bot import render
+from runtime.bot import formatting, render
 from runtime.bot.config import BotConfig
 from runtime.bot.context import Req, chat_id_of, chat_key
 from runtime.bot.delivery import Delivery
@@ -143,10 +144,11 @@ class Turns:
         if chat_id is None or task_id in self._finished:
             return
         self._remember(task_id)
-        parts = (answer(result) if result.get("ok") else
-                 [render.failure("Codex turn", str(result.get("error_kind") or "internal"), result.get("error"))])
-        for part in parts:
-            await self.delivery.send(chat_id, part)
+        if result.get("ok"):
+            await self._deliver(chat_id, task_id, None, answer(result, self.config.answer_max_parts), None)
+        else:
+            await self.delivery.send(chat_id, render.failure("Codex turn", str(result.get("error_kind") or "internal"),
+                                                             result.get("error")))
         log(logger, logging.INFO, "turn_final_orphan", chat_id=chat_id, task_id=task_id, ok=bool(result.get("ok")))
 
     def _remember(self, task_id: str) -> None:
@@ -155,12 +157,13 @@ class Turns:
             self._finished.popitem(last=False)
 
     async def finish(self, turn: Turn, result: dict[str, Any]) -> None:
-        await self._final(turn, answer(result), ok=True)
+        await self._final(turn, answer(result, self.config.answer_max_parts), ok=True)
 
     async def fail(self, turn: Turn, err: RelayError) -> None:
-        await self._final(turn, [render.failure("Codex turn", err.kind, err.error)], ok=False, error_kind=err.kind)
+        failed = formatting.Answer([formatting.plain_part(render.failure("Codex turn", err.kind, err.error))])
+        await self._final(turn, failed, ok=False, error_kind=err.kind)
 
-    async def _final(self, turn: Turn, parts: list[str], ok: bool, error_kind: str | None = None) -> None:
+    async def _final(self, turn: Turn, answer: formatting.Answer, ok: bool, error_kind: str | None = None) -> None:
         """Show the outcome exactly once: edited into the placeholder, the rest (or all, without one) sent."""
         async with turn.lock:
             if turn.done:
@@ -168,23 +171,31 @@ class Turns:
             turn.done = True
             self._remember(turn.task_id)  # before leaving `active`: its result event must not look orphaned
             self.active.pop(turn.task_id, None)
-            first, rest = parts[0], parts[1:]
-            if turn.message_id is None or not await self.delivery.edit(turn.chat_id, turn.message_id, first,
-                                                                       trace_id=turn.trace_id):
-                rest = parts
-            for part in rest:
-                await self.delivery.send(turn.chat_id, part, trace_id=turn.trace_id)
+            await self._deliver(turn.chat_id, turn.task_id, turn.message_id, answer, turn.trace_id)
         log(logger, logging.INFO, "turn_final", chat_id=turn.chat_id, user_id=turn.user_id, node_id=turn.node_id,
             task_id=turn.task_id, trace_id=turn.trace_id, ok=ok, error_kind=error_kind,
             ms=round((time.monotonic() - turn.started) * 1000))
+
+    async def _deliver(self, chat_id: int, task_id: str, message_id: int | None, answer: formatting.Answer,
+                       trace_id: str | None) -> None:
+        """The first part edited into the placeholder (sent, without one), the rest sent; then the document."""
+        parts = answer.parts
+        if message_id is not None and await self.delivery.edit(chat_id, message_id, parts[0], trace_id=trace_id):
+            parts = parts[1:]
+        for part in parts:
+            await self.delivery.send(chat_id, part, trace_id=trace_id)
+        if answer.document is not None:
+            await self.delivery.document(chat_id, render.answer_document(task_id), answer.document,
+                                         render.answer_caption(len(answer.document.decode()), answer.total_parts),
+                                         trace_id=trace_id)
 
     async def close(self) -> None:
         await self.tasks.close()
 
 
-def answer(result: dict[str, Any]) -> list[str]:
-    """Codex's answer in Telegram-sized parts, then what the node refused for the user during the turn."""
-    parts = render.chunks(str(result.get("text") or ""))
+def answer(result: dict[str, Any], max_parts: int) -> formatting.Answer:
+    """Codex's answer in Telegram-sized parts (or a document), then what the node refused for the user in the turn."""
+    out = formatting.answer(str(result.get("text") or ""), max_parts)
     if notes := [str(n) for n in result.get("notes") or []]:
-        parts += render.chunks(render.notes(notes))
-    return parts
+        out = dataclasses.replace(out, parts=[*out.parts, formatting.plain_part(render.notes(notes)[:MAX_TEXT])])
+    return out
