@@ -197,5 +197,5 @@ def answer(result: dict[str, Any], max_parts: int) -> formatting.Answer:
     """Codex's answer in Telegram-sized parts (or a document), then what the node refused for the user in the turn."""
     out = formatting.answer(str(result.get("text") or ""), max_parts)
     if notes := [str(n) for n in result.get("notes") or []]:
-        out = dataclasses.replace(out, parts=[*out.parts, formatting.plain_part(render.notes(notes)[:MAX_TEXT])])
+        out = dataclasses.replace(out, parts=[*out.parts, formatting.plain_part(render.notes(notes)[:formatting.MAX_TEXT])])
     return out
