@@ -26,10 +26,13 @@ MARKER = re.compile(r"\[\[mock:([a-z0-9_]+)(?:=([^\]]*))?\]\]")
 FRAGMENT = re.compile(r"<([a-z_]+)>.*</\1>\Z", re.DOTALL)
 AGENTS_MD = "# AGENTS.md instructions for "
 PLAIN = re.compile(r'[^\s"=]+')
+# What codex 0.171 tells the model about the turn's place, in its injected developer and user messages.
+PLACE = {"cwd": re.compile(r"<cwd>([^<]*)</cwd>"), "sandbox": re.compile(r"`sandbox_mode` is `([a-z-]+)`"),
+         "approval": re.compile(r"Approval policy is currently ([a-z-]+)")}
 ECHO_CMD = "echo relay-approved"
 JSON_CT = "application/json"
 BEHAVIORS = frozenset(
-    ("reply", "history", "approve", "patch", "drop", "eof", "hang", "http500", "failed", "slow")
+    ("reply", "history", "whoami", "approve", "patch", "drop", "eof", "hang", "http500", "failed", "slow")
 )
 OUTPUT_TYPES = ("function_call_output", "custom_tool_call_output")
 ESCALATE: Json = {"sandbox_permissions": "require_escalated", "justification": "mock needs approval"}
@@ -117,6 +120,17 @@ def _tool_output(item: Json) -> str:
     return json.dumps(out)
 
 
+def _whoami(body: Json, items: list[Any]) -> str:
+    """What codex asked for: the turn's model and reasoning effort, and the place it told the model about (the
+    newest of each, since a thread's history keeps the earlier ones)."""
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    texts = [t for item in items if isinstance(item, dict) for t in _parts(item)]
+    found = {k: ([m for t in texts for m in rx.findall(t)] or [None])[-1] for k, rx in PLACE.items()}
+    return (f"model: {body.get('model')}, effort: {effort}, cwd: {found['cwd']}, sandbox: {found['sandbox']}, "
+            f"approval: {found['approval']}")
+
+
 def _sse(kind: str, **data: Any) -> bytes:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
 
@@ -170,7 +184,8 @@ def _error(status: int, message: str, kind: str) -> web.Response:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
-    items = (await _json_body(request)).get("input")
+    body = await _json_body(request)
+    items = body.get("input")
     if not isinstance(items, list) or not items:
         return _error(400, "input must be a non-empty list", "invalid_request_error")
     state.requests += 1
@@ -188,9 +203,11 @@ async def responses(request: web.Request) -> web.StreamResponse:
         return _error(400, str(exc), "invalid_request_error")
     if followup:
         text = f"tool said: {_tool_output(last)}"
-        name = "reply" if name in ("approve", "patch", "history") else name
+        name = "reply" if name in ("approve", "patch", "history", "whoami") else name
     elif name == "history":
         text = f"history: {sum(map(_is_real_user, items))} user messages"
+    elif name == "whoami":
+        text = _whoami(body, items)
     else:
         text = f"mock reply: {key}"
     if serve := _is_user(last):

@@ -184,12 +184,21 @@ class Stack:
     def manager_url(self) -> str:
         return f"http://127.0.0.1:{self.manager_port}"
 
-    async def add_node(self, node_id: str, token: str | None = None, wait: bool = True, **settings: Any) -> Proc:
-        """A real node with its own CODEX_HOME and cwd; its links run through Toxiproxy."""
+    def node_dir(self, node_id: str) -> Path:
+        return self.root / "nodes" / node_id
+
+    async def add_node(self, node_id: str, token: str | None = None, wait: bool = True, roots: tuple[str, ...] = (),
+                       **settings: Any) -> Proc:
+        """A real node with its own CODEX_HOME and cwd; its links run through Toxiproxy. `roots` names folders
+        beside its cwd (made here) that its threads may use too (`allowed_roots`)."""
         assert self.toxics is not None
-        home, cwd = self.root / "nodes" / node_id / "codex_home", self.root / "nodes" / node_id / "cwd"
+        home, cwd = self.node_dir(node_id) / "codex_home", self.node_dir(node_id) / "cwd"
         home.mkdir(parents=True, exist_ok=True)
         cwd.mkdir(parents=True, exist_ok=True)
+        for root in roots:
+            (self.node_dir(node_id) / root).mkdir(exist_ok=True)
+        if roots:
+            settings["allowed_roots"] = ",".join(str(p) for p in (cwd, *(self.node_dir(node_id) / r for r in roots)))
         up_port = await self.toxics.create(self.upstream_link(node_id), self.upstream_port)
         mgr_port = await self.toxics.create(self.manager_link(node_id), self.manager_port)
         idle_ms = int(settings.pop("stream_idle_timeout_ms", 10000))

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from runtime.bot.delivery import Delivery
     from runtime.bot.manager_client import ManagerClient
     from runtime.bot.turns import Turns
+    from runtime.bot.wizard import Wizards
 
 CHAT_KEY_PREFIX = "tg:"
 
@@ -75,6 +76,7 @@ class Relay:
     delivery: Delivery
     approvals: Approvals
     turns: Turns
+    wizards: Wizards
 
     async def say(self, req: Req, text: str, markup: InlineKeyboardMarkup | None = None) -> Message | None:
         return await self.delivery.send(req.chat_id, text, markup, trace_id=req.trace_id)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from telegram import Update
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from runtime.bot import render
+from runtime.bot import models, render, threads, wizard  # noqa: F401  models and threads register /model, /thread
 from runtime.bot.access import ADMIN
 from runtime.bot.commands import BUTTONS, COMMANDS, Command
 from runtime.bot.context import Relay, Reply, Req
@@ -97,6 +97,9 @@ async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE
     text = update.effective_message.text if update.effective_message else None
 
     async def work(req: Req) -> None:
+        if (draft := relay.wizards.awaiting_path(req)) is not None:  # the path a /thread wizard asked for
+            await wizard.typed_path(relay, req, draft, text or "")
+            return
         node_id, _ = await relay.selected_node(req)
         await relay.turns.start(req, node_id, text or "")
     await _guarded(relay, update, "text", False, "Sending to Codex", work)
@@ -110,6 +113,9 @@ async def _unknown(relay: Relay, update: Update, context: ContextTypes.DEFAULT_T
         return  # `/cmd@otherbot` in a group is another bot's business
 
     async def work(req: Req) -> None:
+        if (draft := relay.wizards.awaiting_path(req)) is not None:  # to Telegram, "/srv/app" reads as a command
+            await wizard.typed_path(relay, req, draft, message.text or "" if message else "")
+            return
         raise Reply("Unknown command. /help lists what I can do.")
     await _guarded(relay, update, "command", False, "unknown command", work)
 

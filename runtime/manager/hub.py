@@ -29,6 +29,8 @@ class NodeSession:
     last_seen: float = field(default_factory=time.time)
     codex_rss_mb: float = 0.0  # as its last heartbeat said
     codex_recycles: int = 0
+    cwd: str = ""  # as it registered: its default working directory and the roots its threads may use
+    allowed_roots: tuple[str, ...] = ()
 
     @property
     def ws(self) -> web.WebSocketResponse:

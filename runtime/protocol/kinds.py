@@ -16,6 +16,7 @@ class ErrorKind(StrEnum):
     APPSERVER_ERROR = "appserver_error"
     APPSERVER_CRASH = "appserver_crash"
     NODE_OFFLINE = "node_offline"
+    PATH_NOT_ALLOWED = "path_not_allowed"
     # Seen only by the bot (and other control clients): the manager itself cannot be reached.
     MANAGER_UNAVAILABLE = "manager_unavailable"
     INVALID_REQUEST = "invalid_request"
@@ -58,6 +59,9 @@ ERROR_KINDS: Final[Mapping[ErrorKind, KindInfo]] = _table(
              "if it persists, check the provider's status and the node's model config."),
     KindInfo(K.APPSERVER_ERROR, False, "Codex app-server rejected the call. Check the method name and params."),
     KindInfo(K.APPSERVER_CRASH, True, "The Codex app-server on the node exited; the node restarted it. Retry."),
+    KindInfo(K.PATH_NOT_ALLOWED, False, "That working directory cannot be used on this node: it must be an "
+             "existing directory inside the node's allowed roots. Pick one inside them, or ask the node's operator "
+             "to add a root (allowed_roots)."),
     KindInfo(K.NODE_OFFLINE, True, "The node is offline. Wait for it to reconnect, or pick another node with /node."),
     KindInfo(K.MANAGER_UNAVAILABLE, True, "manager unavailable: the Codex Relay manager cannot be reached right "
              "now. The bot keeps retrying by itself; send your request again in a minute."),

@@ -1,4 +1,5 @@
-"""Stage C's fixture: the module's stack with its node (the module's NODE) and the real bot on the fake Bot API."""
+"""Stage C's fixture: the module's stack with its node (the module's NODE, with the extra allowed roots its NODE_ROOTS
+names, if any) and the real bot on the fake Bot API."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
@@ -11,5 +12,5 @@ from harness.stack.stack import Stack
 
 @pytest.fixture(scope="module")
 async def tg(stack: Stack, request: pytest.FixtureRequest) -> AsyncIterator[FakeTelegram]:
-    await stack.add_node(request.module.NODE)
+    await stack.add_node(request.module.NODE, roots=getattr(request.module, "NODE_ROOTS", ()))
     yield await stack.start_bot()
