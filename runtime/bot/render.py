@@ -135,7 +135,7 @@ def status(s: dict[str, Any], chat: dict[str, Any]) -> str:
     return "\n".join([f"Node {s['node_id']}: online", f"version: {s.get('version') or 'unknown'}",
                       f"open tasks: {s.get('open_tasks', 0)}", f"last seen: {ago(s.get('last_seen'))}",
                       f"model: {chat.get('model') or 'node default'}",
-                      f"effort: {chat.get('effort') or 'the model’s default'}",
+                      "effort: " + (chat.get("effort") or "the model's default"),
                       f"thread: {thread or 'a new one starts with your next message'}"])
 
 

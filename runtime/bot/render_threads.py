@@ -78,7 +78,8 @@ def threads(data: list[dict[str, Any]], current: str | None, node_id: str, actio
 def current(node_id: str, chat: dict[str, Any], node_cwd: str | None,
             thread: dict[str, Any] | None) -> tuple[str, InlineKeyboardMarkup | None]:
     binding = (chat.get("bindings") or {}).get(node_id) or {}
-    model = f"model: {_or_default(chat.get('model'))}, effort: {_or_default(chat.get('effort'), 'the model’s default')}"
+    effort = _or_default(chat.get("effort"), "the model's default")
+    model = f"model: {_or_default(chat.get('model'))}, effort: {effort}"
     if not binding:
         where = f" in {node_cwd}" if node_cwd else ""
         return (f"This chat has no thread on {node_id} yet: your next message starts one{where}, or /thread start "
@@ -205,7 +206,7 @@ ADMIN_SANDBOX = "Only admins may give a thread the {sandbox} sandbox. Pick anoth
 # ---- /model ---------------------------------------------------------------------------------------
 
 def _effort_of(chat: dict[str, Any]) -> str:
-    return chat.get("effort") or "the model’s default"
+    return chat.get("effort") or "the model's default"
 
 
 def models(data: list[dict[str, Any]], chat: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup | None]:
@@ -232,8 +233,8 @@ def model_selected(model: str, effort: str | None, efforts: list[str]) -> tuple[
 
 
 def model_reset(model: str | None, effort: str | None) -> str:
-    return (f"Model and effort reset to the node's defaults for this chat: {model or 'codex’s default'}, effort "
-            f"{effort or 'default'}.")
+    name = model or "codex's default"
+    return f"Model and effort reset to the node's defaults for this chat: {name}, effort {effort or 'default'}."
 
 
 def unknown_model(model: str, node_id: str, known: list[str]) -> str:
