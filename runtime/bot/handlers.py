@@ -97,8 +97,7 @@ async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE
     text = update.effective_message.text if update.effective_message else None
 
     async def work(req: Req) -> None:
-        if (draft := relay.wizards.awaiting_path(req)) is not None:  # the path a /thread wizard asked for
-            await wizard.typed_path(relay, req, draft, text or "")
+        if await wizard.take_text(relay, req, text or ""):  # the path a /thread wizard asked for
             return
         node_id, _ = await relay.selected_node(req)
         await relay.turns.start(req, node_id, text or "")
@@ -113,8 +112,7 @@ async def _unknown(relay: Relay, update: Update, context: ContextTypes.DEFAULT_T
         return  # `/cmd@otherbot` in a group is another bot's business
 
     async def work(req: Req) -> None:
-        if (draft := relay.wizards.awaiting_path(req)) is not None:  # to Telegram, "/srv/app" reads as a command
-            await wizard.typed_path(relay, req, draft, message.text or "" if message else "")
+        if await wizard.take_text(relay, req, message.text or "" if message else ""):  # "/srv/app" reads as a command
             return
         raise Reply("Unknown command. /help lists what I can do.")
     await _guarded(relay, update, "command", False, "unknown command", work)

@@ -36,7 +36,7 @@ APPROVAL_LABELS = {"untrusted": "untrusted: asks before most commands",
                    "never": "never: never asks"}
 WIZARD_STEPS = {"node": "which node?", "sandbox": "the sandbox: what may Codex touch?",
                 "approval": "approvals: when does Codex ask you first?",
-                "dir": "the working directory. Tap one, or send its path as a message"}
+                "dir": "the working directory. Tap one, or send its path (/…, ~/… or ./…) as a message"}
 ITEM_MARKS = {"userMessage": "👤", "agentMessage": "🤖"}
 
 
@@ -194,6 +194,9 @@ def created(d: Draft, thread_id: str, cwd: str) -> str:
                       "This chat continues it: send a message to begin."])
 
 
+NOTHING_TO_FORK = ("Thread {thread_id} has no turns yet, so there is nothing to fork: send it a message first, or "
+                   "/thread start a new one.")
+WIZARD_ABANDONED = "Closed: your message went to Codex instead of naming a directory. /thread start to begin again."
 WIZARD_CANCELLED = "Cancelled: no thread was made."
 WIZARD_CLOSED = "This wizard is closed (finished, replaced or expired). Send /thread start again."
 WIZARD_NOT_YOURS = "Another user began this wizard. Send /thread start to begin your own."

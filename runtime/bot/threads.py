@@ -11,7 +11,7 @@ from runtime.bot import render_threads as rt, wizard
 from runtime.bot.commands import button, command
 from runtime.bot.context import Relay, Reply, Req
 from runtime.bot.render import Cb
-from runtime.protocol import Api
+from runtime.protocol import Api, RelayError
 
 Sub = Callable[[Relay, Req, str], Awaitable[None]]
 
@@ -92,8 +92,13 @@ async def _read(relay: Relay, req: Req, thread_id: str) -> str:
     node_id, _, _ = await _binding(relay, req)
     # Metadata and a page of turns: asking thread/read for the whole history is deprecated in codex 0.171.
     read = await relay.appserver(req, node_id, "thread/read", {"threadId": thread_id}) or {}
-    turns = await relay.appserver(req, node_id, "thread/turns/list", {"threadId": thread_id,
-                                                                       "limit": rt.READ_TURNS}) or {}
+    try:
+        turns = await relay.appserver(req, node_id, "thread/turns/list", {"threadId": thread_id,
+                                                                           "limit": rt.READ_TURNS}) or {}
+    except RelayError as err:
+        if not wizard.no_turns_yet(err):
+            raise
+        turns = {}  # a thread without a turn yet
     return rt.read(read.get("thread") or {"id": thread_id}, list(turns.get("data") or []), node_id)
 
 

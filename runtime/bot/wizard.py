@@ -24,6 +24,12 @@ MAX_NODES: Final = 20       # online nodes offered as buttons
 # S-01's permission matrix: what only an admin may choose in a wizard (every other choice is any user's).
 ADMIN_SANDBOXES: Final = frozenset({"danger-full-access"})
 STEPS: Final = ("node", "sandbox", "approval", "dir")
+# What codex 0.171 says of a thread that has had no turn yet (it has written nothing for it), by method.
+NO_TURNS_YET: Final = ("no rollout found", "not materialized yet")
+
+
+def no_turns_yet(err: RelayError) -> bool:
+    return any(marker in err.error for marker in NO_TURNS_YET)
 
 
 @dataclass
@@ -146,7 +152,10 @@ async def choose(relay: Relay, req: Req, arg: str) -> str:
         raise Reply(rt.WIZARD_CLOSED)
     choice = draft.options[int(index)]
     if step == "dir":
-        return (await _make(relay, req, draft, choice)).splitlines()[0]  # the wizard's message shows the rest
+        try:
+            return (await _make(relay, req, draft, choice)).splitlines()[0]  # the wizard's message shows the rest
+        except RelayError as err:
+            raise Reply(render.failure(_what(draft), err.kind, err.error)) from None
     if step == "node":
         draft.node_id, draft.step = choice, "sandbox"
         draft.options = [m for m in SANDBOX_MODES if m not in ADMIN_SANDBOXES or await _is_admin(relay, req)]
@@ -161,14 +170,30 @@ async def choose(relay: Relay, req: Req, arg: str) -> str:
     return f"{step}: {choice}"
 
 
-async def typed_path(relay: Relay, req: Req, draft: Draft, path: str) -> None:
-    """Text while the wizard asks for a directory: that path, as the user typed it. Any failure is named as the
-    wizard's, whichever handler the text came through."""
+def path_like(text: str) -> bool:
+    """Whether a message reads as a directory rather than words for Codex: one line, and absolute, home- or
+    dot-relative, or with a slash and no space."""
+    text = text.strip()
+    return bool(text) and "\n" not in text and (text.startswith(("/", "~", ".")) or ("/" in text and " " not in text))
+
+
+async def take_text(relay: Relay, req: Req, text: str) -> bool:
+    """A message while this user's wizard asks for a directory: a path is that directory (True: handled). Anything
+    else closes the wizard and goes to Codex as usual, so an abandoned wizard never swallows a prompt."""
+    draft = relay.wizards.awaiting_path(req)
+    if draft is None:
+        return False
+    if not path_like(text):
+        relay.wizards.close(req.chat_key, draft)
+        if draft.message_id is not None:
+            await relay.delivery.edit(req.chat_id, draft.message_id, rt.WIZARD_ABANDONED, None, trace_id=req.trace_id)
+        return False
     try:
-        text = await _make(relay, req, draft, path.strip())
-    except RelayError as err:
+        made = await _make(relay, req, draft, text.strip())
+    except RelayError as err:  # named as the wizard's, whichever handler the text came through
         raise Reply(render.failure(_what(draft), err.kind, err.error)) from None
-    await relay.say(req, text)
+    await relay.say(req, made)
+    return True
 
 
 def _what(draft: Draft) -> str:
@@ -191,6 +216,9 @@ async def _make(relay: Relay, req: Req, draft: Draft, cwd: str) -> str:
     try:
         made = await relay.appserver(req, draft.node_id, "thread/fork" if draft.fork_of else "thread/start", params)
     except RelayError as err:
+        if draft.fork_of and no_turns_yet(err):
+            relay.wizards.close(req.chat_key, draft)  # no other directory would do better
+            raise Reply(rt.NOTHING_TO_FORK.format(thread_id=draft.fork_of)) from None
         if err.kind != ErrorKind.PATH_NOT_ALLOWED:
             raise
         raise Reply(rt.dir_refused(render.failure(what, err.kind, err.error))) from None

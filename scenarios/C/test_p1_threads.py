@@ -29,11 +29,11 @@ def labels(message: dict[str, Any]) -> list[str]:
 
 
 async def tap(user: TelegramUser, message: dict[str, Any], item: str) -> tuple[str, dict[str, Any]]:
-    """Tap the one button for `item`: labelled so, standing for it (a thread id), or else with it in its label.
-    Returns the toast, and the message as it reads afterwards."""
+    """Tap the one button for `item`: labelled so or standing for it (a thread id), else the one whose label ends
+    with it (a directory), else the one whose label holds it. Returns the toast, and the message as it reads after."""
     found = [b for row in message["reply_markup"]["inline_keyboard"] for b in row]
     exact = [b for b in found if b["text"] == item or b["callback_data"].endswith(f":{item}")]
-    [chosen] = exact or [b for b in found if item in b["text"]]
+    [chosen] = exact or [b for b in found if b["text"].endswith(item)] or [b for b in found if item in b["text"]]
     alert = await user.alert(await user.tap(message["message_id"], chosen["callback_data"]))
     return str(alert["text"]), await user.shown(message["message_id"])
 
@@ -123,11 +123,16 @@ async def test_thread_start_wizard(stack: Stack, tg: FakeTelegram) -> None:
                        "approval_policy": "never"}, binding
     read = await rpc(stack, "thread/read", {"threadId": thread_id})
     assert read["ok"] and read["result"]["thread"]["cwd"] == str(app), read
+    assert (await ask(admin, "/thread read"))["text"] == f"Thread {thread_id} on {NODE} (in {app}): no turns yet."
+    refused, _ = await tap(admin, await ask(admin, "/thread fork"), "/projects")
+    assert refused.startswith(f"Thread {thread_id} has no turns yet, so there is nothing to fork"), refused
 
     # Restarted before its first turn: codex kept nothing of the thread, so the node starts it again, the same way.
     await stack.restart_node(NODE)
     place = {"cwd": str(app), "sandbox": "workspace-write", "approval": "never"}
+    abandoned = await wizard_to_dir(admin)  # a message that is no path closes an open wizard and goes to Codex
     assert {k: v for k, v in (await whoami(admin)).items() if k in place} == place
+    assert (await admin.shown(abandoned["message_id"]))["text"].startswith("Closed: your message went to Codex")
     replaced = (await chat_state(stack, admin))["bindings"][NODE]
     assert replaced["thread_id"] != thread_id and replaced["cwd"] == str(app), replaced
     assert any(thread_id in line for line in stack.procs[NODE].log_lines("thread_replaced"))
@@ -168,7 +173,7 @@ async def test_thread_start_refuses_directories(stack: Stack, tg: FakeTelegram) 
         assert not answer["ok"] and answer["error_kind"] == "path_not_allowed", (method, answer)
     assert (await thread_ids(stack), await loaded_ids(stack)) == (before, held)
     # The wizard stayed open through the refusals: a root's button still makes the thread.
-    toast, done = await tap(admin, wizard, "projects")
+    toast, done = await tap(admin, wizard, "/projects")
     assert toast.startswith("🧵 Thread ") and f"directory: {projects}" in done["text"], (toast, done)
     assert len(await loaded_ids(stack)) == len(held) + 1
 
@@ -192,7 +197,7 @@ async def test_thread_subcommands(stack: Stack, tg: FakeTelegram) -> None:
     # fork: a directory step (the roots as buttons), then codex's thread/fork there, bound to the chat.
     wizard = await ask(user, "/thread fork")
     assert f"Fork thread {t1}" in wizard["text"] and labels(wizard)[1].endswith("/projects"), wizard
-    toast, forked = await tap(user, wizard, "projects")
+    toast, forked = await tap(user, wizard, "/projects")
     t2 = (await chat_state(stack, user))["threads"][NODE]
     assert toast == f"🍴 Thread {t1} forked on {NODE} into {t2}" and f"directory: {projects}" in forked["text"]
     fork_read = await rpc(stack, "thread/read", {"threadId": t2})
