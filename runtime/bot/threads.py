@@ -83,8 +83,11 @@ async def current(relay: Relay, req: Req, rest: str) -> None:
     status = await relay.manager.post(Api.STATUS, req.trace_id, {"node_id": node_id})
     thread = None
     if binding:
-        read = await relay.appserver(req, node_id, "thread/read", {"threadId": binding["thread_id"]}) or {}
-        thread = read.get("thread")
+        try:  # what codex knows of it (its name, its cwd) is a bonus: the binding is the manager's
+            thread = (await relay.appserver(req, node_id, "thread/read", {"threadId": binding["thread_id"]}) or {}
+                      ).get("thread")
+        except RelayError:
+            thread = None
     await relay.say(req, *rt.current(node_id, chat, status.get("cwd"), thread))
 
 

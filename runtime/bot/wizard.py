@@ -213,9 +213,11 @@ async def _make(relay: Relay, req: Req, draft: Draft, cwd: str) -> str:
     if draft.fork_of:
         params |= {"threadId": draft.fork_of, "excludeTurns": True}
     what = _what(draft)
+    draft.step = "making"  # a second tap or path meanwhile finds the wizard busy, so one wizard makes one thread
     try:
         made = await relay.appserver(req, draft.node_id, "thread/fork" if draft.fork_of else "thread/start", params)
     except RelayError as err:
+        draft.step = "dir"
         if draft.fork_of and no_turns_yet(err):
             relay.wizards.close(req.chat_key, draft)  # no other directory would do better
             raise Reply(rt.NOTHING_TO_FORK.format(thread_id=draft.fork_of)) from None
