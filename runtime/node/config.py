@@ -79,8 +79,8 @@ def load(argv: Sequence[str] | None = None) -> NodeConfig:
     codex_bin = config.codex_bin if os.sep not in config.codex_bin else os.path.abspath(config.codex_bin)
     # Real paths: a thread's directory is resolved before it is compared with them (runtime/node/roots.py).
     cwd = os.path.realpath(config.cwd)
-    roots = tuple(dict.fromkeys(os.path.realpath(r) for r in config.allowed_roots or (cwd,)))
-    return replace(config, codex_bin=shutil.which(codex_bin) or codex_bin, cwd=cwd, allowed_roots=roots,
+    allowed = tuple(dict.fromkeys(os.path.realpath(r) for r in config.allowed_roots or (cwd,)))
+    return replace(config, codex_bin=shutil.which(codex_bin) or codex_bin, cwd=cwd, allowed_roots=allowed,
                    state_dir=state_dir(config.state_dir, config.node_id))
 
 
