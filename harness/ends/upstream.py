@@ -28,11 +28,14 @@ MARKER = re.compile(r"\[\[mock:([a-z0-9_]+)(?:=([^\]]*))?\]\]")
 FRAGMENT = re.compile(r"<([a-z_]+)>.*</\1>\Z", re.DOTALL)
 AGENTS_MD = "# AGENTS.md instructions for "
 PLAIN = re.compile(r'[^\s"=]+')
+# What codex 0.171 tells the model about the turn's place, in its injected developer and user messages.
+PLACE = {"cwd": re.compile(r"<cwd>([^<]*)</cwd>"), "sandbox": re.compile(r"`sandbox_mode` is `([a-z-]+)`"),
+         "approval": re.compile(r"Approval policy is currently ([a-z-]+)")}
 ECHO_CMD = "echo relay-approved"
 JSON_CT = "application/json"
 BEHAVIORS = frozenset(
-    ("reply", "history", "approve", "patch", "elicit", "drop", "eof", "hang", "http500", "http", "failed", "slow",
-     "markdown", "long_markdown")
+    ("reply", "history", "whoami", "approve", "patch", "elicit", "drop", "eof", "hang", "http500", "http", "failed",
+     "slow", "markdown", "long_markdown")
 )
 # `[[mock:http=CODE]]`: the provider answers every request with that status and OpenAI's error body for it, the
 # way a real provider refuses a missing key (401), a rate limit (429) or an outage (5xx).
@@ -138,6 +141,17 @@ def _tool_output(item: Json) -> str:
     return json.dumps(out)
 
 
+def _whoami(body: Json, items: list[Any]) -> str:
+    """What codex asked for: the turn's model and reasoning effort, and the place it told the model about (the
+    newest of each, since a thread's history keeps the earlier ones)."""
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    texts = [t for item in items if isinstance(item, dict) for t in _parts(item)]
+    found = {k: ([m for t in texts for m in rx.findall(t)] or [None])[-1] for k, rx in PLACE.items()}
+    return (f"model: {body.get('model')}, effort: {effort}, cwd: {found['cwd']}, sandbox: {found['sandbox']}, "
+            f"approval: {found['approval']}")
+
+
 def _sse(kind: str, **data: Any) -> bytes:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
 
@@ -193,7 +207,8 @@ def _error(status: int, message: str, kind: str) -> web.Response:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
-    items = (await _json_body(request)).get("input")
+    body = await _json_body(request)
+    items = body.get("input")
     if not isinstance(items, list) or not items:
         return _error(400, "input must be a non-empty list", "invalid_request_error")
     state.requests += 1
@@ -211,9 +226,11 @@ async def responses(request: web.Request) -> web.StreamResponse:
         return _error(400, str(exc), "invalid_request_error")
     if followup:
         text = f"tool said: {_tool_output(last)}"
-        name = "reply" if name in ("approve", "patch", "elicit", "history") else name
+        name = "reply" if name in ("approve", "patch", "elicit", "history", "whoami") else name
     elif name == "history":
         text = f"history: {sum(map(_is_real_user, items))} user messages"
+    elif name == "whoami":
+        text = _whoami(body, items)
     elif name == "markdown":  # an answer in Markdown with hostile text (harness/ends/answers.py)
         text = rich_markdown(key)
     elif name == "long_markdown":

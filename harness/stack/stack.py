@@ -223,13 +223,21 @@ class Stack:
     def manager_url(self) -> str:
         return f"http://127.0.0.1:{self.manager_port}"
 
+    def node_dir(self, node_id: str) -> Path:
+        return self.root / "nodes" / node_id
+
     async def add_node(self, node_id: str, token: str | None = None, wait: bool = True,
-                       provider: dict[str, Any] | None = None, **settings: Any) -> Proc:
+                       provider: dict[str, Any] | None = None, roots: tuple[str, ...] = (), **settings: Any) -> Proc:
         """A real node with its own CODEX_HOME and cwd; its links run through Toxiproxy. `provider` changes the
-        mock provider in its codex config (PROVIDER)."""
+        mock provider in its codex config (PROVIDER); `roots` names folders beside its cwd (made here) that its
+        threads may use too (`allowed_roots`)."""
         assert self.toxics is not None
-        cwd = self.root / "nodes" / node_id / "cwd"
+        cwd = self.node_dir(node_id) / "cwd"
         cwd.mkdir(parents=True, exist_ok=True)
+        for root in roots:
+            (self.node_dir(node_id) / root).mkdir(exist_ok=True)
+        if roots:
+            settings["allowed_roots"] = ",".join(str(p) for p in (cwd, *(self.node_dir(node_id) / r for r in roots)))
         up_port = await self.toxics.create(self.upstream_link(node_id), self.upstream_port)
         mgr_port = await self.toxics.create(self.manager_link(node_id), self.manager_port)
         home = write_codex_home(self.root / "nodes" / node_id / "codex_home", up_port, provider)

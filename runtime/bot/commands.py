@@ -111,60 +111,6 @@ async def status(relay: Relay, req: Req, args: str) -> None:
     await relay.say(req, render.status(state, chat))
 
 
-# ---- models and threads ------------------------------------------------------------------------
-
-async def _select_model(relay: Relay, req: Req, model: str) -> str:
-    await relay.manager.post(Api.CHAT_SELECT, req.trace_id, {"chat_key": req.chat_key, "model": model})
-    return f"Model {model} selected for this chat; your next messages use it."
-
-
-@command("model")
-async def model(relay: Relay, req: Req, args: str) -> None:
-    if args:
-        await relay.say(req, await _select_model(relay, req, args.split()[0]))
-        return
-    node_id, chat = await relay.selected_node(req)
-    listed = await relay.appserver(req, node_id, "model/list", {}) or {}
-    await relay.say(req, *render.models(list(listed.get("data") or []), chat.get("model")))
-
-
-async def _replace_listing(relay: Relay, req: Req, text: str) -> str:
-    """A picked button's listing becomes the outcome, so a stale list cannot be tapped again."""
-    if req.message_id is not None:
-        await relay.delivery.edit(req.chat_id, req.message_id, text, None, trace_id=req.trace_id)
-    return text
-
-
-@button(Cb.MODEL)
-async def model_button(relay: Relay, req: Req, name: str) -> str:
-    return await _replace_listing(relay, req, await _select_model(relay, req, name))
-
-
-async def _select_thread(relay: Relay, req: Req, thread_id: str) -> str:
-    node_id, _ = await relay.selected_node(req)
-    new = thread_id == Cb.NEW_THREAD.value
-    await relay.manager.post(Api.CHAT_SELECT, req.trace_id,
-                             {"chat_key": req.chat_key, "thread_id": None if new else thread_id})
-    return (f"Your next message starts a new thread on {node_id}." if new
-            else f"This chat now continues thread {thread_id} on {node_id}.")
-
-
-@command("thread")
-async def thread(relay: Relay, req: Req, args: str) -> None:
-    if args:
-        await relay.say(req, await _select_thread(relay, req, args.split()[0]))
-        return
-    node_id, chat = await relay.selected_node(req)
-    listed = await relay.appserver(req, node_id, "thread/list", {}) or {}
-    current = (chat.get("threads") or {}).get(node_id)
-    await relay.say(req, *render.threads(list(listed.get("data") or []), current, node_id))
-
-
-@button(Cb.THREAD)
-async def thread_button(relay: Relay, req: Req, thread_id: str) -> str:
-    return await _replace_listing(relay, req, await _select_thread(relay, req, thread_id))
-
-
 # ---- tokens (admins) -----------------------------------------------------------------------------
 
 def _token_fields(rest: str) -> dict[str, str] | None:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from telegram import Update
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from runtime.bot import permissions, render
+from runtime.bot import models, permissions, render, threads, wizard  # noqa: F401  models, threads: /model, /thread
 from runtime.bot.commands import BUTTONS, COMMANDS, Command
 from runtime.bot.context import Relay, Reply, Req
 from runtime.bot.flood import Refusal
@@ -117,6 +117,8 @@ async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE
     text = update.effective_message.text if update.effective_message else None
 
     async def work(req: Req) -> None:
+        if await wizard.take_text(relay, req, text or ""):  # the path a /thread wizard asked for
+            return
         node_id, _ = await relay.selected_node(req)
         await relay.turns.start(req, node_id, text or "")
     await _guarded(relay, update, "text", permissions.TEXT, "Sending to Codex", work)
@@ -130,6 +132,8 @@ async def _unknown(relay: Relay, update: Update, context: ContextTypes.DEFAULT_T
         return  # `/cmd@otherbot` in a group is another bot's business
 
     async def work(req: Req) -> None:
+        if await wizard.take_text(relay, req, message.text or "" if message else ""):  # "/srv/app" reads as a command
+            return
         raise Reply("Unknown command. /help lists what I can do.")
     await _guarded(relay, update, "command", permissions.OTHER, "unknown command", work)
 

@@ -32,6 +32,7 @@ from runtime.bot.manager_client import ManagerClient
 from runtime.bot.turns import Turns
 from runtime.bot.updates import SUBSCRIBED, Screen, UpdatesRequest
 from runtime.bot.webhook import Webhook
+from runtime.bot.wizard import Wizards
 from runtime.aiotasks import cancel
 from runtime.backoff import Backoff
 from runtime.logfmt import log
@@ -56,7 +57,7 @@ def build(config: BotConfig, screen: Screen) -> tuple[Application, Relay, EventS
     delivery = Delivery(app.bot, config.send_attempts)
     access = Access(config, manager)
     relay = Relay(config, manager, access, delivery, Approvals(manager, delivery, access),
-                  Turns(config, manager, delivery), Flood(config.user_rate_limit, config.user_rate_window))
+                  Turns(config, manager, delivery), Flood(config.user_rate_limit, config.user_rate_window), Wizards())
     handlers.install(app, relay)
 
     async def resolved(e: dict) -> None:  # type: ignore[type-arg]

@@ -46,6 +46,18 @@ BUTTONS: dict[Cb, Rule] = {
     Cb.THREAD: Rule(USER, "a thread (or New thread) under /thread"),
     Cb.APPROVE: Rule(USER, "Approve / Decline on an approval prompt, in its chat (an admin: in any chat)"),
     Cb.STOP: Rule(USER, "Stop on a turn's progress message, in its chat (an admin: in any chat)"),
+    Cb.EFFORT: Rule(USER, "a reasoning effort under /model"),
+    Cb.THREAD_START: Rule(USER, "Start a thread under /thread: opens the wizard"),
+    Cb.THREAD_READ: Rule(USER, "Read a thread under /thread"),
+    Cb.THREAD_FORK: Rule(USER, "Fork a thread under /thread: opens the wizard for its directory"),
+    Cb.THREAD_ARCHIVE: Rule(USER, "Archive a thread under /thread"),
+    Cb.THREAD_UNARCHIVE: Rule(USER, "Unarchive a thread under /thread archived"),
+    Cb.WIZARD: Rule(USER, "a step of the /thread start or fork wizard (node, sandbox, approvals, directory)"),
+}
+
+# Choices inside a command: who may pick them. A sandbox without limits lets codex do anything on the node.
+CHOICES: dict[str, Rule] = {
+    "sandbox danger-full-access": Rule(ADMIN, "the sandbox `danger-full-access` in the /thread wizard"),
 }
 
 TEXT = Rule(USER, "any other text: a Codex turn on the chat's node")
@@ -56,6 +68,7 @@ def table() -> str:
     """The README's permission table."""
     rows = [(f"`/{name}`", rule) for name, rule in COMMANDS.items()]
     rows += [(f"button `{prefix.value}:`", rule) for prefix, rule in BUTTONS.items()]
+    rows += [(f"choice `{name}`", rule) for name, rule in CHOICES.items()]
     rows += [("text", TEXT), ("other", OTHER)]
     lines = ["| command or button | stranger | user | admin | what |", "|---|---|---|---|---|"]
     for label, rule in rows:

@@ -17,9 +17,15 @@ class Cb(StrEnum):
 
     NODE = "node"
     MODEL = "model"
-    THREAD = "thread"
+    EFFORT = "eff"
+    THREAD = "thread"           # continue (resume) a thread in this chat
+    THREAD_START = "tstart"     # open the /thread start wizard
+    THREAD_READ = "tread"
+    THREAD_FORK = "tfork"
+    THREAD_ARCHIVE = "tarch"
+    THREAD_UNARCHIVE = "tunarch"
+    WIZARD = "tw"               # a step of the /thread start or fork wizard
     APPROVE = "ap"
-    NEW_THREAD = "new"
     STOP = "stop"
 
 
@@ -47,8 +53,9 @@ HELP = """Codex Relay: drive Codex on your machines from here.
 
 /node: list nodes and pick one for this chat
 /status: the selected node's state
-/model: list models and pick one for this chat
-/thread: list threads, start a new one or switch
+/model [name] [effort]: list models, pick one and its reasoning effort for this chat
+/thread: list threads and continue one here; /thread start makes one in a directory you pick
+/thread current|read|fork|archive|unarchive|resume|new: more about threads (/thread help)
 /stop: stop the turn running in this chat (or tap Stop under it)
 /approve <approval_id> [session]: approve a pending request
 /decline <approval_id>: decline a pending request
@@ -175,30 +182,8 @@ def status(s: dict[str, Any], chat: dict[str, Any]) -> str:
                       f"version: {s.get('version') or 'unknown'}",
                       f"open tasks: {s.get('open_tasks', 0)}", f"last seen: {ago(s.get('last_seen'))}",
                       f"model: {chat.get('model') or 'node default'}",
+                      "effort: " + (chat.get("effort") or "the model's default"),
                       f"thread: {thread or 'a new one starts with your next message'}"])
-
-
-def models(data: list[dict[str, Any]], current: str | None) -> tuple[str, InlineKeyboardMarkup | None]:
-    lines, rows = [f"Model for this chat: {current or 'node default'}. Tap one to switch:"], []
-    for m in data:
-        mid = str(m.get("id") or m.get("model"))
-        lines.append(f"• {mid}{' ← selected' if mid == current else ''}: {m.get('description') or ''}".rstrip(": "))
-        if fits(Cb.MODEL, mid):
-            rows.append([(("✅ " if mid == current else "") + str(m.get("displayName") or mid), callback(Cb.MODEL, mid))])
-    return "\n".join(lines), keyboard(rows)
-
-
-def threads(data: list[dict[str, Any]], current: str | None, node_id: str) -> tuple[str, InlineKeyboardMarkup | None]:
-    lines = [f"Threads on {node_id}; this chat uses: {current or 'a new thread (starts with your next message)'}"]
-    rows = [[("🆕 New thread", callback(Cb.THREAD, Cb.NEW_THREAD))]]
-    for t in data[:20]:
-        tid, preview = str(t.get("id")), " ".join(str(t.get("preview") or "").split())[:40]
-        lines.append(f"• {tid}{' ← selected' if tid == current else ''}: {preview or '(no preview)'}")
-        if fits(Cb.THREAD, tid):
-            rows.append([(("✅ " if tid == current else "") + (preview or tid)[:40], callback(Cb.THREAD, tid))])
-    if not data:
-        lines.append("No threads yet: your next message starts one.")
-    return "\n".join(lines), keyboard(rows)
 
 
 def token_created(t: dict[str, Any]) -> str:

@@ -30,6 +30,8 @@ class NodeSession:
     codex_rss_mb: float = 0.0  # as its last heartbeat said
     codex_recycles: int = 0
     readiness: Readiness | None = None  # as it last reported; None from a node older than protocol 3
+    cwd: str = ""  # as it registered: its default working directory and the roots its threads may use
+    allowed_roots: tuple[str, ...] = ()
 
     @property
     def ws(self) -> web.WebSocketResponse:

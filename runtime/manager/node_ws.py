@@ -168,7 +168,8 @@ async def _register(mgr: Manager, ws: web.WebSocketResponse, sender: Sender, fra
         return None
 
     session = NodeSession(node_id=msg.node_id, session_id=new_id("sess"), token_id=row["token_id"], sender=sender,
-                          version=msg.version, protocol=msg.protocol, readiness=msg.readiness)
+                          version=msg.version, protocol=msg.protocol, readiness=msg.readiness, cwd=msg.cwd,
+                          allowed_roots=tuple(msg.allowed_roots))
     old = mgr.hub.sessions.get(msg.node_id)
     mgr.hub.sessions[msg.node_id] = session
     if old is not None and old is not session:

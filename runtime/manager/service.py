@@ -87,8 +87,9 @@ class Manager:
 
     # ---- tasks ------------------------------------------------------------------------------
     async def dispatch(self, node_id: str, prompt: str, timeout: float, trace_id: str,
-                       task_id: str | None = None, chat_key: str | None = None,
-                       thread_id: str | None = None, model: str | None = None) -> dict[str, Any]:
+                       task_id: str | None = None, chat_key: str | None = None, thread_id: str | None = None,
+                       model: str | None = None, effort: str | None = None,
+                       settings: wire.ThreadSettings | None = None) -> dict[str, Any]:
         """Run one prompt on a node and wait for its one final result, or fail it as timed out."""
         if task_id is not None and (existing := await self.store.task(task_id)) is not None:
             return await self._await_existing(existing, timeout)
@@ -96,7 +97,8 @@ class Manager:
         if session is None:
             raise RelayError(ErrorKind.NODE_OFFLINE, f"node {node_id!r} is offline: wait for it or pick another node")
         assign = wire.TaskAssign(task_id=task_id or new_id("task"), trace_id=trace_id, node_id=node_id,
-                                 chat_key=chat_key, prompt=prompt, thread_id=thread_id, model=model, timeout=timeout)
+                                 chat_key=chat_key, prompt=prompt, thread_id=thread_id, model=model, effort=effort,
+                                 settings=settings, timeout=timeout)
         frame = wire.encode_frame(assign)  # refused here if it cannot reach the node in one frame
         if not await self.store.create_task(assign, deadline=time.time() + timeout):
             return await self._await_existing(await self.store.task(assign.task_id), timeout)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Annotated
 
 from runtime import eventloop, tls
+from runtime.node import roots
 from runtime.settings import LOG_LEVELS, ConfigError, Loader, setting, state_dir
 
 # Documented exit codes (README, "Node"), after runtime.settings.EXIT_CONFIG (2) for every bad setting.
@@ -29,7 +30,9 @@ class NodeConfig:
     tls_ca: Annotated[str, setting("PEM CA file the manager's certificate must chain to (wss:// only)")] = ""
     tls_fingerprint: Annotated[str, setting("SHA-256 of the manager's certificate, pinned instead of a CA "
                                             "(wss:// only)")] = ""
-    cwd: Annotated[str, setting("directory Codex works in")] = "."
+    cwd: Annotated[str, setting("directory Codex works in by default")] = "."
+    allowed_roots: Annotated[tuple[str, ...], setting("directories a chat's thread may work in (each with what lies "
+                                                      "below it); empty allows only `cwd`")] = ()
     codex_bin: Annotated[str, setting("codex binary: the native one, not the node_modules/.bin wrapper")] = "codex"
     codex_home: Annotated[str, setting("CODEX_HOME for the codex child; empty inherits the environment's")] = ""
     state_dir: Annotated[str, setting("where the node keeps finished results until the manager has them; empty "
@@ -86,7 +89,10 @@ def load(argv: Sequence[str] | None = None) -> NodeConfig:
     tls.client_ssl(config.manager_url, config.tls_ca, config.tls_fingerprint)  # a bad TLS setting stops the start
     # The codex child runs in `cwd`: a relative binary path must not be resolved from there.
     codex_bin = config.codex_bin if os.sep not in config.codex_bin else os.path.abspath(config.codex_bin)
-    return replace(config, codex_bin=shutil.which(codex_bin) or codex_bin,
+    # Real paths: a thread's directory is resolved before it is compared with them (runtime/node/roots.py).
+    cwd = os.path.realpath(config.cwd)
+    allowed = tuple(dict.fromkeys(os.path.realpath(r) for r in config.allowed_roots or (cwd,)))
+    return replace(config, codex_bin=shutil.which(codex_bin) or codex_bin, cwd=cwd, allowed_roots=allowed,
                    state_dir=state_dir(config.state_dir, config.node_id))
 
 
@@ -100,6 +106,13 @@ def check_cwd(config: NodeConfig) -> None:
     if not os.path.isdir(config.cwd):
         raise ConfigError(f"cwd does not exist or is not a directory: {config.cwd}",
                           f"create the directory or point {SETTINGS.where('cwd')} at an existing one", EXIT_CWD)
+    for root in config.allowed_roots:
+        if not os.path.isdir(root):
+            raise ConfigError(f"allowed root does not exist or is not a directory: {root}",
+                              f"create it or remove it from {SETTINGS.where('allowed_roots')}", EXIT_CWD)
+    if roots.within(config.cwd, config.allowed_roots) is None:
+        raise ConfigError(f"cwd {config.cwd} is outside allowed_roots ({', '.join(config.allowed_roots)})",
+                          f"add it to {SETTINGS.where('allowed_roots')}, or set `cwd` inside one of them")
 
 
 def codex_version(config: NodeConfig) -> str:

@@ -130,7 +130,8 @@ class ManagerLink:
         told = self.readiness()
         await ws.send_frame(encode_bytes(wire.Register(node_id=self.config.node_id, token=self.config.token,
                                                        version=self.version, protocol=PROTOCOL_VERSION,
-                                                       readiness=told)),
+                                                       readiness=told, cwd=self.config.cwd,
+                                                       allowed_roots=list(self.config.allowed_roots))),
                             aiohttp.WSMsgType.TEXT)
         msg: wire.ManagerFrame | None = None
         error = "no register_ok within 10s"

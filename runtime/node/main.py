@@ -13,6 +13,7 @@ from runtime.aiotasks import cancel
 from runtime.logfmt import log
 from runtime.node import config as config_mod
 from runtime.node import doctor
+from runtime.node import roots
 from runtime.node.appserver import AppServer
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
@@ -63,7 +64,10 @@ class Node:
 
     async def _relay(self, msg: wire.AppserverRequest) -> None:
         try:
-            result = wire.RpcOutcome(ok=True, result=await self.app.request(msg.method, msg.params, msg.timeout))
+            params = roots.guard(msg.method, msg.params, self.config.cwd, self.config.allowed_roots)
+            answer = await self.app.request(msg.method, params, msg.timeout)
+            self.runner.relayed(msg.method, params, answer)
+            result = wire.RpcOutcome(ok=True, result=answer)
         except RelayError as err:
             result = wire.RpcOutcome(ok=False, **err.fields())
         # The answer first, the log line after: formatting and writing it is not the caller's wait.

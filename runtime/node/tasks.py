@@ -16,6 +16,7 @@ from runtime.logfmt import log
 from runtime.node.appserver import AppServer
 from runtime.node.approvals import Approvals
 from runtime.node.config import NodeConfig
+from runtime.node import roots
 from runtime.node.link import ManagerLink
 from runtime.node.readiness import Monitor
 from runtime.protocol import ErrorKind, RelayError, TaskState, final_state
@@ -276,25 +277,14 @@ class Runner:
 
     async def _turn(self, task: Task, turn: Turn, msg: wire.TaskAssign) -> TaskOutcome:
         await self.readiness.admit()  # a node that cannot run turns says why now, not at the deadline
-        thread_id = msg.thread_id
-        if thread_id is None:
-            start: dict[str, Any] = {"cwd": self.config.cwd, "approvalPolicy": self.config.approval_policy,
-                                     "sandbox": self.config.sandbox}
-            if msg.model:
-                start["model"] = msg.model
-            started = await self.app.request("thread/start", start, self.config.rpc_timeout)
-            thread_id = str(started["thread"]["id"])
-            self.loaded[thread_id] = self.app.generation
+        place = self._place(msg.settings)
+        thread_id = msg.thread_id or await self._start_thread(msg, place)
         msg.thread_id = thread_id
         async with self.locks.setdefault(thread_id, asyncio.Lock()):
             task.state = TaskState.RUNNING
             await self.link.send(wire.TaskStateReport(task_id=task.task_id, state=task.state.value))
             if self.loaded.get(thread_id) != self.app.generation:
-                # A restarted app-server has no threads loaded; resuming keeps the thread's history.
-                # excludeTurns: the node needs the thread loaded, not its history (asking for it is deprecated).
-                await self.app.request("thread/resume", {"threadId": thread_id, "excludeTurns": True},
-                                       self.config.rpc_timeout)
-                self.loaded[thread_id] = self.app.generation
+                thread_id = msg.thread_id = await self._resume(msg, thread_id, place)
             self.turns[thread_id] = turn
             turn.thread_id, turn.generation = thread_id, self.app.generation
             try:
@@ -302,6 +292,8 @@ class Runner:
                     {"type": "text", "text": msg.prompt, "text_elements": []}]}
                 if msg.model:
                     params["model"] = msg.model
+                if msg.effort:
+                    params["effort"] = msg.effort
                 turn.starting = True
                 started = await self.app.request("turn/start", params, self.config.rpc_timeout)
                 turn.turn_id = started["turn"]["id"]
@@ -321,6 +313,52 @@ class Runner:
                                 text=_final_text(turn, done))
             return TaskOutcome(ok=True, text=_final_text(turn, done), thread_id=thread_id, turn_id=turn.turn_id)
         return failed_task(classify(done, turn.errors), thread_id=thread_id, turn_id=turn.turn_id)
+
+    def _place(self, settings: wire.ThreadSettings | None) -> dict[str, Any]:
+        """thread/start's and thread/resume's settings: the chat's choice, else the node's; a chosen cwd is checked
+        again here (the node's roots may have narrowed since), and only a chosen one is passed on resume."""
+        s = settings or wire.ThreadSettings()
+        place: dict[str, Any] = {"approvalPolicy": s.approval_policy or self.config.approval_policy,
+                                 "sandbox": s.sandbox or self.config.sandbox}
+        if s.cwd:
+            place["cwd"] = roots.resolve(s.cwd, self.config.cwd, self.config.allowed_roots)
+        return place
+
+    async def _start_thread(self, msg: wire.TaskAssign, place: dict[str, Any]) -> str:
+        start = {"cwd": self.config.cwd, **place}
+        if msg.model:
+            start["model"] = msg.model
+        started = await self.app.request("thread/start", start, self.config.rpc_timeout)
+        thread_id = str(started["thread"]["id"])
+        self.loaded[thread_id] = self.app.generation
+        return thread_id
+
+    async def _resume(self, msg: wire.TaskAssign, thread_id: str, place: dict[str, Any]) -> str:
+        """A restarted app-server has no threads loaded; resuming keeps the thread's history (excludeTurns: the node
+        needs it loaded, not its history, whose full form is deprecated). Codex keeps nothing of a thread that had
+        no turn yet, so one started by /thread start before a restart is started again with the same settings."""
+        try:
+            await self.app.request("thread/resume", {"threadId": thread_id, "excludeTurns": True, **place},
+                                   self.config.rpc_timeout)
+        except RelayError as err:
+            if err.kind != ErrorKind.APPSERVER_ERROR or "no rollout found" not in err.error:
+                raise
+            replaced, thread_id = thread_id, await self._start_thread(msg, place)
+            log(logger, logging.INFO, "thread_replaced", node_id=self.config.node_id, task_id=msg.task_id,
+                thread_id=thread_id, replaced=replaced, reason="it had no turns when codex restarted")
+            return thread_id
+        self.loaded[thread_id] = self.app.generation
+        return thread_id
+
+    def relayed(self, method: str, params: Any, answer: Any) -> None:
+        """What a relayed call did to the threads loaded in this child: one it started, forked or resumed is loaded
+        (resuming it again would fail while it has no turns), an archived one is not."""
+        if method in ("thread/start", "thread/fork", "thread/resume") and isinstance(answer, dict):
+            thread = answer.get("thread")
+            if isinstance(thread, dict) and isinstance(thread.get("id"), str):
+                self.loaded[thread["id"]] = self.app.generation
+        elif method == "thread/archive" and isinstance(params, dict):
+            self.loaded.pop(str(params.get("threadId")), None)
 
     async def _until_done(self, turn: Turn, generation: int) -> dict[str, Any]:
         """Wait for turn/completed, or fail if the app-server that runs the turn dies."""

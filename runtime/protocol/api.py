@@ -14,7 +14,8 @@ from msgspec import UNSET, Meta, UnsetType
 
 from runtime.protocol.kinds import ERROR_KINDS
 from runtime.protocol.states import ApprovalState, Decision
-from runtime.protocol.wire import Failure, PendingApproval, Readiness, RpcOutcome, TaskOutcome
+from runtime.protocol.wire import (ApprovalPolicy, Failure, PendingApproval, Readiness, RpcOutcome, SandboxMode,
+                                   TaskOutcome, ThreadSettings)
 
 
 class Api(StrEnum):
@@ -82,6 +83,7 @@ class DispatchBody(Body):
     task_id: Id | None = None
     thread_id: Id | None = None
     model: Id | None = None
+    effort: Id | None = None
 
 
 class DispatchTextBody(Body):
@@ -136,11 +138,16 @@ class ChatRef(Body):
 
 
 class ChatSelectBody(Body):
-    """Absent leaves a field as it is; `thread_id: null` starts a new thread on the chat's node."""
+    """Absent leaves a field as it is. `thread_id` binds a thread on the chat's node (null: the next message starts
+    a new one) with the settings it works with; settings absent beside a thread_id are the node's defaults."""
     chat_key: Id
     node_id: Id | UnsetType = UNSET
     model: Id | None | UnsetType = UNSET
+    effort: Id | None | UnsetType = UNSET  # a reasoning effort model/list offers; null: the model's default
     thread_id: Id | None | UnsetType = UNSET
+    cwd: Annotated[str, Meta(min_length=1, max_length=4096)] | None | UnsetType = UNSET
+    sandbox: SandboxMode | None | UnsetType = UNSET
+    approval_policy: ApprovalPolicy | None | UnsetType = UNSET
 
 
 class TasksQuery(Body):
@@ -185,6 +192,9 @@ class ServersReply(Reply):
 class StatusReply(NodeInfo, kw_only=True):
     ok: bool = True
     open_tasks: int
+    # While the node is online: its default working directory and the roots a thread may work in.
+    cwd: str | None = None
+    allowed_roots: list[str] = msgspec.field(default_factory=list)
 
 
 class TaskReply(TaskOutcome, kw_only=True):
@@ -238,11 +248,18 @@ class RevokeReply(Reply):
     closed_sessions: list[str]
 
 
+class Binding(ThreadSettings, kw_only=True):
+    """A chat's thread on one node, and the settings it was started with."""
+    thread_id: str
+
+
 class ChatReply(Reply):
     chat_key: str
     node_id: str | None
     model: str | None
-    threads: dict[str, str]
+    effort: str | None
+    threads: dict[str, str]  # node_id -> the chat's thread there
+    bindings: dict[str, Binding]  # the same, with each thread's settings
 
 
 class TaskRow(msgspec.Struct, kw_only=True):
@@ -332,9 +349,9 @@ ROUTES: Final[tuple[Route, ...]] = (
           TokenCreated),
     Route("GET", Api.TOKENS, "Node tokens, without their secrets", NoBody, TokensReply),
     Route("POST", Api.TOKENS_REVOKE, "Revoke a token and close live sessions that use it", TokenRef, RevokeReply),
-    Route("GET", Api.CHAT, "A chat's selected node, model and threads (?chat_key=)", ChatRef, ChatReply),
-    Route("POST", Api.CHAT_SELECT, "Select a chat's node, model or thread (thread_id null starts a new one)",
-          ChatSelectBody, ChatReply),
+    Route("GET", Api.CHAT, "A chat's selected node, model, effort and threads (?chat_key=)", ChatRef, ChatReply),
+    Route("POST", Api.CHAT_SELECT, "Select a chat's node, model, effort or thread and its settings (thread_id null "
+          "starts a new one)", ChatSelectBody, ChatReply),
     Route("GET", Api.TASKS, "Tasks not yet final, or one task with ?task_id=", TasksQuery, TasksReply),
     Route("POST", Api.TASKS_STOP, "Stop a running turn (task_id) or a chat's running turns (chat_key): codex is "
           "interrupted and each task ends cancelled", StopBody, StopReply),

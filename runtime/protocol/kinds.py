@@ -23,6 +23,7 @@ class ErrorKind(StrEnum):
     # ends this way is in its own final state, `cancelled`, and is counted apart from failures.
     CANCELLED = "cancelled"
     NODE_OFFLINE = "node_offline"
+    PATH_NOT_ALLOWED = "path_not_allowed"
     # Seen only by the bot (and other control clients): the manager itself cannot be reached.
     MANAGER_UNAVAILABLE = "manager_unavailable"
     INVALID_REQUEST = "invalid_request"
@@ -75,6 +76,9 @@ ERROR_KINDS: Final[Mapping[ErrorKind, KindInfo]] = _table(
     KindInfo(K.APPSERVER_CRASH, True, "The Codex app-server on the node exited; the node restarted it. Retry."),
     KindInfo(K.CANCELLED, False, "You stopped this turn. Send a new message to go on; the thread keeps what "
              "was done so far."),
+    KindInfo(K.PATH_NOT_ALLOWED, False, "That working directory cannot be used on this node: it must be an "
+             "existing directory inside the node's allowed roots. Pick one inside them, or ask the node's operator "
+             "to add a root (allowed_roots)."),
     KindInfo(K.NODE_OFFLINE, True, "The node is offline. Wait for it to reconnect, or pick another node with /node."),
     KindInfo(K.MANAGER_UNAVAILABLE, True, "manager unavailable: the Codex Relay manager cannot be reached right "
              "now. The bot keeps retrying by itself; send your request again in a minute."),

@@ -151,6 +151,9 @@ class Register(Frame, tag=Msg.REGISTER.value, kw_only=True):
     readiness: Readiness | None = None  # protocol 3
     # `codex-relay-node doctor`: the manager checks the token and answers, and registers nothing.
     check: bool = False
+    # Where the node's threads may work (real paths), so a chat can offer them; the node enforces them itself.
+    cwd: str = ""
+    allowed_roots: list[str] = msgspec.field(default_factory=list)
 
 
 class ReadinessReport(Frame, tag=Msg.READINESS.value, kw_only=True):
@@ -245,6 +248,21 @@ class HeartbeatAck(Frame, tag=Msg.HEARTBEAT_ACK.value, kw_only=True):
     ts: float = 0.0
 
 
+# Codex's thread settings a chat may choose (`thread/start`'s `sandbox` and `approvalPolicy`).
+SandboxMode = Literal["read-only", "workspace-write", "danger-full-access"]
+ApprovalPolicy = Literal["untrusted", "on-request", "never"]
+SANDBOX_MODES: Final[tuple[SandboxMode, ...]] = ("read-only", "workspace-write", "danger-full-access")
+APPROVAL_POLICIES: Final[tuple[ApprovalPolicy, ...]] = ("untrusted", "on-request", "never")
+
+
+class ThreadSettings(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Where and how a chat's thread works, as /thread start or fork chose it; None is the node's default.
+    The node passes them again on `thread/resume`: codex restores a thread's cwd, but not its sandbox."""
+    cwd: str | None = None
+    sandbox: SandboxMode | None = None
+    approval_policy: ApprovalPolicy | None = None
+
+
 class TaskAssign(Frame, tag=Msg.TASK_ASSIGN.value, kw_only=True):
     task_id: Id
     prompt: str
@@ -254,6 +272,8 @@ class TaskAssign(Frame, tag=Msg.TASK_ASSIGN.value, kw_only=True):
     chat_key: str | None = None
     thread_id: str | None = None
     model: str | None = None
+    effort: str | None = None  # a reasoning effort model/list offers for the model (turn/start's `effort`)
+    settings: ThreadSettings | None = None
 
 
 class TaskCancel(Frame, tag=Msg.TASK_CANCEL.value, kw_only=True):
