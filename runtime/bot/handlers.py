@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from telegram import Update
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from runtime.bot import models, permissions, render, threads, wizard  # noqa: F401  models, threads: /model, /thread
+from runtime.bot import models, permissions, render, threads, wizard
 from runtime.bot.commands import BUTTONS, COMMANDS, Command
 from runtime.bot.context import Relay, Reply, Req
 from runtime.bot.flood import Refusal
@@ -20,6 +20,8 @@ from runtime.bot.permissions import Role, Rule
 from runtime.logfmt import log
 from runtime.protocol import RelayError
 
+# The modules that register commands and buttons besides commands.py: imported here, so the bot has them all.
+COMMAND_MODULES = (models, threads)
 logger = logging.getLogger("codex_bot.handlers")
 
 Work = Callable[[Req], Awaitable[str | None]]  # returns a toast text for buttons, None for messages
