@@ -20,7 +20,7 @@ from harness.stack.procs import log_fields
 from harness.stack.stack import Stack, launch, write_codex_home
 from runtime.bot.config import SETTINGS as BOT_SETTINGS
 from runtime.manager.config import SETTINGS as MANAGER_SETTINGS
-from runtime.node.config import SETTINGS as NODE_SETTINGS
+from runtime.node.config import SETTINGS as NODE_LOADER
 from runtime.protocol import Api, new_id
 from runtime.settings import Loader
 
@@ -174,7 +174,7 @@ async def test_doctor(stack: Stack, tg: FakeTelegram, tmp_path: Path) -> None:
     toml.write_text("".join(f'{k} = "{settings[k]}"\n' for k in ("node_id", "manager_url", "cwd", "codex_bin",
                                                                   "codex_home")))
     registrations = len(stack.procs[NODE].log_lines("registered"))
-    code, lines = await doctor(NODE_SETTINGS, secret, toml)
+    code, lines = await doctor(NODE_LOADER, secret, toml)
     assert code == 0 and set(statuses(lines).values()) == {"ok"}, lines
     assert list(statuses(lines)) == ["config", "cwd", "codex", "codex login", "provider", "manager", "token"], lines
     assert "accepted" in line(lines, "token") and "codex-cli" in line(lines, "codex"), lines
@@ -182,18 +182,18 @@ async def test_doctor(stack: Stack, tg: FakeTelegram, tmp_path: Path) -> None:
     assert len(stack.procs[NODE].log_lines("registered")) == registrations
     assert await stack.metric("registrations_checked") >= 1 and NODE in (await stack.call(Api.SERVERS))["online"]
 
-    code, lines = await doctor(NODE_SETTINGS, {"token": "crt_wrong"}, toml)
+    code, lines = await doctor(NODE_LOADER, {"token": "crt_wrong"}, toml)
     assert code == 1 and statuses(lines)["token"] == "FAIL", lines
     assert "token is unknown or revoked" in line(lines, "token") and "/token generate node=u1" in line(lines, "token")
 
     with ports.reserved() as closed:  # bound, not listening: nothing answers there
         down = f"ws://127.0.0.1:{closed.getsockname()[1]}{Api.NODE_WS}"
-        code, lines = await doctor(NODE_SETTINGS, {**secret, "manager_url": down}, toml)
+        code, lines = await doctor(NODE_LOADER, {**secret, "manager_url": down}, toml)
     assert code == 1 and statuses(lines)["manager"] == "FAIL" and statuses(lines)["token"] == "skip", lines
     assert "fix: start the manager" in line(lines, "manager"), lines
 
     home = write_codex_home(tmp_path / "codex_home", stack.upstream_port, NO_LOGIN)
-    code, lines = await doctor(NODE_SETTINGS, {**secret, "codex_home": home}, toml)
+    code, lines = await doctor(NODE_LOADER, {**secret, "codex_home": home}, toml)
     assert code == 1 and [s for s in statuses(lines).values() if s != "ok"] == ["FAIL"], lines
     assert f"fix: run `CODEX_HOME={home} codex login`" in line(lines, "codex login"), lines
 
