@@ -35,6 +35,9 @@ COMMANDS: dict[str, Rule] = {
     "approve": Rule(USER, "approve a request posted in this chat (an admin: in any chat)"),
     "decline": Rule(USER, "decline a request posted in this chat (an admin: in any chat)"),
     "stop": Rule(USER, "stop the chat's running turn (an admin: any chat's, by its Stop button)"),
+    "queue": Rule(USER, "on: a message sent while a turn runs waits for it; off (default): it steers that turn"),
+    "review": Rule(USER, "Codex reviews the uncommitted changes of the chat's thread; the findings are posted"),
+    "compact": Rule(USER, "Codex compacts the chat's thread (summarizes its history); confirmed when done"),
     "token": Rule(ADMIN, "node tokens: generate, list, revoke"),
     "user": Rule(ADMIN, "who may use the bot: add, remove, list"),
     "config_value_write": Rule(ADMIN, "write a Codex config value on the node (it can name programs codex runs)"),
@@ -46,9 +49,10 @@ BUTTONS: dict[Cb, Rule] = {
     Cb.THREAD: Rule(USER, "a thread (or New thread) under /thread"),
     Cb.APPROVE: Rule(USER, "Approve / Decline on an approval prompt, in its chat (an admin: in any chat)"),
     Cb.STOP: Rule(USER, "Stop on a turn's progress message, in its chat (an admin: in any chat)"),
+    Cb.QUESTION: Rule(USER, "an option of a question Codex asks, in the chat it asks in"),
 }
 
-TEXT = Rule(USER, "any other text: a Codex turn on the chat's node")
+TEXT = Rule(USER, "any other text: a Codex turn on the chat's node, or the answer to the question Codex asks there")
 OTHER = Rule(USER, "an unknown command, or a button the bot no longer knows: told so")
 
 

@@ -67,6 +67,10 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX tasks_final_age;
     CREATE INDEX tasks_final_age ON tasks (updated_at) WHERE state IN ('cancelled', 'done', 'failed');
     """,
+    # Per chat: a message sent while a turn runs waits and runs next (1), or is added to that turn (0, the default).
+    """
+    ALTER TABLE chat_routes ADD COLUMN queue INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 # The final states as SQL, written exactly as the partial indexes above have them, so SQLite uses those indexes.
 FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
@@ -238,18 +242,19 @@ class Store:
 
     # ---- chats and threads -----------------------------------------------------------------
     async def chat(self, chat_key: str) -> dict[str, Any]:
-        rows = await self.query("SELECT node_id, model FROM chat_routes WHERE chat_key = ?", (chat_key,))
-        route = rows[0] if rows else {"node_id": None, "model": None}
+        rows = await self.query("SELECT node_id, model, queue FROM chat_routes WHERE chat_key = ?", (chat_key,))
+        route = rows[0] if rows else {"node_id": None, "model": None, "queue": 0}
+        route["queue"] = bool(route["queue"])
         threads = await self.query("SELECT node_id, thread_id FROM threads WHERE chat_key = ?", (chat_key,))
         return {"chat_key": chat_key, **route, "threads": {t["node_id"]: t["thread_id"] for t in threads}}
 
     async def update_chat(self, chat_key: str, fields: dict[str, Any]) -> None:
-        """Set the chat's node and/or model; `thread_id` (None = start fresh) applies to its node."""
+        """Set the chat's node, model and/or queue mode; `thread_id` (None = start fresh) applies to its node."""
         now = time.time()
         async with self.tx("update_chat") as db:
             await db.execute("INSERT INTO chat_routes (chat_key, updated_at) VALUES (?, ?) "
                              "ON CONFLICT (chat_key) DO NOTHING", (chat_key, now))
-            for column in ("node_id", "model"):
+            for column in ("node_id", "model", "queue"):
                 if column in fields:
                     await db.execute(f"UPDATE chat_routes SET {column} = ?, updated_at = ? WHERE chat_key = ?",
                                      (fields[column], now, chat_key))
@@ -331,9 +336,11 @@ class Store:
                 "withdrawn_approvals": [r["approval_id"] for r in withdrawn]}
 
     async def open_tasks(self, node_id: str | None = None, chat_key: str | None = None) -> list[dict[str, Any]]:
+        """Tasks not yet final, oldest first."""
         sql = f"SELECT task_id, trace_id, node_id, chat_key, state, deadline FROM tasks WHERE state NOT IN {FINAL_SQL}"
         where = {k: v for k, v in (("node_id", node_id), ("chat_key", chat_key)) if v}
-        return await self.query(sql + "".join(f" AND {k} = ?" for k in where), tuple(where.values()))
+        return await self.query(sql + "".join(f" AND {k} = ?" for k in where) + " ORDER BY created_at",
+                                tuple(where.values()))
 
     # ---- numbered events --------------------------------------------------------------------
     async def add_event(self, event: EventFrame) -> bytes:

@@ -348,7 +348,7 @@ def probes(label: str) -> list[tuple[str, str]]:
     if label.startswith("button "):
         prefix = label.removeprefix("button ").strip("`")
         arg = {"node:": NODE, "model:": "gpt-5.5", "thread:": "new", "ap:": f"{new_id('appr')}:a",
-               "stop:": new_id("task")}[prefix]
+               "stop:": new_id("task"), "qa:": f"{new_id('appr')}:0:0"}[prefix]
         return [("press", prefix + arg)]
     if label == "text":
         return [("say", f"hello {new_id('s01')}")]
