@@ -46,6 +46,9 @@ class Turn:
     notes: list[str] = field(default_factory=list)  # requests the node refused for the user (refusals.py)
     thread_id: str | None = None
     turn_id: str | None = None
+    # The turn codex runs now, as turn/started names it: a review runs as a turn of its own under turn_id (the id
+    # its result and turn/completed carry), and only this one can be interrupted.
+    active_id: str | None = None
     action: TaskAction = TaskAction.TURN
     compacted: bool = False      # codex completed the thread's compaction item (action compact)
     begun: asyncio.Event = field(default_factory=asyncio.Event)  # its turn_id is known, or it is over
@@ -335,10 +338,12 @@ class Runner:
                 del self.waiting[thread_id]
 
     async def _steer(self, task: Task, thread_id: str, msg: wire.TaskAssign) -> TaskOutcome | None:
-        """Add the prompt to the turn running on the thread (turn/steer); None when no running turn took it (none
-        runs, it is ending or being stopped, another task waits for it), so the prompt runs as its own turn."""
+        """Add the prompt to the chat's turn running on the thread (turn/steer); None when no running turn took it
+        (none runs, another chat's does, it is ending or being stopped, another task waits for it), so the prompt
+        runs as its own turn."""
         turn = self.turns.get(thread_id)
-        if turn is None or self.waiting.get(thread_id) or turn.action != TaskAction.TURN:
+        if turn is None or turn.chat_key != msg.chat_key or self.waiting.get(thread_id) or \
+                turn.action != TaskAction.TURN:
             return None
         with contextlib.suppress(TimeoutError):  # turn/start may still be on its way: its id comes a moment later
             await asyncio.wait_for(turn.begun.wait(), self.config.rpc_timeout)
@@ -439,7 +444,8 @@ class Runner:
         if self.app.generation != turn.generation or not self.app.ready.is_set():
             return False
         try:
-            await self.app.request("turn/interrupt", {"threadId": turn.thread_id, "turnId": turn.turn_id}, 2)
+            await self.app.request("turn/interrupt", {"threadId": turn.thread_id,
+                                                      "turnId": turn.active_id or turn.turn_id}, 2)
             return True
         except RelayError:
             return False
@@ -466,9 +472,11 @@ class Runner:
             turn.text = ""
         elif method == "item/completed" and (params.get("item") or {}).get("type") == "contextCompaction":
             turn.compacted = True
-        elif method == "turn/started" and turn.turn_id is None and turn.starting:
-            turn.turn_id = str((params.get("turn") or {}).get("id") or "") or None  # a compaction's turn
-            turn.begun.set()
+        elif method == "turn/started" and turn.starting:
+            turn.active_id = str((params.get("turn") or {}).get("id") or "") or None
+            if turn.turn_id is None:  # a compaction's turn is named only here
+                turn.turn_id = turn.active_id
+                turn.begun.set()
         elif method == "error":
             turn.errors.append(params)
             self._codex_error(turn, params)

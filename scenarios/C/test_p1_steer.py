@@ -16,6 +16,7 @@ import pytest
 from harness.ends.telegram import FakeTelegram, TelegramUser, button
 from harness.ends.upstream import prompt_key
 from harness.stack.stack import Stack
+from runtime.backoff import Backoff
 from runtime.protocol import Api, new_id
 
 NODE = "p1s"
@@ -114,6 +115,14 @@ async def test_message_while_a_turn_runs(stack: Stack, tg: FakeTelegram) -> None
     assert (await user.reply(await user.say("/queue off")))["text"].startswith("Queue mode is now off")
 
 
+async def model_asked(stack: Stack, before: int, timeout: float = 15.0) -> None:
+    """Until the mock model has had a request more than `before`: codex is waiting on it."""
+    async for _ in Backoff(0.05, factor=1).tries(timeout):
+        if (await stack.upstream("GET", "/_mock/stats"))["requests"] > before:
+            return
+    raise TimeoutError(f"codex asked the model nothing within {timeout}s")
+
+
 def uncommitted(cwd: Path, name: str) -> None:
     """The node's folder as a user's project: a git repository with a file not yet committed."""
     subprocess.run(["git", "init", "-q"], cwd=cwd, check=True, timeout=30)
@@ -146,6 +155,22 @@ async def test_review_and_compact(stack: Stack, tg: FakeTelegram) -> None:
     [exited] = [i for i in items if i["type"] == "exitedReviewMode"]
     assert changed in exited["review"], exited
     assert (await task(stack, task_of(placeholder)))["state"] == "done"
+
+    # A review runs like any turn: Stop interrupts it (the turn codex runs for it), and it ends cancelled.
+    await stack.upstream("POST", "/_mock/mode", {"behavior": "hang"})
+    try:
+        asked = (await stack.upstream("GET", "/_mock/stats"))["requests"]
+        placeholder = await user.sent(await user.say("/review"))
+        await model_asked(stack, asked)
+        await user.tap(placeholder["message_id"], button(placeholder, "Stop"))
+        await user.until_shown(lambda m: m["message_id"] == placeholder["message_id"] and "Stopped" in m["text"])
+    finally:
+        await stack.upstream("POST", "/_mock/mode", {"behavior": None})
+    stopped = await task(stack, task_of(placeholder))
+    assert stopped["state"] == "cancelled", stopped
+    [running] = [r["msg"]["params"]["turn"]["id"] for r in received(stack, "turn/started")
+                 if r["msg"]["params"]["turn"].get("rootTurnId") == stopped["result"]["turn_id"]]
+    assert [i for i in sent(stack, "turn/interrupt") if i["msg"]["params"]["turnId"] == running], "no interrupt"
 
     compactions = (await stack.upstream("GET", "/_mock/stats"))["by_behavior"].get("compact", 0)
     placeholder = await user.sent(await user.say("/compact"))
