@@ -47,12 +47,17 @@ class TelegramUser:
         return int((await self.tg.post("hostile", body))["update_id"])
 
     async def pick_node(self, node_id: str) -> None:
-        """/node, then that node's button, as a user picks the node for this chat."""
+        """/node, then that node's button, as a user picks the node for this chat; `/node <node_id>` when the list
+        (the 20 most relevant) does not show it, as it may not on a stack many cases have added nodes to."""
         listing = await self.sent(await self.say("/node"))
-        [data] = [b["callback_data"] for row in listing["reply_markup"]["inline_keyboard"] for b in row
-                  if b["callback_data"].endswith(f":{node_id}")]
-        alert = await self.alert(await self.tap(listing["message_id"], data))
-        assert "selected" in alert["text"], alert
+        buttons = [b["callback_data"] for row in listing["reply_markup"]["inline_keyboard"] for b in row
+                   if b["callback_data"].endswith(f":{node_id}")]
+        if buttons:
+            alert = await self.alert(await self.tap(listing["message_id"], buttons[0]))
+            assert "selected" in alert["text"], alert
+            return
+        picked = await self.sent(await self.say(f"/node {node_id}"))
+        assert picked["text"] == f"Node {node_id} selected for this chat.", picked
 
     async def reply(self, since: int, timeout: float = 15.0) -> dict[str, Any]:
         """The first message the bot sent to this chat after `since`."""

@@ -1,6 +1,8 @@
 """Mock OpenAI Responses API (SSE) for driving a real `codex app-server` offline.
 
 Behaviour comes from a `[[mock:NAME]]` / `[[mock:NAME=ARG]]` marker in the last user message, or a global mode.
+Requests codex writes itself are answered as a model would: a review (review/start) runs `git status` and
+reports each uncommitted file as a finding; a compaction (thread/compact/start) gets a summary.
 Under /v1 it asks for no key; under /auth/v1 it wants one, as OpenAI's own API does.
 """
 
@@ -35,8 +37,16 @@ ECHO_CMD = "echo relay-approved"
 JSON_CT = "application/json"
 BEHAVIORS = frozenset(
     ("reply", "history", "whoami", "approve", "patch", "elicit", "drop", "eof", "hang", "http500", "http", "failed",
-     "slow", "markdown", "long_markdown")
+     "slow", "markdown", "long_markdown", "ask", "review", "compact")
 )
+# Behaviours whose first answer is a tool call; the model answers the tool's output with a message.
+TOOL_CALLS = ("approve", "patch", "elicit", "ask", "review")
+# The user messages codex 0.171 writes itself for review/start and thread/compact/start: they carry no marker, so
+# the mock knows them by their opening words, and answers as the model is asked to.
+CODEX_PROMPTS = {"Review the current code changes": "review",
+                 "You are performing a CONTEXT CHECKPOINT COMPACTION": "compact"}
+CWD = re.compile(r"<cwd>([^<]*)</cwd>")
+PORCELAIN = re.compile(r"^[ MADRCU?!]{2} (.+)$", re.MULTILINE)  # `git status --porcelain`: a status, then the path
 # `[[mock:http=CODE]]`: the provider answers every request with that status and OpenAI's error body for it, the
 # way a real provider refuses a missing key (401), a rate limit (429) or an outage (5xx).
 HTTP_ERRORS: dict[int, tuple[str, str, str | None]] = {
@@ -56,6 +66,15 @@ SLOW_MAX_S = 120.0
 MCP_READ: Json = {"server": "relay_asker", "uri": "relay://question"}
 LONG_MAX = 1_000_000  # characters of a long_markdown answer
 PATCH = "*** Begin Patch\n*** Add File: relay_patch.txt\n+patched by mock\n*** End Patch\n"
+# `ask`: codex's request_user_input tool, as a model calls it (1 to 3 questions, each with options); ask=2 asks two.
+QUESTIONS: list[Json] = [
+    {"id": "env", "header": "Environment", "question": "Which environment should I deploy to?",
+     "options": [{"label": "staging", "description": "Safe to break."},
+                 {"label": "production", "description": "Real users see it."}]},
+    {"id": "note", "header": "Note", "question": "What should the release note say?",
+     "options": [{"label": "nothing", "description": "No note."}]},
+]
+REVIEW_CMD = "git status --porcelain"
 USAGE: Json = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
 
 
@@ -162,13 +181,38 @@ def _message(mid: str, text: str | None) -> Json:
     return {"type": "message", "id": mid, "role": "assistant", "status": status, "content": content}
 
 
-def _tool_call(name: str, call_id: str) -> Json:
+def _tool_call(name: str, arg: str | None, call_id: str) -> Json:
+    if name == "ask":
+        asked = QUESTIONS[: 2 if arg == "2" else 1]
+        return {"type": "function_call", "call_id": call_id, "name": "request_user_input",
+                "arguments": json.dumps({"questions": asked})}
+    if name == "review":  # a reviewer looks at what changed first
+        return {"type": "function_call", "call_id": call_id, "name": "exec_command",
+                "arguments": json.dumps({"cmd": REVIEW_CMD})}
     if name == "patch":
         return {"type": "custom_tool_call", "call_id": call_id, "name": "apply_patch", "input": PATCH}
     if name == "elicit":
         return {"type": "function_call", "call_id": call_id, "name": "read_mcp_resource", "arguments": json.dumps(MCP_READ)}
     args = json.dumps({"cmd": ECHO_CMD, **ESCALATE})
     return {"type": "function_call", "call_id": call_id, "name": "exec_command", "arguments": args}
+
+
+def _review(output: str, items: list[Any]) -> str:
+    """The review a model returns to codex (its review schema: findings, overall verdict): one finding per file
+    `git status --porcelain` listed, located under the cwd codex told the model."""
+    cwd = next((m.group(1) for it in items if _is_user(it) for t in _parts(it) if (m := CWD.search(t))), "")
+    files = PORCELAIN.findall(output)
+    findings = [{"title": f"[P2] Uncommitted change in {path}", "body": f"{path} has changes that are not committed yet.",
+                 "confidence_score": 0.5, "priority": 2,
+                 "code_location": {"absolute_file_path": f"{cwd}/{path}" if cwd else path,
+                                   "line_range": {"start": 1, "end": 1}}} for path in files]
+    return json.dumps({"findings": findings, "overall_correctness": "patch is correct" if not files else
+                       "patch is incorrect", "overall_explanation": f"Reviewed {len(files)} uncommitted file(s).",
+                       "overall_confidence_score": 0.5})
+
+
+def _codex_prompt(raw: str) -> str | None:
+    return next((name for opening, name in CODEX_PROMPTS.items() if raw.lstrip().startswith(opening)), None)
 
 
 def _log(**kv: Any) -> None:
@@ -220,17 +264,22 @@ async def responses(request: web.Request) -> web.StreamResponse:
     key = prompt_key(raw)
     found = MARKER.search(raw)
     try:
-        name, arg = state.mode or (_parse_behavior(found.group(0)[7:-2]) if found else ("reply", None))
+        name, arg = state.mode or ((own, None) if (own := _codex_prompt(raw)) else
+                                   _parse_behavior(found.group(0)[7:-2]) if found else ("reply", None))
     except ValueError as exc:
         _log(op="reject", n=n, error=str(exc))
         return _error(400, str(exc), "invalid_request_error")
-    if followup:
+    if followup and name == "review":
+        text, name = _review(_tool_output(last), items), "reply"
+    elif followup:
         text = f"tool said: {_tool_output(last)}"
-        name = "reply" if name in ("approve", "patch", "elicit", "history", "whoami") else name
+        name = "reply" if name in (*TOOL_CALLS, "history", "whoami") else name
     elif name == "history":
         text = f"history: {sum(map(_is_real_user, items))} user messages"
     elif name == "whoami":
         text = _whoami(body, items)
+    elif name == "compact":
+        text = f"summary: the thread so far had {sum(map(_is_real_user, items)) - 1} user messages"
     elif name == "markdown":  # an answer in Markdown with hostile text (harness/ends/answers.py)
         text = rich_markdown(key)
     elif name == "long_markdown":
@@ -268,9 +317,9 @@ async def _stream(
         error = {"code": "server_error", "message": "mock upstream reported response.failed"}
         await resp.write(_sse("response.failed", response={"id": rid, "status": "failed", "error": error}))
         return
-    if name in ("approve", "patch", "elicit"):
+    if name in TOOL_CALLS:
         await resp.write(
-            _sse("response.output_item.done", output_index=0, item=_tool_call(name, f"call_{n}"))
+            _sse("response.output_item.done", output_index=0, item=_tool_call(name, arg, f"call_{n}"))
         )
         await resp.write(_sse("response.completed", response={"id": rid, "usage": USAGE}))
         return

@@ -14,7 +14,7 @@ from runtime.bot import permissions, render
 from runtime.bot.context import Relay, Reply, Req
 from runtime.bot.permissions import Rule
 from runtime.bot.render import USAGE, Cb
-from runtime.protocol import Api, Decision, ErrorKind, RelayError
+from runtime.protocol import Api, Decision, ErrorKind, RelayError, TaskAction
 
 CommandFn = Callable[[Relay, Req, str], Awaitable[None]]   # (relay, request, the text after the command)
 ButtonFn = Callable[[Relay, Req, str], Awaitable[str]]     # (relay, request, callback argument) -> toast text
@@ -230,6 +230,50 @@ async def stop(relay: Relay, req: Req, args: str) -> None:
 @button(Cb.STOP)
 async def stop_button(relay: Relay, req: Req, task_id: str) -> str:
     return await _stop(relay, req, task_id)
+
+
+@button(Cb.QUESTION)
+async def question_button(relay: Relay, req: Req, arg: str) -> str:
+    approval_id, _, indexes = arg.partition(":")
+    q, _, o = indexes.partition(":")
+    if not approval_id or not q.isdigit() or not o.isdigit():
+        raise Reply(render.STALE_BUTTON)
+    options = relay.approvals.options(approval_id, int(q))
+    if not int(o) < len(options):
+        raise Reply("This question is no longer open: Codex has its answer, or stopped waiting for one.")
+    return await relay.approvals.answer(req, approval_id, int(q), options[int(o)])
+
+
+# ---- the chat's session: queue or steer, review, compact -------------------------------------------
+
+@command("queue")
+async def queue(relay: Relay, req: Req, args: str) -> None:
+    words = args.split()
+    if not words:
+        await relay.say(req, render.queue_mode(bool((await relay.chat(req)).get("queue"))))
+        return
+    if words not in (["on"], ["off"]):
+        raise Reply(USAGE["queue"])
+    chat = await relay.manager.post(Api.CHAT_SELECT, req.trace_id, {"chat_key": req.chat_key, "queue": words == ["on"]})
+    await relay.say(req, render.queue_mode(bool(chat.get("queue")), changed=True))
+
+
+async def _on_thread(relay: Relay, req: Req, action: TaskAction) -> None:
+    """Codex's own turn (a review, a compaction) on the chat's thread; a chat without one is told to start it."""
+    node_id, chat = await relay.selected_node(req)
+    if not (chat.get("threads") or {}).get(node_id):
+        raise Reply(render.no_thread(node_id, action))
+    await relay.turns.start(req, node_id, f"/{action.value}", action)
+
+
+@command("review")
+async def review(relay: Relay, req: Req, args: str) -> None:
+    await _on_thread(relay, req, TaskAction.REVIEW)
+
+
+@command("compact")
+async def compact(relay: Relay, req: Req, args: str) -> None:
+    await _on_thread(relay, req, TaskAction.COMPACT)
 
 
 # ---- config --------------------------------------------------------------------------------------

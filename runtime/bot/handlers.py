@@ -121,6 +121,10 @@ async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE
     async def work(req: Req) -> None:
         if await wizard.take_text(relay, req, text or ""):  # the path a /thread wizard asked for
             return
+        # While codex waits on a question in this chat that takes a typed answer, the message is that answer.
+        if (open_question := relay.approvals.typed_answer_for(req.chat_id)) is not None:
+            await relay.say(req, await relay.approvals.answer(req, *open_question, text or ""))
+            return
         node_id, _ = await relay.selected_node(req)
         await relay.turns.start(req, node_id, text or "")
     await _guarded(relay, update, "text", permissions.TEXT, "Sending to Codex", work)

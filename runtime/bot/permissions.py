@@ -35,6 +35,9 @@ COMMANDS: dict[str, Rule] = {
     "approve": Rule(USER, "approve a request posted in this chat (an admin: in any chat)"),
     "decline": Rule(USER, "decline a request posted in this chat (an admin: in any chat)"),
     "stop": Rule(USER, "stop the chat's running turn (an admin: any chat's, by its Stop button)"),
+    "queue": Rule(USER, "on: a message sent while a turn runs waits for it; off (default): it steers that turn"),
+    "review": Rule(USER, "Codex reviews the uncommitted changes of the chat's thread; the findings are posted"),
+    "compact": Rule(USER, "Codex compacts the chat's thread (summarizes its history); confirmed when done"),
     "token": Rule(ADMIN, "node tokens: generate, list, revoke"),
     "user": Rule(ADMIN, "who may use the bot: add, remove, list"),
     "config_value_write": Rule(ADMIN, "write a Codex config value on the node (it can name programs codex runs)"),
@@ -53,6 +56,7 @@ BUTTONS: dict[Cb, Rule] = {
     Cb.THREAD_ARCHIVE: Rule(USER, "Archive a thread under /thread"),
     Cb.THREAD_UNARCHIVE: Rule(USER, "Unarchive a thread under /thread archived"),
     Cb.WIZARD: Rule(USER, "a step of the /thread start or fork wizard (node, sandbox, approvals, directory)"),
+    Cb.QUESTION: Rule(USER, "an option of a question Codex asks, in the chat it asks in"),
 }
 
 # Choices inside a command: who may pick them. A sandbox without limits lets codex do anything on the node.
@@ -60,7 +64,7 @@ CHOICES: dict[str, Rule] = {
     "sandbox danger-full-access": Rule(ADMIN, "the sandbox `danger-full-access` in the /thread wizard"),
 }
 
-TEXT = Rule(USER, "any other text: a Codex turn on the chat's node")
+TEXT = Rule(USER, "any other text: a Codex turn on the chat's node, or the answer to the question Codex asks there")
 OTHER = Rule(USER, "an unknown command, or a button the bot no longer knows: told so")
 
 

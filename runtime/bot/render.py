@@ -7,7 +7,7 @@ from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from runtime.protocol import ApprovalState, Decision, ErrorKind, ReadyState, kind_of, user_error_line
+from runtime.protocol import ApprovalState, Decision, ErrorKind, ReadyState, TaskAction, kind_of, user_error_line
 
 MAX_CALLBACK_DATA = 64  # Telegram's limit, in bytes
 
@@ -27,6 +27,7 @@ class Cb(StrEnum):
     WIZARD = "tw"               # a step of the /thread start or fork wizard
     APPROVE = "ap"
     STOP = "stop"
+    QUESTION = "qa"  # qa:<approval_id>:<question index>:<option index>
 
 
 DECISION_CODES = {Decision.ACCEPT: "a", Decision.ACCEPT_FOR_SESSION: "s", Decision.DECLINE: "d"}
@@ -57,6 +58,9 @@ HELP = """Codex Relay: drive Codex on your machines from here.
 /thread: list threads and continue one here; /thread start makes one in a directory you pick
 /thread current|read|fork|archive|unarchive|resume|new: more about threads (/thread help)
 /stop: stop the turn running in this chat (or tap Stop under it)
+/queue on|off: a message sent while a turn runs waits for it (on), or is added to it (off, the default)
+/review: Codex reviews the uncommitted changes in the thread's folder
+/compact: Codex summarizes the thread's history, to free its context
 /approve <approval_id> [session]: approve a pending request
 /decline <approval_id>: decline a pending request
 /config_value_write {"key_path": "...", "value": ...}: write a Codex config value on the node (admins)
@@ -75,6 +79,8 @@ USAGE = {
     "decline": "Usage: /decline <approval_id>\nDeclines a pending request; Codex is told and carries on without it.",
     "config_value_write": 'Usage: /config_value_write {"key_path": "model", "value": "gpt-5.5"}\n'
                           "Writes one value into the selected node's Codex config.",
+    "queue": "Usage: /queue on|off\non: a message sent while a turn runs waits, and runs right after it.\n"
+             "off (the default): it is added to the running turn, which takes it into account (steering).",
 }
 
 
@@ -229,7 +235,10 @@ def approval(a: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup | None]:
                                          callback(Cb.APPROVE, aid, DECISION_CODES[Decision.ACCEPT_FOR_SESSION]))]])
 
 
-def approval_outcome(original: str, state: str, decided_by: str | None, reason: str | None = None) -> str:
+def approval_outcome(original: str, state: str, decided_by: str | None, reason: str | None = None,
+                     question: bool = False) -> str:
+    if question:
+        return question_outcome(original, state, decided_by, reason)
     if state == ApprovalState.EXPIRED:
         return f"{original}\n\n⌛ Expired: nobody decided in time, so Codex was told decline."
     if state == ApprovalState.WITHDRAWN:
@@ -243,8 +252,43 @@ def already_decided(approval_id: str, error: str | None) -> str:
     return f"Already decided, nothing changed: {error or f'approval {approval_id} was decided earlier'}."
 
 
-def placeholder(node_id: str) -> str:
+def placeholder(node_id: str, action: TaskAction = TaskAction.TURN) -> str:
+    if action == TaskAction.REVIEW:
+        return f"⏳ Reviewing the uncommitted changes on {node_id}…"
+    if action == TaskAction.COMPACT:
+        return f"⏳ Compacting this chat's thread on {node_id}…"
     return f"⏳ Working on it on {node_id}…"
+
+
+def queued(node_id: str) -> str:
+    return (f"⏳ Queued on {node_id}: a turn is running in this chat, and this message runs right after it. "
+            "(/queue off adds messages to the running turn instead.)")
+
+
+STEERED = ("↪️ Added to the running turn: Codex takes this message into account there, and that turn's answer "
+           "answers both. (/queue on makes messages wait for the running turn instead.)")
+
+
+def queue_mode(on: bool, changed: bool = False) -> str:
+    head = "Queue mode is now" if changed else "Queue mode is"
+    if on:
+        return f"{head} on: a message sent while a turn runs waits, and runs right after it. /queue off to steer."
+    return (f"{head} off: a message sent while a turn runs is added to that turn (steering). /queue on to make "
+            "it wait instead.")
+
+
+def no_thread(node_id: str, action: TaskAction) -> str:
+    what = "review" if action == TaskAction.REVIEW else "compact"
+    return (f"This chat has no Codex thread on {node_id} yet, so there is nothing to {what}. Send a message to "
+            f"start one (or pick one with /thread), then /{action.value} again.")
+
+
+def review(text: str) -> str:
+    return f"🔍 Review of the uncommitted changes\n\n{text.strip() or 'Codex found nothing to report.'}"
+
+
+COMPACTED = ("🗜 Compacted: Codex summarized this thread's history to free its context; your next message goes on "
+             "from that summary.")
 
 
 STOPPED = "⏹ Stopped. Codex was interrupted; send a new message to go on (the thread keeps what was done so far)."
@@ -283,3 +327,56 @@ def answer_document(task_id: str) -> str:
 def answer_caption(chars: int, parts: int) -> str:
     return (f"The whole answer as a file: {chars:,} characters, which would take {parts} messages "
             "(the bot's answer_max_parts).")
+
+
+# ---- questions codex asks the user (an approval of kind `question`) --------------------------------
+
+def _questions(a: dict[str, Any]) -> list[dict[str, Any]]:
+    return [q for q in a.get("questions") or [] if isinstance(q, dict)]
+
+
+def takes_text(q: dict[str, Any]) -> bool:
+    """A question accepts a typed answer when codex allows one ("Other"), or offers no options to tap."""
+    return bool(q.get("isOther")) or not q.get("options")
+
+
+def question(a: dict[str, Any], answers: dict[str, list[str]],
+             closed: bool = False) -> tuple[str, InlineKeyboardMarkup | None]:
+    """Codex's questions: each with its options as buttons (until answered, or `closed`), and what was answered."""
+    asked = _questions(a)
+    lines = [f"❓ Codex asks on {a.get('node_id')}:"]
+    rows: list[list[tuple[str, str]]] = []
+    typed = None
+    for qi, q in enumerate(asked):
+        lines.append("")
+        lines.append(f"{q.get('header') or 'Question'}: {q.get('question') or ''}".strip())
+        given = answers.get(str(q.get("id")))
+        if given is not None:
+            lines.append(f"→ {', '.join(given)}")
+            continue
+        if closed:
+            lines += [f"• {o.get('label')}" for o in q.get("options") or []]
+            continue
+        for oi, option in enumerate(q.get("options") or []):
+            label, about = str(option.get("label") or f"option {oi + 1}"), option.get("description")
+            lines.append(f"• {label}" + (f": {about}" if about else ""))
+            if fits(Cb.QUESTION, a["approval_id"], str(qi), str(oi)):
+                rows.append([(label[:60], callback(Cb.QUESTION, a["approval_id"], str(qi), str(oi)))])
+        if typed is None and takes_text(q):
+            typed = q
+    if typed is not None:
+        about = typed.get("header") or "the question"
+        lines += ["", f"Tap an option, or send your answer as a message (it answers \"{about}\")."
+                  if typed.get("options") else "Send your answer as a message."]
+    return "\n".join(lines), keyboard(rows)
+
+
+def question_outcome(original: str, state: str, decided_by: str | None, reason: str | None = None) -> str:
+    if state == ApprovalState.EXPIRED:
+        return f"{original}\n\n⌛ Expired: nobody answered in time, so Codex went on without an answer."
+    if state == ApprovalState.WITHDRAWN:
+        why = f" ({reason})" if reason else ""
+        return f"{original}\n\n⏹ Withdrawn{why}: Codex no longer waits for this answer."
+    if state == ApprovalState.APPROVED:
+        return f"{original}\n\n✅ Answered by {decided_by or 'someone'}; Codex has the answer."
+    return f"{original}\n\n❌ Declined by {decided_by or 'someone'}: Codex got no answer."

@@ -22,7 +22,7 @@ from runtime.bot.manager_client import ManagerClient, MaybeDelivered
 from runtime.aiotasks import Background
 from runtime.backoff import Backoff
 from runtime.logfmt import log
-from runtime.protocol import Api, ErrorKind, RelayError, new_id, parse_kind
+from runtime.protocol import Api, ErrorKind, RelayError, TaskAction, new_id, parse_kind
 
 logger = logging.getLogger("codex_bot.turns")
 
@@ -40,6 +40,7 @@ class Turn:
     node_id: str
     trace_id: str
     message_id: int | None
+    action: TaskAction = TaskAction.TURN
     started: float = field(default_factory=time.monotonic)
     last_edit: float = field(default_factory=time.monotonic)
     shown: str = ""
@@ -58,13 +59,14 @@ class Turns:
         self.tasks = Background(logger)
         self._finished: OrderedDict[str, None] = OrderedDict()  # recent task_ids, so a late event is not shown twice
 
-    async def start(self, req: Req, node_id: str, text: str) -> None:
-        """Answer with the placeholder now; the turn itself runs in the background."""
+    async def start(self, req: Req, node_id: str, text: str, action: TaskAction = TaskAction.TURN) -> None:
+        """Answer with the placeholder now; the turn itself (or codex's review or compaction) runs in the background."""
         asked, task_id = time.monotonic(), new_id("task")
-        sent = await self.delivery.send(req.chat_id, render.placeholder(node_id), render.stop_button(task_id),
+        sent = await self.delivery.send(req.chat_id, render.placeholder(node_id, action), render.stop_button(task_id),
                                         trace_id=req.trace_id)
-        turn = Turn(task_id, req.chat_id, req.user_id, node_id, req.trace_id, sent.message_id if sent else None)
-        turn.shown = render.placeholder(node_id)
+        turn = Turn(task_id, req.chat_id, req.user_id, node_id, req.trace_id, sent.message_id if sent else None,
+                    action)
+        turn.shown = render.placeholder(node_id, action)
         self.active[turn.task_id] = turn
         log(logger, logging.INFO, "turn_started", chat_id=req.chat_id, user_id=req.user_id, node_id=node_id,
             task_id=turn.task_id, trace_id=req.trace_id, placeholder_ms=round((turn.started - asked) * 1000))
@@ -72,7 +74,8 @@ class Turns:
 
     async def _run(self, turn: Turn, text: str) -> None:
         deadline = turn.started + self.config.turn_timeout
-        body = {"chat_key": chat_key(turn.chat_id), "text": text, "node_id": turn.node_id, "task_id": turn.task_id}
+        body = {"chat_key": chat_key(turn.chat_id), "text": text, "node_id": turn.node_id, "task_id": turn.task_id,
+                "action": turn.action.value}
         lost, backoff = False, Backoff(RETRY_FIRST, 2.0, RETRY_CAP, jitter=0.2)
         while not turn.done:
             remaining = deadline - time.monotonic()
@@ -103,7 +106,8 @@ class Turns:
         turn = self.active.get(str(event.get("task_id")))
         if turn is None or turn.message_id is None:
             return
-        turn.latest = render.progress(turn.node_id, str(event.get("text") or ""), event.get("notice"))
+        turn.latest = (render.queued(turn.node_id) if event.get("queued") else
+                       render.progress(turn.node_id, str(event.get("text") or ""), event.get("notice")))
         await self._show_progress(turn)
 
     async def _show_progress(self, turn: Turn) -> None:
@@ -157,7 +161,13 @@ class Turns:
             self._finished.popitem(last=False)
 
     async def finish(self, turn: Turn, result: dict[str, Any]) -> None:
-        await self._final(turn, answer(result, self.config.answer_max_parts), ok=True)
+        if turn.action == TaskAction.COMPACT:
+            out = formatting.Answer([formatting.plain_part(render.COMPACTED)])
+        elif turn.action == TaskAction.REVIEW:
+            out = answer({**result, "text": render.review(str(result.get("text") or ""))}, self.config.answer_max_parts)
+        else:
+            out = answer(result, self.config.answer_max_parts)
+        await self._final(turn, out, ok=True)
 
     async def fail(self, turn: Turn, err: RelayError) -> None:
         failed = formatting.Answer([formatting.plain_part(render.failure("Codex turn", err.kind, err.error))])
@@ -195,6 +205,8 @@ class Turns:
 
 def answer(result: dict[str, Any], max_parts: int) -> formatting.Answer:
     """Codex's answer in Telegram-sized parts (or a document), then what the node refused for the user in the turn."""
+    if result.get("steered_into"):
+        return formatting.Answer([formatting.plain_part(render.STEERED)])  # the running turn's answer answers it
     out = formatting.answer(str(result.get("text") or ""), max_parts)
     if notes := [str(n) for n in result.get("notes") or []]:
         out = dataclasses.replace(out, parts=[*out.parts, formatting.plain_part(render.notes(notes)[:formatting.MAX_TEXT])])

@@ -22,7 +22,7 @@ from runtime.manager.keys import MANAGER
 from runtime.manager.sender import Sender
 from runtime.manager.service import Manager
 from runtime.manager.store import ROUTE_FIELDS, THREAD_SETTINGS
-from runtime.protocol import (MAX_BODY_BYTES, ROUTES, Api, ErrorKind, RelayError, Route, business_fail,
+from runtime.protocol import (MAX_BODY_BYTES, ROUTES, Api, ErrorKind, RelayError, Route, TaskAction, business_fail,
                               control_fail, encode_bytes, new_id)
 from runtime.protocol import api
 from runtime.protocol.wire import Hello, RpcOutcome, ThreadSettings, field_error
@@ -84,16 +84,26 @@ async def dispatch(mgr: Manager, body: api.DispatchBody, trace_id: str) -> dict[
 
 @handles("POST", Api.DISPATCH_TEXT)
 async def dispatch_text(mgr: Manager, body: api.DispatchTextBody, trace_id: str) -> dict[str, Any]:
-    chat = await mgr.store.chat(body.chat_key)
-    node_id = body.node_id or chat["node_id"]
+    node_id = body.node_id or (await mgr.store.chat(body.chat_key))["node_id"]
     if not node_id:
         raise RelayError(ErrorKind.INVALID_REQUEST,
                          "missing field `node_id`: pass it or select a node for this chat first")
+    # The chat's open tasks are read before its thread: a task that finishes in between has stored its thread.
+    still_open = await mgr.store.open_tasks(node_id, body.chat_key)
+    chat = await mgr.store.chat(body.chat_key)
     binding = chat["bindings"].get(node_id) or {}
+    thread_id = binding.get("thread_id")
     settings = ThreadSettings(**{k: binding[k] for k in THREAD_SETTINGS if k in binding}) if binding else None
+    # No thread yet, while the chat's earlier message is still open: that one is starting the thread to go on.
+    follows = still_open[-1]["task_id"] if thread_id is None and still_open else None
+    if body.action != TaskAction.TURN and thread_id is None and follows is None:
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"this chat has no Codex thread on {node_id} yet, so there is "
+                                                    f"nothing to {body.action.value}: send a message first")
+    steer = not chat["queue"] if body.steer is None else body.steer
     return await mgr.dispatch(node_id, body.text, body.timeout, trace_id, task_id=body.task_id,
-                              chat_key=body.chat_key, thread_id=binding.get("thread_id"), model=chat["model"],
-                              effort=chat["effort"], settings=settings)
+                              chat_key=body.chat_key, thread_id=thread_id, model=chat["model"],
+                              effort=chat["effort"], settings=settings, action=body.action, steer=steer,
+                              follows=follows)
 
 
 @handles("POST", Api.APPSERVER)
@@ -114,7 +124,8 @@ async def approvals(mgr: Manager, q: api.ApprovalsQuery, trace_id: str) -> dict[
 
 @handles("POST", Api.APPROVALS_DECIDE)
 async def decide(mgr: Manager, body: api.DecideBody, trace_id: str) -> dict[str, Any]:
-    return ok(**await mgr.decide(body.approval_id, body.decision, body.decided_by, body.chat_key, body.admin))
+    return ok(**await mgr.decide(body.approval_id, body.decision, body.decided_by, body.chat_key, body.admin,
+                                 body.answers))
 
 
 @handles("POST", Api.TOKENS)

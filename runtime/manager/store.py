@@ -74,11 +74,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE threads ADD COLUMN sandbox TEXT;
     ALTER TABLE threads ADD COLUMN approval_policy TEXT;
     """,
+    # Per chat: a message sent while a turn runs waits and runs next (1), or is added to that turn (0, the default).
+    """
+    ALTER TABLE chat_routes ADD COLUMN queue INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 # The final states as SQL, written exactly as the partial indexes above have them, so SQLite uses those indexes.
 FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 assert FINAL_SQL == "('cancelled', 'done', 'failed')", "a new final state needs a migration of the partial indexes"
-ROUTE_FIELDS = ("node_id", "model", "effort")
+ROUTE_FIELDS = ("node_id", "model", "effort", "queue")
 THREAD_SETTINGS = ("cwd", "sandbox", "approval_policy")
 
 
@@ -247,8 +251,9 @@ class Store:
 
     # ---- chats and threads -----------------------------------------------------------------
     async def chat(self, chat_key: str) -> dict[str, Any]:
-        rows = await self.query("SELECT node_id, model, effort FROM chat_routes WHERE chat_key = ?", (chat_key,))
+        rows = await self.query(f"SELECT {', '.join(ROUTE_FIELDS)} FROM chat_routes WHERE chat_key = ?", (chat_key,))
         route = rows[0] if rows else dict.fromkeys(ROUTE_FIELDS)
+        route["queue"] = bool(route["queue"])
         threads = await self.query(f"SELECT node_id, thread_id, {', '.join(THREAD_SETTINGS)} FROM threads "
                                    "WHERE chat_key = ?", (chat_key,))
         bindings = {t.pop("node_id"): {k: v for k, v in t.items() if v is not None} for t in threads}
@@ -256,8 +261,8 @@ class Store:
                 "bindings": bindings}
 
     async def update_chat(self, chat_key: str, fields: dict[str, Any]) -> None:
-        """Set the chat's node, model and/or effort; `thread_id` (None = start fresh) binds a thread on its node,
-        with the settings in `fields` (absent ones are the node's defaults)."""
+        """Set the chat's node, model, effort and/or queue mode; `thread_id` (None = start fresh) binds a thread on
+        its node, with the settings in `fields` (absent ones are the node's defaults)."""
         now = time.time()
         async with self.tx("update_chat") as db:
             await db.execute("INSERT INTO chat_routes (chat_key, updated_at) VALUES (?, ?) "
@@ -352,9 +357,11 @@ class Store:
                 "withdrawn_approvals": [r["approval_id"] for r in withdrawn]}
 
     async def open_tasks(self, node_id: str | None = None, chat_key: str | None = None) -> list[dict[str, Any]]:
+        """Tasks not yet final, oldest first."""
         sql = f"SELECT task_id, trace_id, node_id, chat_key, state, deadline FROM tasks WHERE state NOT IN {FINAL_SQL}"
         where = {k: v for k, v in (("node_id", node_id), ("chat_key", chat_key)) if v}
-        return await self.query(sql + "".join(f" AND {k} = ?" for k in where), tuple(where.values()))
+        return await self.query(sql + "".join(f" AND {k} = ?" for k in where) + " ORDER BY created_at",
+                                tuple(where.values()))
 
     # ---- numbered events --------------------------------------------------------------------
     async def add_event(self, event: EventFrame) -> bytes:

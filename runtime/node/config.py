@@ -44,7 +44,12 @@ class NodeConfig:
     task_timeout: Annotated[float, setting("seconds one task may run", gt=0)] = 300.0
     drain_timeout: Annotated[float, setting("seconds a stopping node (SIGTERM) lets running turns finish before "
                                             "it interrupts them", ge=0)] = 60.0
-    approval_timeout: Annotated[float, setting("seconds an approval request waits for a decision", gt=0)] = 120.0
+    approval_timeout: Annotated[float, setting("seconds an approval request (or a question codex asks) waits for the "
+                                               "user", gt=0)] = 120.0
+    # codex 0.171 offers its request_user_input tool outside Plan mode only with this feature of its own on.
+    user_questions: Annotated[bool, setting("let codex ask the chat's user questions mid-turn (options as buttons, "
+                                            "or a typed answer): starts codex with its feature "
+                                            "default_mode_request_user_input on")] = True
     rpc_timeout: Annotated[float, setting("seconds one app-server call may take", gt=0)] = 30.0
     heartbeat_interval: Annotated[float, setting("seconds between heartbeats to the manager", gt=0)] = 5.0
     # If the manager stops answering heartbeats for this long, the link is presumed dead.

@@ -8,7 +8,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from runtime.node.config import NodeConfig
 from runtime.node import roots
 from runtime.node.link import ManagerLink
 from runtime.node.readiness import Monitor
-from runtime.protocol import ErrorKind, RelayError, TaskState, final_state
+from runtime.protocol import ErrorKind, RelayError, TaskAction, TaskState, final_state
 from runtime.protocol import wire
 from runtime.protocol.wire import TaskOutcome, failed_task
 
@@ -46,6 +47,12 @@ class Turn:
     notes: list[str] = field(default_factory=list)  # requests the node refused for the user (refusals.py)
     thread_id: str | None = None
     turn_id: str | None = None
+    # The turn codex runs now, as turn/started names it: a review runs as a turn of its own under turn_id (the id
+    # its result and turn/completed carry), and only this one can be interrupted.
+    active_id: str | None = None
+    action: TaskAction = TaskAction.TURN
+    compacted: bool = False      # codex completed the thread's compaction item (action compact)
+    begun: asyncio.Event = field(default_factory=asyncio.Event)  # its turn_id is known, or it is over
     generation: int = 0          # the codex child that runs it: only that one can interrupt it
     starting: bool = False       # turn/start was sent: from here on, a stop goes through codex
     stop_requested: bool = False  # the user stopped it: an interrupted end is `cancelled`, not a failure
@@ -63,6 +70,8 @@ class Task:
     runner: asyncio.Task[None] | None = None
     stopped: RelayError | None = None  # why its runner was cancelled: the manager's timeout, a drain, a stop
     turn: Turn | None = None
+    # The thread it runs on, once known; None if it ended without one. A task that follows it runs there too.
+    thread: asyncio.Future[str | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 def classify(turn: dict[str, Any], errors: list[dict[str, Any]]) -> RelayError:
@@ -106,6 +115,7 @@ class Runner:
         self.tasks: OrderedDict[str, Task] = OrderedDict()
         self.turns: dict[str, Turn] = {}             # by thread_id: one turn per thread at a time
         self.locks: dict[str, asyncio.Lock] = {}
+        self.waiting: Counter[str] = Counter()       # tasks waiting for a thread's running turn to end, by thread
         self.loaded: dict[str, int] = {}              # thread_id -> app-server generation that loaded it
         self.approvals = Approvals(config, link, self.turns.get)
         self.draining = False
@@ -235,6 +245,9 @@ class Runner:
         finally:
             if turn.turn_id is not None and not turn.done.done():
                 await self._interrupt(turn)
+            turn.begun.set()
+            if not task.thread.done():
+                task.thread.set_result(None)
         # An approval still open has nobody waiting on it: closed as withdrawn, and codex gets no late answer.
         self.approvals.turn_ended(turn, "the turn was stopped" if result.error_kind == ErrorKind.CANCELLED
                                   else f"the turn ended ({result.error_kind or 'done'}) before anyone decided")
@@ -277,40 +290,106 @@ class Runner:
 
     async def _turn(self, task: Task, turn: Turn, msg: wire.TaskAssign) -> TaskOutcome:
         await self.readiness.admit()  # a node that cannot run turns says why now, not at the deadline
-        place = self._place(msg.settings)
-        thread_id = msg.thread_id or await self._start_thread(msg, place)
+        thread_id = await self._thread_of(task, msg)
+        if msg.steer and msg.action == TaskAction.TURN and (steered := await self._steer(task, thread_id, msg)):
+            return steered
+        lock = self.locks.setdefault(thread_id, asyncio.Lock())
+        if lock.locked():
+            # The chat queues: a turn runs on this thread, and this one runs right after it. The user is told.
+            self.link.tasks.spawn(self.link.send(wire.TaskProgress(task_id=task.task_id, chat_key=msg.chat_key,
+                                                                   queued=True)), "progress")
+            log(logger, logging.INFO, "task_queued", node_id=self.config.node_id, task_id=task.task_id,
+                trace_id=turn.trace_id, thread_id=thread_id)
+        with self._waiting_on(thread_id):
+            await lock.acquire()
+        try:
+            return await self._on_thread(task, turn, msg, thread_id)
+        finally:
+            lock.release()
+
+    async def _thread_of(self, task: Task, msg: wire.TaskAssign) -> str:
+        """The thread the task runs on: the chat's; the one the chat's previous task is starting (`follows`); or,
+        for a turn, a new one."""
+        thread_id = msg.thread_id
+        if thread_id is None and msg.follows and (prior := self.tasks.get(msg.follows)) is not None:
+            thread_id = await asyncio.shield(prior.thread)  # None: it ended before it had a thread
+        if thread_id is None:
+            if msg.action != TaskAction.TURN:
+                raise RelayError(ErrorKind.INVALID_REQUEST, f"this chat has no Codex thread yet, so there is nothing "
+                                                            f"to {msg.action.value}: send a message first")
+            thread_id = await self._start_thread(msg, self._place(msg.settings))
         msg.thread_id = thread_id
-        async with self.locks.setdefault(thread_id, asyncio.Lock()):
-            task.state = TaskState.RUNNING
-            await self.link.send(wire.TaskStateReport(task_id=task.task_id, state=task.state.value))
-            if self.loaded.get(thread_id) != self.app.generation:
-                thread_id = msg.thread_id = await self._resume(msg, thread_id, place)
-            self.turns[thread_id] = turn
-            turn.thread_id, turn.generation = thread_id, self.app.generation
-            try:
-                params: dict[str, Any] = {"threadId": thread_id, "input": [
-                    {"type": "text", "text": msg.prompt, "text_elements": []}]}
-                if msg.model:
-                    params["model"] = msg.model
-                if msg.effort:
-                    params["effort"] = msg.effort
-                turn.starting = True
-                started = await self.app.request("turn/start", params, self.config.rpc_timeout)
-                turn.turn_id = started["turn"]["id"]
-                log(logger, logging.INFO, "turn_started", node_id=self.config.node_id, task_id=task.task_id,
-                    trace_id=turn.trace_id, thread_id=thread_id, turn_id=turn.turn_id)
-                if turn.stop_requested:  # stopped while turn/start was on its way
-                    await self._interrupt(turn)
-                done = await self._until_done(turn, turn.generation)
-            finally:
-                self.turns.pop(thread_id, None)
+        task.thread.set_result(thread_id)
+        return thread_id
+
+    @contextlib.contextmanager
+    def _waiting_on(self, thread_id: str) -> Iterator[None]:
+        self.waiting[thread_id] += 1
+        try:
+            yield
+        finally:
+            self.waiting[thread_id] -= 1
+            if not self.waiting[thread_id]:
+                del self.waiting[thread_id]
+
+    async def _steer(self, task: Task, thread_id: str, msg: wire.TaskAssign) -> TaskOutcome | None:
+        """Add the prompt to the chat's turn running on the thread (turn/steer); None when no running turn took it
+        (none runs, another chat's does, it is ending or being stopped, another task waits for it), so the prompt
+        runs as its own turn."""
+        turn = self.turns.get(thread_id)
+        if turn is None or turn.chat_key != msg.chat_key or self.waiting.get(thread_id) or \
+                turn.action != TaskAction.TURN:
+            return None
+        with contextlib.suppress(TimeoutError):  # turn/start may still be on its way: its id comes a moment later
+            await asyncio.wait_for(turn.begun.wait(), self.config.rpc_timeout)
+        if turn.turn_id is None or turn.done.done() or turn.stop_requested or turn.generation != self.app.generation:
+            return None
+        params = {"threadId": thread_id, "expectedTurnId": turn.turn_id,
+                  "input": [{"type": "text", "text": msg.prompt, "text_elements": []}]}
+        try:
+            await self.app.request("turn/steer", params, self.config.rpc_timeout)
+        except RelayError as err:
+            if err.kind != ErrorKind.APPSERVER_ERROR:
+                # No answer: codex may have taken the input, so running it again could run it twice.
+                raise RelayError(ErrorKind.APPSERVER_ERROR, f"codex did not confirm adding the message to the "
+                                 f"running turn ({err.error}); it may have reached that turn, so it was not run "
+                                 "again") from None
+            # codex said no (that turn ended just now): it did not take the input, which runs on its own next.
+            log(logger, logging.INFO, "steer_refused", node_id=self.config.node_id, task_id=task.task_id,
+                into=turn.task_id, error=err.error)
+            return None
+        log(logger, logging.INFO, "task_steered", node_id=self.config.node_id, task_id=task.task_id,
+            trace_id=msg.trace_id, into=turn.task_id, thread_id=thread_id, turn_id=turn.turn_id)
+        return TaskOutcome(ok=True, steered_into=turn.task_id, thread_id=thread_id, turn_id=turn.turn_id)
+
+    async def _on_thread(self, task: Task, turn: Turn, msg: wire.TaskAssign, thread_id: str) -> TaskOutcome:
+        """The task's turn, holding its thread: no other turn of this node runs there meanwhile."""
+        task.state = TaskState.RUNNING
+        await self.link.send(wire.TaskStateReport(task_id=task.task_id, state=task.state.value))
+        if self.loaded.get(thread_id) != self.app.generation:
+            thread_id = msg.thread_id = await self._resume(msg, thread_id, self._place(msg.settings))
+        self.turns[thread_id] = turn
+        turn.thread_id, turn.generation, turn.action = thread_id, self.app.generation, msg.action
+        try:
+            turn.starting = True
+            await self._start(turn, msg)
+            log(logger, logging.INFO, "turn_started", node_id=self.config.node_id, task_id=task.task_id,
+                trace_id=turn.trace_id, thread_id=thread_id, turn_id=turn.turn_id, action=msg.action.value)
+            if turn.stop_requested:  # stopped while turn/start was on its way
+                await self._interrupt(turn)
+            done = await self._until_done(turn, turn.generation)
+        finally:
+            self.turns.pop(thread_id, None)
         if done.get("status") == "interrupted" and turn.stop_requested:
             return failed_task(RelayError(ErrorKind.CANCELLED, "stopped at the user's request"), thread_id=thread_id,
                                turn_id=turn.turn_id)
         if done.get("status") == "completed":
             if turn.approvals_expired:
                 return failed_task(RelayError(ErrorKind.APPROVAL_TIMEOUT), thread_id=thread_id, turn_id=turn.turn_id,
-                                text=_final_text(turn, done))
+                                   text=_final_text(turn, done))
+            if msg.action == TaskAction.COMPACT and not turn.compacted:
+                return failed_task(RelayError(ErrorKind.APPSERVER_ERROR, "codex ended the compaction turn without "
+                                              "compacting the thread"), thread_id=thread_id, turn_id=turn.turn_id)
             return TaskOutcome(ok=True, text=_final_text(turn, done), thread_id=thread_id, turn_id=turn.turn_id)
         return failed_task(classify(done, turn.errors), thread_id=thread_id, turn_id=turn.turn_id)
 
@@ -359,6 +438,28 @@ class Runner:
                 self.loaded[thread["id"]] = self.app.generation
         elif method == "thread/archive" and isinstance(params, dict):
             self.loaded.pop(str(params.get("threadId")), None)
+    async def _start(self, turn: Turn, msg: wire.TaskAssign) -> None:
+        """Ask codex for the task's turn; its turn_id is known when this returns."""
+        thread_id = turn.thread_id
+        if msg.action == TaskAction.COMPACT:
+            # thread/compact/start answers {}: the compaction's turn is named by the turn/started that follows.
+            await self.app.request("thread/compact/start", {"threadId": thread_id}, self.config.rpc_timeout)
+            await asyncio.wait_for(turn.begun.wait(), self.config.rpc_timeout)
+            return
+        params: dict[str, Any]
+        if msg.action == TaskAction.REVIEW:
+            method, params = "review/start", {"threadId": thread_id, "target": {"type": "uncommittedChanges"},
+                                              "delivery": "inline"}
+        else:
+            method, params = "turn/start", {"threadId": thread_id, "input": [
+                {"type": "text", "text": msg.prompt, "text_elements": []}]}
+            if msg.model:
+                params["model"] = msg.model
+            if msg.effort:
+                params["effort"] = msg.effort
+        started = await self.app.request(method, params, self.config.rpc_timeout)
+        turn.turn_id = started["turn"]["id"]
+        turn.begun.set()
 
     async def _until_done(self, turn: Turn, generation: int) -> dict[str, Any]:
         """Wait for turn/completed, or fail if the app-server that runs the turn dies."""
@@ -381,7 +482,8 @@ class Runner:
         if self.app.generation != turn.generation or not self.app.ready.is_set():
             return False
         try:
-            await self.app.request("turn/interrupt", {"threadId": turn.thread_id, "turnId": turn.turn_id}, 2)
+            await self.app.request("turn/interrupt", {"threadId": turn.thread_id,
+                                                      "turnId": turn.active_id or turn.turn_id}, 2)
             return True
         except RelayError:
             return False
@@ -406,6 +508,13 @@ class Runner:
         elif method == "item/completed" and (params.get("item") or {}).get("type") == "agentMessage":
             turn.messages.append(params["item"].get("text", ""))
             turn.text = ""
+        elif method == "item/completed" and (params.get("item") or {}).get("type") == "contextCompaction":
+            turn.compacted = True
+        elif method == "turn/started" and turn.starting:
+            turn.active_id = str((params.get("turn") or {}).get("id") or "") or None
+            if turn.turn_id is None:  # a compaction's turn is named only here
+                turn.turn_id = turn.active_id
+                turn.begun.set()
         elif method == "error":
             turn.errors.append(params)
             self._codex_error(turn, params)

@@ -13,7 +13,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from runtime.protocol.kinds import ERROR_KINDS
-from runtime.protocol.states import ApprovalState, Decision
+from runtime.protocol.states import ApprovalState, Decision, TaskAction
 from runtime.protocol.wire import (ApprovalPolicy, Failure, PendingApproval, Readiness, RpcOutcome, SandboxMode,
                                    TaskOutcome, ThreadSettings)
 
@@ -87,11 +87,16 @@ class DispatchBody(Body):
 
 
 class DispatchTextBody(Body):
+    """`action` review or compact runs codex's own turn on the chat's thread (`text` is what the user typed, kept
+    with the task). `steer`: while a turn runs on the thread, true adds the text to it (turn/steer), false queues
+    it to run next; absent follows the chat's setting (`queue`, default steer)."""
     chat_key: Id
     text: Text
     node_id: Id | None = None
     timeout: Timeout = 300.0
     task_id: Id | None = None
+    action: TaskAction = TaskAction.TURN
+    steer: bool | None = None
 
 
 class AppserverBody(Body):
@@ -122,6 +127,8 @@ class DecideBody(Body):
     decided_by: Annotated[str, Meta(max_length=256)] = "api"
     chat_key: Id | None = None
     admin: bool = False
+    # A question (kind `question`) is answered with `accept` and an answer for each of its questions, by id.
+    answers: dict[str, list[Annotated[str, Meta(max_length=4000)]]] | None = None
 
 
 class TokenBody(Body):
@@ -139,7 +146,8 @@ class ChatRef(Body):
 
 class ChatSelectBody(Body):
     """Absent leaves a field as it is. `thread_id` binds a thread on the chat's node (null: the next message starts
-    a new one) with the settings it works with; settings absent beside a thread_id are the node's defaults."""
+    a new one) with the settings it works with; settings absent beside a thread_id are the node's defaults. `queue`
+    true makes a message sent while a turn runs wait and run next; false (the default) adds it to the running turn."""
     chat_key: Id
     node_id: Id | UnsetType = UNSET
     model: Id | None | UnsetType = UNSET
@@ -148,6 +156,7 @@ class ChatSelectBody(Body):
     cwd: Annotated[str, Meta(min_length=1, max_length=4096)] | None | UnsetType = UNSET
     sandbox: SandboxMode | None | UnsetType = UNSET
     approval_policy: ApprovalPolicy | None | UnsetType = UNSET
+    queue: bool | UnsetType = UNSET
 
 
 class TasksQuery(Body):
@@ -260,6 +269,7 @@ class ChatReply(Reply):
     effort: str | None
     threads: dict[str, str]  # node_id -> the chat's thread there
     bindings: dict[str, Binding]  # the same, with each thread's settings
+    queue: bool = False
 
 
 class TaskRow(msgspec.Struct, kw_only=True):

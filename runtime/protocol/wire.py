@@ -14,16 +14,19 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from runtime.protocol.kinds import ErrorKind, RelayError
-from runtime.protocol.states import Decision, ReadyState
+from runtime.protocol.states import Decision, ReadyState, TaskAction
 
 # 3 adds a node's readiness (in its register frame, and the `readiness` frame whenever it changes), and the node's
-# token on its WebSocket upgrade request (NODE_AUTH_HEADER).
-PROTOCOL_VERSION: Final = 3
+# token on its WebSocket upgrade request (NODE_AUTH_HEADER). 4 adds the chat's session: steering a running turn,
+# task actions (review, compact), and codex's questions to the user (an approval of kind `question`).
+PROTOCOL_VERSION: Final = 4
 # The oldest node protocol this manager still serves: 1 differs only in the register frame's `protocol` default,
 # 2 in sending no readiness (such a node's readiness is `unknown`) and its token in the register frame only.
 MIN_NODE_PROTOCOL: Final = 1
 # The first protocol whose nodes send `readiness` frames, and whose managers take them.
 READINESS_PROTOCOL: Final = 3
+# The first protocol whose nodes steer turns and run task actions, and whose managers relay codex's questions.
+SESSION_PROTOCOL: Final = 4
 # Frames above this are refused by both ends: a turn's text is small, a bigger frame is abuse.
 MAX_FRAME_BYTES: Final = 1 << 20
 # A node (protocol 3) sends `Bearer <node token>` here on its WebSocket upgrade request. A socket whose request
@@ -110,6 +113,9 @@ class TaskOutcome(Failure, kw_only=True):
     # What the node answered codex on the user's behalf during the turn (a request it cannot relay yet, and
     # refused), for the user to read with the answer.
     notes: list[str] | None = None
+    # The prompt joined the chat's running turn (turn/steer) instead of running on its own: that task's answer is
+    # the answer to both, and this task ends done with no text of its own.
+    steered_into: str | None = None
 
 
 class RpcOutcome(Failure, kw_only=True):
@@ -179,6 +185,8 @@ class TaskProgress(Frame, tag=Msg.TASK_PROGRESS.value, kw_only=True):
     text: str = ""
     # codex's latest retry notice in this turn, e.g. "reconnecting 2/5: unexpected status 503 ..."
     notice: str | None = None
+    # The task waits for the turn running on its thread to end, and runs right after it (the chat queues).
+    queued: bool = False
 
 
 class TaskResult(Frame, tag=Msg.TASK_RESULT.value, kw_only=True):
@@ -198,9 +206,9 @@ class AppserverResponse(Frame, tag=Msg.APPSERVER_RESPONSE.value, kw_only=True):
 
 
 class ApprovalFields(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """What codex asks to be approved, and for which task and chat."""
+    """What codex asks to be approved (or asks the user), and for which task and chat."""
     approval_id: Id
-    kind: str  # "command" or "file_change"
+    kind: str  # an ApprovalKind: "command", "file_change", or "question" (item/tool/requestUserInput; protocol 4)
     task_id: str | None = None
     trace_id: str | None = None
     chat_key: str | None = None
@@ -209,6 +217,8 @@ class ApprovalFields(msgspec.Struct, omit_defaults=True, kw_only=True):
     cwd: str | None = None
     reason: str | None = None
     changes: Any = None
+    # kind `question`: codex's questions as its schema gives them (id, header, question, options, isOther, isSecret)
+    questions: Any = None
 
 
 class ApprovalRequest(ApprovalFields, Frame, tag=Msg.APPROVAL_REQUEST.value, kw_only=True):
@@ -274,6 +284,12 @@ class TaskAssign(Frame, tag=Msg.TASK_ASSIGN.value, kw_only=True):
     model: str | None = None
     effort: str | None = None  # a reasoning effort model/list offers for the model (turn/start's `effort`)
     settings: ThreadSettings | None = None
+    # Protocol 4; a node of an earlier release ignores them (it queues, and the manager sends it no action).
+    action: TaskAction = TaskAction.TURN
+    steer: bool = False  # a turn running on the thread takes the prompt (turn/steer); else it runs after that turn
+    # The chat's task sent to this node before this one, still open then: this one runs on that task's thread when
+    # the manager knew none yet (the first turn of a chat is still starting its thread).
+    follows: str | None = None
 
 
 class TaskCancel(Frame, tag=Msg.TASK_CANCEL.value, kw_only=True):
@@ -301,6 +317,7 @@ class AppserverRequest(Frame, tag=Msg.APPSERVER_REQUEST.value, kw_only=True):
 class ApprovalDecision(Frame, tag=Msg.APPROVAL_DECISION.value, kw_only=True):
     approval_id: Id
     decision: Decision
+    answers: dict[str, list[str]] | None = None  # a question's answers, by question id (decision accept)
 
 
 class ErrorReply(Failure, Frame, tag=Msg.ERROR.value, kw_only=True):
@@ -347,6 +364,7 @@ class TaskProgressEvent(EventFrame, tag=Event.TASK_PROGRESS.value, kw_only=True)
     chat_key: str | None = None
     text: str = ""
     notice: str | None = None
+    queued: bool = False
 
 
 class TaskResultEvent(EventFrame, tag=Event.TASK_RESULT.value, kw_only=True):

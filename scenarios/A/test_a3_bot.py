@@ -350,7 +350,7 @@ def probes(label: str) -> list[tuple[str, str]]:
         arg = {"node:": NODE, "model:": "gpt-5.5", "thread:": "new", "ap:": f"{new_id('appr')}:a",
                "stop:": new_id("task"), "eff:": "high", "tstart:": "x", "tread:": new_id("thr"),
                "tfork:": new_id("thr"), "tarch:": new_id("thr"), "tunarch:": new_id("thr"),
-               "tw:": "gone:node:0"}[prefix]
+               "tw:": "gone:node:0", "qa:": f"{new_id('appr')}:0:0"}[prefix]
         return [("press", prefix + arg)]
     if label.startswith("choice "):
         # A choice inside a command's flow, which needs a node and a wizard: P1-03 (scenarios/C/test_p1_threads.py)
