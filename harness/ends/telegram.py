@@ -4,6 +4,7 @@ Every read waits on the fake's long-poll (`wait=`), so no scenario sleeps to see
 """
 from __future__ import annotations
 
+import base64
 import time
 from typing import Any
 
@@ -20,6 +21,14 @@ class TelegramUser:
         """Type a message; returns the call sequence number to read replies after."""
         since = await self.tg.last_seq()
         await self.tg.post("message", {"chat_id": self.chat_id, "user_id": self.user_id, "text": text})
+        return since
+
+    async def upload(self, kind: str, data: bytes, caption: str = "", **spec: Any) -> int:
+        """Send a document, photo or voice note (`kind`) with a caption; `spec`: file_name, mime_type, width, ...
+        Returns the call sequence number to read replies after."""
+        since = await self.tg.last_seq()
+        await self.tg.post("message", {"chat_id": self.chat_id, "user_id": self.user_id, "caption": caption,
+                                       kind: {"data": base64.b64encode(data).decode(), **spec}})
         return since
 
     async def tap(self, message_id: int, data: str) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import re
@@ -35,7 +37,7 @@ ECHO_CMD = "echo relay-approved"
 JSON_CT = "application/json"
 BEHAVIORS = frozenset(
     ("reply", "history", "whoami", "approve", "patch", "elicit", "drop", "eof", "hang", "http500", "http", "failed",
-     "slow", "markdown", "long_markdown")
+     "slow", "markdown", "long_markdown", "images")
 )
 # `[[mock:http=CODE]]`: the provider answers every request with that status and OpenAI's error body for it, the
 # way a real provider refuses a missing key (401), a rate limit (429) or an outage (5xx).
@@ -152,6 +154,20 @@ def _whoami(body: Json, items: list[Any]) -> str:
             f"approval: {found['approval']}")
 
 
+def _images(user: Json | None) -> str:
+    """`images: N` and, per image, its media type, size and SHA-256 prefix, as the model received it."""
+    parts = user.get("content") if isinstance(user, dict) else None
+    urls = [p.get("image_url") for p in parts if isinstance(p, dict) and p.get("type") == "input_image"] \
+        if isinstance(parts, list) else []
+    seen = []
+    for url in urls:
+        head, _, data = str(url).partition(",")
+        raw = base64.b64decode(data) if head.endswith(";base64") else b""
+        seen.append(f"{head.removeprefix('data:').removesuffix(';base64')} {len(raw)} bytes "
+                    f"sha256 {hashlib.sha256(raw).hexdigest()[:16]}")
+    return f"images: {len(urls)}" + "".join(f"; {s}" for s in seen)
+
+
 def _sse(kind: str, **data: Any) -> bytes:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
 
@@ -231,6 +247,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
         text = f"history: {sum(map(_is_real_user, items))} user messages"
     elif name == "whoami":
         text = _whoami(body, items)
+    elif name == "images":  # what images the user's message carried, as codex sent them (input_image data URLs)
+        text = _images(user)
     elif name == "markdown":  # an answer in Markdown with hostile text (harness/ends/answers.py)
         text = rich_markdown(key)
     elif name == "long_markdown":

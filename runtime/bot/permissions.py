@@ -35,6 +35,8 @@ COMMANDS: dict[str, Rule] = {
     "approve": Rule(USER, "approve a request posted in this chat (an admin: in any chat)"),
     "decline": Rule(USER, "decline a request posted in this chat (an admin: in any chat)"),
     "stop": Rule(USER, "stop the chat's running turn (an admin: any chat's, by its Stop button)"),
+    "file": Rule(USER, "a file from the thread's working directory, as a document"),
+    "diff": Rule(USER, "the thread's working-tree diff, as a .patch document"),
     "token": Rule(ADMIN, "node tokens: generate, list, revoke"),
     "user": Rule(ADMIN, "who may use the bot: add, remove, list"),
     "config_value_write": Rule(ADMIN, "write a Codex config value on the node (it can name programs codex runs)"),
@@ -61,6 +63,8 @@ CHOICES: dict[str, Rule] = {
 }
 
 TEXT = Rule(USER, "any other text: a Codex turn on the chat's node")
+MEDIA = Rule(USER, "a document or photo: saved in the thread's uploads folder on the chat's node; a photo, or a "
+                   "caption, starts a Codex turn")
 OTHER = Rule(USER, "an unknown command, or a button the bot no longer knows: told so")
 
 
@@ -69,7 +73,7 @@ def table() -> str:
     rows = [(f"`/{name}`", rule) for name, rule in COMMANDS.items()]
     rows += [(f"button `{prefix.value}:`", rule) for prefix, rule in BUTTONS.items()]
     rows += [(f"choice `{name}`", rule) for name, rule in CHOICES.items()]
-    rows += [("text", TEXT), ("other", OTHER)]
+    rows += [("text", TEXT), ("document or photo", MEDIA), ("other", OTHER)]
     lines = ["| command or button | stranger | user | admin | what |", "|---|---|---|---|---|"]
     for label, rule in rows:
         lines.append(f"| {label} | {' | '.join('yes' if role >= rule.who else 'no' for role in Role)} | {rule.what} |")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -278,6 +279,7 @@ class Runner:
     async def _turn(self, task: Task, turn: Turn, msg: wire.TaskAssign) -> TaskOutcome:
         await self.readiness.admit()  # a node that cannot run turns says why now, not at the deadline
         place = self._place(msg.settings)
+        images = self._images(msg.images)  # refused before codex starts anything
         thread_id = msg.thread_id or await self._start_thread(msg, place)
         msg.thread_id = thread_id
         async with self.locks.setdefault(thread_id, asyncio.Lock()):
@@ -289,7 +291,7 @@ class Runner:
             turn.thread_id, turn.generation = thread_id, self.app.generation
             try:
                 params: dict[str, Any] = {"threadId": thread_id, "input": [
-                    {"type": "text", "text": msg.prompt, "text_elements": []}]}
+                    {"type": "text", "text": msg.prompt, "text_elements": []}, *images]}
                 if msg.model:
                     params["model"] = msg.model
                 if msg.effort:
@@ -313,6 +315,21 @@ class Runner:
                                 text=_final_text(turn, done))
             return TaskOutcome(ok=True, text=_final_text(turn, done), thread_id=thread_id, turn_id=turn.turn_id)
         return failed_task(classify(done, turn.errors), thread_id=thread_id, turn_id=turn.turn_id)
+
+    def _images(self, images: list[str] | None) -> list[dict[str, Any]]:
+        """codex's `localImage` inputs for the user's images: each must be a file inside the node's allowed roots
+        (they are uploads, saved by runtime/node/files.py), judged on its real path."""
+        out = []
+        for path in images or ():
+            try:
+                real = os.path.realpath(path, strict=True)
+            except (OSError, ValueError):
+                raise RelayError(ErrorKind.NOT_FOUND, f"the image {path} is not on the node (any more)") from None
+            if roots.within(real, self.config.allowed_roots) is None or not os.path.isfile(real):
+                raise RelayError(ErrorKind.PATH_NOT_ALLOWED, f"the image {path} is not a file inside the node's "
+                                                             f"allowed roots ({', '.join(self.config.allowed_roots)})")
+            out.append({"type": "localImage", "path": real})
+        return out
 
     def _place(self, settings: wire.ThreadSettings | None) -> dict[str, Any]:
         """thread/start's and thread/resume's settings: the chat's choice, else the node's; a chosen cwd is checked

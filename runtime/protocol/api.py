@@ -39,6 +39,9 @@ class Api(StrEnum):
     TASKS = "/api/tasks"
     TASKS_STOP = "/api/tasks/stop"
     USERS = "/api/users"
+    FILES_GET = "/api/files/get"
+    FILES_PUT = "/api/files/put"
+    FILES_DIFF = "/api/files/diff"
 
 
 MAX_BODY_BYTES: Final = 1 << 20
@@ -92,6 +95,8 @@ class DispatchTextBody(Body):
     node_id: Id | None = None
     timeout: Timeout = 300.0
     task_id: Id | None = None
+    # Uploads on the node (FILES_PUT's `path`) that codex gets as `localImage` input with the text.
+    images: Annotated[list[Annotated[str, Meta(min_length=1, max_length=4096)]], Meta(max_length=10)] | None = None
 
 
 class AppserverBody(Body):
@@ -106,6 +111,28 @@ class ConfigValueWriteBody(Body):
     key_path: Id
     value: Any
     merge_strategy: Literal["replace", "upsert"] = "replace"
+    timeout: Timeout = 30.0
+
+
+class ChatFilesBody(Body):
+    """A file operation in the directory of a chat's thread on its node (the chat's node unless `node_id`)."""
+    chat_key: Id
+    node_id: Id | None = None
+    timeout: Timeout = 30.0
+
+
+class FileGetBody(Body):
+    chat_key: Id
+    path: Annotated[str, Meta(min_length=1, max_length=4096)]
+    node_id: Id | None = None
+    timeout: Timeout = 30.0
+
+
+class FilePutBody(Body):
+    chat_key: Id
+    name: Annotated[str, Meta(min_length=1, max_length=1024)]
+    data: Annotated[str, Meta(description="the file's bytes, base64; at most MAX_FILE_BYTES once decoded")]
+    node_id: Id | None = None
     timeout: Timeout = 30.0
 
 
@@ -299,6 +326,14 @@ class StopReply(Reply):
     stopping: list[str]
 
 
+class FileReply(Reply):
+    name: str = ""
+    path: str = ""
+    data: str = ""
+    size: int = 0
+    empty: bool = False
+
+
 class UserInfo(msgspec.Struct):
     user_id: int
     role: str
@@ -358,6 +393,12 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", Api.USERS, "Telegram users allowed to use the bot", NoBody, UsersReply),
     Route("POST", Api.USERS, "Allow a Telegram user (role user or admin), or remove one (role null)", UserSetBody,
           UsersReply),
+    Route("POST", Api.FILES_GET, "A file from the chat's thread's working directory, base64 (refused outside it, for "
+          "a directory, or over the node's file_max_bytes)", FileGetBody, FileReply),
+    Route("POST", Api.FILES_PUT, "Save a file (base64) under the uploads folder of the chat's thread's working "
+          "directory, with a sanitized name, atomically", FilePutBody, FileReply),
+    Route("POST", Api.FILES_DIFF, "git's working-tree diff of the chat's thread's directory, as a patch (base64); "
+          "`empty` when there are no changes", ChatFilesBody, FileReply),
 )
 
 

@@ -30,6 +30,9 @@ MAX_FRAME_BYTES: Final = 1 << 20
 # carried a valid token may send frames up to MAX_FRAME_BYTES; any other may send only small ones until it has
 # registered (the manager's preauth_frame_bytes), so a stranger's frame costs the manager a few KB at most.
 NODE_AUTH_HEADER: Final = "Authorization"
+# The largest file one file_request/file_response carries (base64 in JSON, a third larger, plus the frame's other
+# fields): files go in one frame, so the node's and the bot's `file_max_bytes` settings may not exceed this.
+MAX_FILE_BYTES: Final = (MAX_FRAME_BYTES - (64 << 10)) * 3 // 4
 
 
 def bearer(token: str) -> str:
@@ -71,6 +74,8 @@ class Msg(StrEnum):
     APPROVAL_DECISION = "approval_decision"
     APPROVAL_EXPIRED = "approval_expired"
     APPROVAL_WITHDRAWN = "approval_withdrawn"
+    FILE_REQUEST = "file_request"
+    FILE_RESPONSE = "file_response"
     ERROR = "error"
 
 
@@ -116,6 +121,16 @@ class RpcOutcome(Failure, kw_only=True):
     """An app-server call's answer: codex's JSON-RPC result, or the failure."""
     ok: bool
     result: Any = None
+
+
+class FileOutcome(Failure, kw_only=True):
+    """A file operation's answer: the file (get, diff) or where an upload was saved (put), or the failure."""
+    ok: bool
+    name: str = ""  # get/diff: the document's file name; put: the saved file's name
+    path: str = ""  # get: the file's real path; put: the saved file's real path on the node; diff: the directory
+    data: str = ""  # get/diff: the bytes, base64
+    size: int = 0  # bytes of the file (put: as saved)
+    empty: bool = False  # diff: the working tree has no changes
 
 
 def failed(err: RelayError) -> dict[str, Any]:
@@ -197,6 +212,11 @@ class AppserverResponse(Frame, tag=Msg.APPSERVER_RESPONSE.value, kw_only=True):
     result: RpcOutcome
 
 
+class FileResponse(Frame, tag=Msg.FILE_RESPONSE.value, kw_only=True):
+    request_id: Id
+    result: FileOutcome
+
+
 class ApprovalFields(msgspec.Struct, omit_defaults=True, kw_only=True):
     """What codex asks to be approved, and for which task and chat."""
     approval_id: Id
@@ -274,6 +294,9 @@ class TaskAssign(Frame, tag=Msg.TASK_ASSIGN.value, kw_only=True):
     model: str | None = None
     effort: str | None = None  # a reasoning effort model/list offers for the model (turn/start's `effort`)
     settings: ThreadSettings | None = None
+    # Images the user sent with the prompt: real paths of uploads on the node (file_request put), given to codex as
+    # `localImage` input after the node checks each lies inside its allowed roots.
+    images: list[str] | None = None
 
 
 class TaskCancel(Frame, tag=Msg.TASK_CANCEL.value, kw_only=True):
@@ -298,6 +321,23 @@ class AppserverRequest(Frame, tag=Msg.APPSERVER_REQUEST.value, kw_only=True):
     params: dict[str, Any] | UnsetType = UNSET
 
 
+FileOp = Literal["get", "put", "diff"]
+
+
+class FileRequest(Frame, tag=Msg.FILE_REQUEST.value, kw_only=True):
+    """A file to or from the directory a chat's thread works in (`cwd`; None is the node's own). `get`: the file at
+    `path` (relative to it) if it lies inside it; `put`: `data` saved under its uploads folder as a sanitized `name`,
+    written to a temporary file and renamed; `diff`: git's working-tree diff there, as a patch."""
+    request_id: Id
+    op: FileOp
+    timeout: Annotated[float, Meta(gt=0)]
+    trace_id: str = ""
+    cwd: str | None = None
+    path: str = ""
+    name: str = ""
+    data: str = ""  # put: base64
+
+
 class ApprovalDecision(Frame, tag=Msg.APPROVAL_DECISION.value, kw_only=True):
     approval_id: Id
     decision: Decision
@@ -308,9 +348,9 @@ class ErrorReply(Failure, Frame, tag=Msg.ERROR.value, kw_only=True):
 
 
 NodeFrame = (Register | Heartbeat | ReadinessReport | TaskAck | TaskProgress | TaskResult | TaskStateReport
-             | AppserverResponse | ApprovalRequest | ApprovalExpired | ApprovalWithdrawn | ErrorReply)
+             | AppserverResponse | FileResponse | ApprovalRequest | ApprovalExpired | ApprovalWithdrawn | ErrorReply)
 ManagerFrame = (RegisterOk | RegisterError | HeartbeatAck | TaskAssign | TaskCancel | TaskSync | AppserverRequest
-                | ApprovalDecision | ErrorReply)
+                | FileRequest | ApprovalDecision | ErrorReply)
 
 # ---- the event stream: manager -> control clients (the bot) ---------------------------------------
 
