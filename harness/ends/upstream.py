@@ -323,6 +323,23 @@ async def responses_with_key(request: web.Request) -> web.StreamResponse:
     return await responses(request)
 
 
+async def transcriptions(request: web.Request) -> web.Response:
+    """OpenAI's speech to text (`POST /v1/audio/transcriptions`, multipart `file` and `model`): answers
+    `{"text": ...}`. The test's "audio" is the words themselves in UTF-8, so the transcript is checkable; a request
+    without a model or a file gets OpenAI's 400."""
+    form = await request.post()
+    upload, model = form.get("file"), form.get("model")
+    if not isinstance(upload, web.FileField) or not model:
+        missing = "model" if not model else "file"
+        return web.json_response({"error": {"message": f"you must provide a {missing} parameter",
+                                            "type": "invalid_request_error", "code": None, "param": missing}},
+                                 status=400)
+    data = upload.file.read()
+    request.app[STATE_KEY].by_behavior["transcription"] += 1
+    _log(op="transcription", model=str(model), filename=upload.filename, size=len(data))
+    return web.json_response({"text": data.decode("utf-8", "replace").strip()})
+
+
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].snapshot())
 
@@ -362,6 +379,7 @@ def build_app(state: MockUpstream | None = None) -> web.Application:
     app[STATE_KEY] = state or MockUpstream()
     app.router.add_post("/v1/responses", responses)
     app.router.add_post("/auth/v1/responses", responses_with_key)
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
     app.router.add_get("/_mock/stats", stats)
     app.router.add_post("/_mock/reset", reset)
     app.router.add_post("/_mock/mode", mode)

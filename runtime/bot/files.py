@@ -1,4 +1,5 @@
-"""Files in and out of a chat's thread directory: /file get, /diff, and the documents and photos users send.
+"""Files in and out of a chat's thread directory: /file get, /diff, the documents and photos users send, and voice
+notes (transcribed on the node).
 
 The bot never touches the node's disk: every byte goes through the manager to the node (`/api/files/*`), which
 checks every path and saves uploads atomically (runtime/node/files.py). A file travels in one frame, so each
@@ -86,6 +87,9 @@ async def take_media(relay: Relay, req: Req, message: Message, bot: Bot) -> None
     node_id, _ = await relay.selected_node(req)
     limit = relay.config.file_max_bytes
     caption = (message.caption or "").strip()
+    if message.voice is not None:
+        await _voice(relay, req, message, bot, node_id)
+        return
     if message.photo:
         photo = message.photo[-1]  # Telegram lists the sizes smallest first
         file_id, size, name, image = photo.file_id, photo.file_size, f"photo-{photo.file_unique_id}.jpg", True
@@ -115,3 +119,22 @@ async def take_media(relay: Relay, req: Req, message: Message, bot: Bot) -> None
                     + ("" if caption else " Mention it in a message to have Codex use it."))
     if caption:
         await relay.turns.start(req, node_id, f"{caption}\n\n(I uploaded a file; it is saved at {saved['path']}.)")
+
+
+async def _voice(relay: Relay, req: Req, message: Message, bot: Bot, node_id: str) -> None:
+    """A voice note: transcribed on the chat's node (its model provider's speech to text), the transcript shown,
+    then run as the prompt."""
+    assert message.voice is not None
+    voice, limit = message.voice, relay.config.file_max_bytes
+    if voice.file_size is not None and voice.file_size > limit:
+        raise _too_large("The voice note", voice.file_size, limit)
+    data = await _download(bot, voice.file_id)
+    if len(data) > limit:
+        raise _too_large("The voice note", len(data), limit)
+    answer = await _call(relay, req, Api.FILES_TRANSCRIBE, {"name": f"voice-{voice.file_unique_id}.ogg",
+                                                            "data": base64.b64encode(data).decode()})
+    text = str(answer.get("text") or "").strip()
+    if not text:
+        raise Reply("I could not make out any words in that voice note. Try again, or type it.")
+    await relay.say(req, f"🎙 {text}")
+    await relay.turns.start(req, node_id, text)

@@ -162,5 +162,5 @@ def install(app: Application, relay: Relay) -> None:  # type: ignore[type-arg]
     app.add_handler(CallbackQueryHandler(partial(_button, relay)))
     app.add_handler(MessageHandler(filters.COMMAND, partial(_unknown, relay)))
     app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, partial(_text, relay)))
-    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL, partial(_media, relay)))
+    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL | filters.VOICE, partial(_media, relay)))
     app.add_error_handler(_on_error)

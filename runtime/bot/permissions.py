@@ -64,7 +64,8 @@ CHOICES: dict[str, Rule] = {
 
 TEXT = Rule(USER, "any other text: a Codex turn on the chat's node")
 MEDIA = Rule(USER, "a document or photo: saved in the thread's uploads folder on the chat's node; a photo, or a "
-                   "caption, starts a Codex turn")
+                   "caption, starts a Codex turn. A voice note: transcribed by the node's provider, shown, and run "
+                   "as a Codex turn")
 OTHER = Rule(USER, "an unknown command, or a button the bot no longer knows: told so")
 
 
@@ -73,7 +74,7 @@ def table() -> str:
     rows = [(f"`/{name}`", rule) for name, rule in COMMANDS.items()]
     rows += [(f"button `{prefix.value}:`", rule) for prefix, rule in BUTTONS.items()]
     rows += [(f"choice `{name}`", rule) for name, rule in CHOICES.items()]
-    rows += [("text", TEXT), ("document or photo", MEDIA), ("other", OTHER)]
+    rows += [("text", TEXT), ("document, photo or voice note", MEDIA), ("other", OTHER)]
     lines = ["| command or button | stranger | user | admin | what |", "|---|---|---|---|---|"]
     for label, rule in rows:
         lines.append(f"| {label} | {' | '.join('yes' if role >= rule.who else 'no' for role in Role)} | {rule.what} |")

@@ -101,7 +101,8 @@ async def _files(mgr: Manager, body: api.ChatFilesBody | api.FileGetBody | api.F
     answer = await mgr.files(body.chat_key, body.node_id, request)
     log(logger, logging.INFO, "file_op", trace_id=trace_id, chat_key=body.chat_key, action=request.op,
         size=answer.size)
-    return ok(name=answer.name, path=answer.path, data=answer.data, size=answer.size, empty=answer.empty)
+    return ok(name=answer.name, path=answer.path, data=answer.data, size=answer.size, empty=answer.empty,
+              text=answer.text)
 
 
 @handles("POST", Api.FILES_GET)
@@ -114,6 +115,13 @@ async def files_get(mgr: Manager, body: api.FileGetBody, trace_id: str) -> dict[
 async def files_put(mgr: Manager, body: api.FilePutBody, trace_id: str) -> dict[str, Any]:
     return await _files(mgr, body, trace_id, FileRequest(request_id=new_id("file"), op="put", timeout=body.timeout,
                                                          trace_id=trace_id, name=body.name, data=body.data))
+
+
+@handles("POST", Api.FILES_TRANSCRIBE)
+async def files_transcribe(mgr: Manager, body: api.FilePutBody, trace_id: str) -> dict[str, Any]:
+    return await _files(mgr, body, trace_id, FileRequest(request_id=new_id("file"), op="transcribe",
+                                                         timeout=body.timeout, trace_id=trace_id, name=body.name,
+                                                         data=body.data))
 
 
 @handles("POST", Api.FILES_DIFF)

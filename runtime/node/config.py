@@ -78,6 +78,13 @@ class NodeConfig:
                                            le=MAX_FILE_BYTES)] = MAX_FILE_BYTES
     uploads_dir: Annotated[str, setting("folder, inside a thread's working directory, that uploads are saved in")] \
         = "uploads"
+    # Voice notes: speech to text at the model provider (OpenAI's /audio/transcriptions API, which the mock serves).
+    transcribe_model: Annotated[str, setting("speech-to-text model for voice notes (e.g. gpt-4o-mini-transcribe or "
+                                             "whisper-1); empty turns voice notes off")] = ""
+    transcribe_url: Annotated[str, setting("speech-to-text endpoint; empty is <the model provider's base_url>"
+                                           "/audio/transcriptions")] = ""
+    transcribe_api_key: Annotated[str, setting("API key sent to the speech-to-text endpoint as a Bearer token; empty "
+                                               "sends none", secret=True)] = field(default="", repr=False)
     appserver_log: Annotated[str, setting("file to write the codex app-server traffic to, both ways, as JSON lines "
                                           "with secrets redacted (rotates at 64 MiB); for debugging; empty is "
                                           "off")] = ""

@@ -159,4 +159,6 @@ async def handle(config: NodeConfig, msg: wire.FileRequest) -> wire.FileOutcome:
         return await asyncio.to_thread(get, config, msg.cwd, msg.path)
     if msg.op == "put":
         return await asyncio.to_thread(put, config, msg.cwd, msg.name, msg.data)
-    return await diff(config, msg.cwd)
+    if msg.op == "diff":
+        return await diff(config, msg.cwd)
+    raise RelayError(ErrorKind.INVALID_REQUEST, f"field `op`: {msg.op} is not a file operation of runtime/node/files.py")

@@ -13,7 +13,7 @@ from runtime.aiotasks import cancel
 from runtime.logfmt import log
 from runtime.node import config as config_mod
 from runtime.node import doctor
-from runtime.node import files, roots
+from runtime.node import files, roots, transcribe
 from runtime.node.appserver import AppServer
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
@@ -77,7 +77,10 @@ class Node:
 
     async def _file(self, msg: wire.FileRequest) -> None:
         try:
-            result = await files.handle(self.config, msg)
+            if msg.op == "transcribe":
+                result = await transcribe.transcribe(self.config, self.readiness.current.provider_url, msg)
+            else:
+                result = await files.handle(self.config, msg)
         except RelayError as err:
             result = wire.FileOutcome(ok=False, **err.fields())
         except OSError as exc:  # the disk said no (full, read-only, permissions): the user reads why

@@ -42,6 +42,7 @@ class Api(StrEnum):
     FILES_GET = "/api/files/get"
     FILES_PUT = "/api/files/put"
     FILES_DIFF = "/api/files/diff"
+    FILES_TRANSCRIBE = "/api/files/transcribe"
 
 
 MAX_BODY_BYTES: Final = 1 << 20
@@ -332,6 +333,7 @@ class FileReply(Reply):
     data: str = ""
     size: int = 0
     empty: bool = False
+    text: str = ""
 
 
 class UserInfo(msgspec.Struct):
@@ -399,6 +401,8 @@ ROUTES: Final[tuple[Route, ...]] = (
           "directory, with a sanitized name, atomically", FilePutBody, FileReply),
     Route("POST", Api.FILES_DIFF, "git's working-tree diff of the chat's thread's directory, as a patch (base64); "
           "`empty` when there are no changes", ChatFilesBody, FileReply),
+    Route("POST", Api.FILES_TRANSCRIBE, "A voice note (base64) as text, by the speech-to-text endpoint of the chat's "
+          "node's model provider (the node's transcribe_model); nothing is saved", FilePutBody, FileReply),
 )
 
 

@@ -131,6 +131,7 @@ class FileOutcome(Failure, kw_only=True):
     data: str = ""  # get/diff: the bytes, base64
     size: int = 0  # bytes of the file (put: as saved)
     empty: bool = False  # diff: the working tree has no changes
+    text: str = ""  # transcribe: what the voice note says
 
 
 def failed(err: RelayError) -> dict[str, Any]:
@@ -321,13 +322,14 @@ class AppserverRequest(Frame, tag=Msg.APPSERVER_REQUEST.value, kw_only=True):
     params: dict[str, Any] | UnsetType = UNSET
 
 
-FileOp = Literal["get", "put", "diff"]
+FileOp = Literal["get", "put", "diff", "transcribe"]
 
 
 class FileRequest(Frame, tag=Msg.FILE_REQUEST.value, kw_only=True):
     """A file to or from the directory a chat's thread works in (`cwd`; None is the node's own). `get`: the file at
     `path` (relative to it) if it lies inside it; `put`: `data` saved under its uploads folder as a sanitized `name`,
-    written to a temporary file and renamed; `diff`: git's working-tree diff there, as a patch."""
+    written to a temporary file and renamed; `diff`: git's working-tree diff there, as a patch; `transcribe`: `data`
+    (a voice note) as text, by the speech-to-text endpoint of the node's model provider (nothing is saved)."""
     request_id: Id
     op: FileOp
     timeout: Annotated[float, Meta(gt=0)]

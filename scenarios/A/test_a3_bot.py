@@ -359,7 +359,7 @@ def probes(label: str) -> list[tuple[str, str]]:
         return []
     if label == "text":
         return [("say", f"hello {new_id('s01')}")]
-    if label == "document or photo":
+    if label == "document, photo or voice note":
         return [("upload", "probe.txt")]
     assert label == "other", f"a permission row the scenario cannot send: {label}"
     return [("say", "/nosuchcommand"), ("press", "zz:gone")]

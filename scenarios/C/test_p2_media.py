@@ -1,7 +1,7 @@
-"""P2-03..P2-06, P2-08: files in and out of a chat's thread directory, through the whole chain: Telegram -> bot ->
+"""P2-03..P2-08: voice notes, and files in and out of a chat's thread directory, through the whole chain: Telegram -> bot ->
 manager -> node (which alone touches its disk) -> codex -> the mock model. The fake Bot API serves a user's files as
 Telegram does (getFile, then /file/bot<token>/<file_path>); `[[mock:images]]` answers with the images codex sent the
-model (media type, size, SHA-256)."""
+model (media type, size, SHA-256); its `/v1/audio/transcriptions` "transcribes" a voice note whose bytes are the words."""
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +24,8 @@ NODE = "p2m"
 NODE_ROOTS = ("repo",)  # a git repository beside the node's cwd, for /diff
 NODE_LIMIT = 64 * 1024  # the node's file_max_bytes
 BOT_LIMIT = 96 * 1024  # the bot's: larger, so each limit can be met on its own
-NODE_SETTINGS = {"file_max_bytes": NODE_LIMIT}
+STT_MODEL = "gpt-4o-mini-transcribe"
+NODE_SETTINGS = {"file_max_bytes": NODE_LIMIT, "transcribe_model": STT_MODEL}
 BOT_SETTINGS = {"file_max_bytes": BOT_LIMIT}
 _chats = itertools.count(730_001)
 
@@ -109,6 +110,17 @@ def git(repo: Path, *args: str) -> str:
                           timeout=20).stdout
 
 
+def reverts(repo: Path, patch: bytes) -> bool:
+    check = subprocess.run(["git", "-C", str(repo), "apply", "--check", "-R", "-"], input=patch, capture_output=True,
+                           timeout=20)
+    assert check.returncode == 0, check.stderr
+    return True
+
+
+def read(path: str | Path) -> bytes:
+    return Path(path).read_bytes()
+
+
 @pytest.mark.case("P2-06")
 async def test_diff(stack: Stack, tg: FakeTelegram) -> None:
     """/diff: "no changes" on a clean tree; after changes, git's working-tree diff of the chat's thread directory
@@ -134,9 +146,7 @@ async def test_diff(stack: Stack, tg: FakeTelegram) -> None:
     assert message["document"]["file_name"] == f"{repo.name}.patch", message
     text = patch.decode()
     assert "-print(1)\n+print(2)\n" in text and "+++ b/new.txt\n@@ -0,0 +1 @@\n+added by codex\n" in text, text
-    check = subprocess.run(["git", "-C", str(repo), "apply", "--check", "-R", "-"], input=patch, capture_output=True,
-                           timeout=20)
-    assert check.returncode == 0, check.stderr  # the patch is exactly the tree's changes
+    assert reverts(repo, patch)  # the patch is exactly the tree's changes
 
     since = await user.say("/file get app.py")
     assert (await document(tg, user, since))[1] == b"print(2)\n"
@@ -178,7 +188,7 @@ async def test_photo(stack: Stack, tg: FakeTelegram) -> None:
     turn = next(m for m in reversed(stack.traffic(NODE)) if m["msg"].get("method") == "turn/start")["msg"]["params"]
     [text_part, local] = turn["input"]
     assert text_part["text"] == prompt and local["type"] == "localImage", turn
-    assert Path(local["path"]).parent == cwd_of(stack) / "uploads" and Path(local["path"]).read_bytes() == jpeg
+    assert Path(local["path"]).parent == cwd_of(stack) / "uploads" and read(local["path"]) == jpeg
 
     answer_text = await final_answer(user, await user.upload("document", png, caption=f"[[mock:images]] {new_id('p')}",
                                                              file_name="diagram.png", mime_type="image/png"))
@@ -210,7 +220,7 @@ async def test_hostile_uploads(stack: Stack, tg: FakeTelegram) -> None:
         text = (await user.reply(await user.upload("document", body, file_name=name)))["text"]
         assert text.startswith("Saved "), (name, text)
         saved = Path(text.split(" as ", 1)[1].split(f" on {NODE}.", 1)[0])
-        assert saved.parent == folder and saved.read_bytes() == body, (name, saved)
+        assert saved.parent == folder and read(saved) == body, (name, saved)
         assert "\0" not in saved.name and "\n" not in saved.name and not saved.name.startswith(".") \
             and len(saved.name.encode()) <= 200, (name, saved.name)
     assert not (cwd.parent / "x").exists() and not (stack.node_dir(NODE).parent / "x").exists()
@@ -237,3 +247,29 @@ async def test_hostile_uploads(stack: Stack, tg: FakeTelegram) -> None:
         text = (await user.reply(await user.upload("document", b"again\n", file_name=after), timeout=40))["text"]
         assert text.startswith(f"Saved {after}") and (folder / after).read_bytes() == b"again\n", text
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.case("P2-07")
+async def test_voice(stack: Stack, tg: FakeTelegram) -> None:
+    """a voice note is transcribed at the node's model provider (/v1/audio/transcriptions with the node's
+    transcribe_model), the transcript is shown, and it runs as the prompt; on a node without transcription the user
+    reads which setting turns it on; a voice note over the limit is refused naming it"""
+    user = await chat_on_node(tg)
+    before = (await stack.upstream("GET", "/_mock/stats"))["by_behavior"].get("transcription", 0)
+    words = f"list the files here {new_id('v')}"
+    since = await user.upload("voice", words.encode(), duration=3)
+    assert (await user.reply(since))["text"] == f"🎙 {words}"
+    await user.until_shown(lambda m: m["text"] == f"mock reply: {words}", 60)  # codex ran the transcript
+    assert (await stack.upstream("GET", "/_mock/stats"))["by_behavior"]["transcription"] == before + 1
+    served = [line for line in stack.procs["upstream"].log_lines("transcription") if STT_MODEL in line]
+    assert served, "the node did not ask the provider with its transcribe_model"
+
+    big = (await user.reply(await user.upload("voice", b"v" * (BOT_LIMIT + 1))))["text"]
+    assert "kind=file_too_large" in big and f"at most {BOT_LIMIT} bytes" in big, big
+
+    await stack.add_node("p2m-off")  # transcribe_model unset: voice notes are off there
+    off = tg.user(Stack.ADMIN, next(_chats))
+    assert (await off.reply(await off.say("/node p2m-off")))["text"] == "Node p2m-off selected for this chat."
+    text = (await off.reply(await off.upload("voice", b"hello there")))["text"]
+    assert "kind=not_configured" in text and "voice notes are off on node p2m-off: set" in text \
+        and "transcribe_model" in text, text
