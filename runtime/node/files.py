@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import os
 import re
 import tempfile
@@ -111,44 +112,64 @@ def put(config: NodeConfig, cwd: str | None, name: str, data64: str) -> wire.Fil
         os.unlink(tmp)
 
 
-async def _git(cwd: str, timeout: float, *args: str) -> tuple[int, bytes, bytes]:
-    proc = await asyncio.create_subprocess_exec("git", "-C", cwd, *args, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+# The repository is codex's to write: none of its config may make the node run a program (an fsmonitor hook, an
+# external diff, a textconv filter), since the node runs git outside codex's sandbox.
+GIT_SAFE: Final = ("-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false", "-c", "diff.external=")
+DIFF: Final = ("diff", "--no-color", "--binary", "--no-ext-diff", "--no-textconv")
+READ_BLOCK: Final = 64 << 10
+
+
+async def _git(cwd: str, timeout: float, cap: int, *args: str) -> tuple[int | None, bytes]:
+    """git's exit code and output, of which at most `cap` bytes are kept: past it git is stopped, the code is None
+    and the output `cap + 1` bytes long, so the caller sees it is too large without holding all of it."""
+    proc = await asyncio.create_subprocess_exec("git", *GIT_SAFE, "-C", cwd, *args, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    stdout = proc.stdout
+    assert stdout is not None
+
+    async def read() -> bytes:
+        out = bytearray()
+        while len(out) <= cap and (block := await stdout.read(READ_BLOCK)):
+            out += block
+        return bytes(out[:cap + 1])
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out = await asyncio.wait_for(read(), timeout)
+        if len(out) <= cap:  # all of it: git's own exit code
+            return await asyncio.wait_for(proc.wait(), timeout), out
+        return None, out
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
         raise RelayError(ErrorKind.TIMEOUT, f"git {args[0]} in {cwd} took longer than {timeout:g}s") from None
-    return proc.returncode or 0, out, err
+    finally:
+        if proc.returncode is None:  # stopped early: past the cap, or the deadline
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
 
 
 async def diff(config: NodeConfig, cwd: str | None) -> wire.FileOutcome:
     """git's diff of the working tree against HEAD (or against nothing before the first commit), with untracked
     files shown as added: what codex changed there, whether or not it staged it."""
-    base = _thread_dir(config, cwd)
-    code, top, err = await _git(base, config.rpc_timeout, "rev-parse", "--show-toplevel")
+    base, limit, timeout = _thread_dir(config, cwd), config.file_max_bytes, config.rpc_timeout
+    code, _ = await _git(base, timeout, 1 << 16, "rev-parse", "--show-toplevel")
     if code != 0:
         raise RelayError(ErrorKind.NOT_FOUND, f"{base} is not in a git repository, so it has no working-tree diff: "
                                               "run `git init` there (and commit) to track codex's changes")
-    code, _, _ = await _git(base, config.rpc_timeout, "rev-parse", "--verify", "--quiet", "HEAD")
+    code, _ = await _git(base, timeout, 1 << 16, "rev-parse", "--verify", "--quiet", "HEAD")
     against = "HEAD" if code == 0 else EMPTY_TREE  # before the first commit: everything is added
-    code, patch, err = await _git(base, config.rpc_timeout, "diff", "--no-color", "--binary", "--no-ext-diff",
-                                  against, "--", ".")
-    if code != 0:
-        raise RelayError(ErrorKind.INTERNAL, f"git diff failed in {base}: {err.decode(errors='replace').strip()}")
-    _, listed, _ = await _git(base, config.rpc_timeout, "ls-files", "--others", "--exclude-standard", "-z", "--", ".")
+    code, patch = await _git(base, timeout, limit, *DIFF, against, "--", ".")
+    if code is not None and code != 0:
+        raise RelayError(ErrorKind.INTERNAL, f"git diff failed in {base} (exit code {code})")
+    _, listed = await _git(base, timeout, 1 << 20, "ls-files", "--others", "--exclude-standard", "-z", "--", ".")
     parts = [patch]
     for rel in [p for p in listed.decode(errors="surrogateescape").split("\0") if p][:UNTRACKED_MAX]:
-        # --no-index exits 1 when the files differ, which they do: the patch is on stdout either way.
-        _, added, _ = await _git(base, config.rpc_timeout, "diff", "--no-color", "--binary", "--no-index", "--",
-                                 os.devnull, rel)
-        parts.append(added)
-        if sum(map(len, parts)) > config.file_max_bytes:
+        if sum(map(len, parts)) > limit:
             break
+        # --no-index exits 1 when the files differ, which they do: the patch is on stdout either way.
+        parts.append((await _git(base, timeout, limit, *DIFF, "--no-index", "--", os.devnull, rel))[1])
     data = b"".join(parts)
-    if len(data) > config.file_max_bytes:
-        raise _too_large("the diff", len(data), config)
+    if len(data) > limit:
+        raise RelayError(ErrorKind.FILE_TOO_LARGE, f"the diff is over the node's limit of {limit} bytes "
+                                                   "(file_max_bytes): fetch single files with /file get")
     return wire.FileOutcome(ok=True, name=f"{os.path.basename(base) or 'diff'}.patch", path=base, size=len(data),
                             empty=not data, data=base64.b64encode(data).decode())
 

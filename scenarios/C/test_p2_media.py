@@ -125,7 +125,7 @@ def read(path: str | Path) -> bytes:
 async def test_diff(stack: Stack, tg: FakeTelegram) -> None:
     """/diff: "no changes" on a clean tree; after changes, git's working-tree diff of the chat's thread directory
     (a tracked file changed, an untracked one added) as a .patch document that git applies in reverse; /file get
-    reads from that same directory"""
+    reads from that same directory; programs the repository's config names (fsmonitor, textconv) are not run"""
     repo = stack.node_dir(NODE) / "repo" / new_id("r")
     repo.mkdir(parents=True)
     git(repo, "init", "-q")
@@ -139,10 +139,19 @@ async def test_diff(stack: Stack, tg: FakeTelegram) -> None:
                                        "thread_id": started["result"]["thread"]["id"], "cwd": str(repo)})
     assert await answer(user, "/diff") == f"No changes in {repo}: git sees nothing to diff there."
 
+    # The repository is codex's to write: its config may name programs, which the node's git must not run.
+    marker = repo.parent / f"{repo.name}-ran"
+    hook = repo.parent / f"{repo.name}-hook.sh"
+    hook.write_text(f"#!/bin/sh\necho \"$0 $*\" >> {marker}\ncat \"$1\" 2>/dev/null\n")
+    hook.chmod(0o755)
+    git(repo, "config", "core.fsmonitor", str(hook))
+    git(repo, "config", "diff.evil.textconv", str(hook))
+    (repo / ".git" / "info" / "attributes").write_text("*.py diff=evil\n")
     (repo / "app.py").write_text("print(2)\n")
     (repo / "new.txt").write_text("added by codex\n")
     since = await user.say("/diff")
     message, patch = await document(tg, user, since)
+    assert not marker.exists(), marker.read_text()
     assert message["document"]["file_name"] == f"{repo.name}.patch", message
     text = patch.decode()
     assert "-print(1)\n+print(2)\n" in text and "+++ b/new.txt\n@@ -0,0 +1 @@\n+added by codex\n" in text, text
