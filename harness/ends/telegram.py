@@ -5,6 +5,8 @@ Every read waits on the fake's long-poll (`wait=`), so no scenario sleeps to see
 from __future__ import annotations
 
 import base64
+import io
+import json
 import time
 from typing import Any
 
@@ -115,7 +117,9 @@ class FakeTelegram:
         return TelegramUser(self, user_id, chat_id)
 
     async def post(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with self.http.post(self.base + action, json=body) as resp:
+        # A stream: a user's file of megabytes as one bytes body would make aiohttp warn that it blocks the loop.
+        raw = io.BytesIO(json.dumps(body).encode())
+        async with self.http.post(self.base + action, data=raw, headers={"Content-Type": "application/json"}) as resp:
             data = await resp.json()
             assert resp.status == 200, f"fake telegram {action}: {resp.status} {data}"
             return dict(data)

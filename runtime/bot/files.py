@@ -2,8 +2,9 @@
 notes (transcribed on the node).
 
 The bot never touches the node's disk: every byte goes through the manager to the node (`/api/files/*`), which
-checks every path and saves uploads atomically (runtime/node/files.py). A file travels in one frame, so each
-side's `file_max_bytes` is at most runtime.protocol.wire.MAX_FILE_BYTES; past a limit the user reads which one.
+checks every path and saves uploads atomically (runtime/node/files.py). Files travel in chunks of FILE_CHUNK_BYTES,
+so every control body and frame stays within 1 MiB; a diff and a voice note go whole, within MAX_FILE_BYTES. Past a
+limit (the bot's or the node's file_max_bytes) the user reads which one.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from telegram.error import BadRequest, TelegramError
 from runtime.bot import render
 from runtime.bot.commands import command
 from runtime.bot.context import Relay, Reply, Req
-from runtime.protocol import Api, ErrorKind, RelayError
+from runtime.protocol import Api, ErrorKind, RelayError, new_id
+from runtime.protocol.wire import FILE_CHUNK_BYTES, MAX_FILE_BYTES
 
 # What codex takes as `localImage` input (it reads these formats itself); anything else is refused by name.
 IMAGE_TYPES: Final = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}
@@ -44,9 +46,41 @@ async def file_(relay: Relay, req: Req, args: str) -> None:
     if verb != "get" or not path.strip():
         raise Reply(render.USAGE["file"])
     await relay.selected_node(req)
-    answer = await _call(relay, req, Api.FILES_GET, {"path": path.strip()})
-    await relay.delivery.document(req.chat_id, str(answer["name"]), _decode(answer),
+    answer, data = await _get(relay, req, path.strip())
+    await relay.delivery.document(req.chat_id, str(answer["name"]), data,
                                   f"{answer['path']} ({answer['size']} bytes)", trace_id=req.trace_id)
+
+
+async def _get(relay: Relay, req: Req, path: str) -> tuple[dict[str, Any], bytes]:
+    """The file in chunks of FILE_CHUNK_BYTES, in order; one that changes meanwhile (size or time) is refused."""
+    limit = relay.config.file_max_bytes
+    first = await _call(relay, req, Api.FILES_GET, {"path": path})
+    if int(first["size"]) > limit:
+        raise RelayError(ErrorKind.FILE_TOO_LARGE, f"{path} is {first['size']} bytes; the bot takes at most {limit} "
+                                                   "bytes (file_max_bytes)")
+    data = bytearray(_decode(first))
+    for _ in range(limit // FILE_CHUNK_BYTES + 1):  # bounded by the size checked above
+        if len(data) >= int(first["size"]):
+            break
+        more = await _call(relay, req, Api.FILES_GET, {"path": path, "offset": len(data)})
+        chunk = _decode(more)
+        if (more["size"], more["mtime_ns"]) != (first["size"], first["mtime_ns"]) or not chunk:
+            raise RelayError(ErrorKind.CONFLICT, f"{path} changed while it was being sent: ask again once it is "
+                                                 "finished")
+        data += chunk
+    return first, bytes(data[:int(first["size"])])
+
+
+async def _put(relay: Relay, req: Req, name: str, data: bytes) -> dict[str, Any]:
+    """The file to the node in chunks of FILE_CHUNK_BYTES, in order, the last one final: every frame and every
+    control body stays within its 1 MiB limit whatever the file's size."""
+    upload_id, answer = new_id("up"), {}
+    for offset in range(0, max(len(data), 1), FILE_CHUNK_BYTES):
+        chunk = data[offset:offset + FILE_CHUNK_BYTES]
+        answer = await _call(relay, req, Api.FILES_PUT, {
+            "name": name, "upload_id": upload_id, "offset": offset, "final": offset + len(chunk) >= len(data),
+            "data": base64.b64encode(chunk).decode()})
+    return answer
 
 
 @command("diff")
@@ -60,9 +94,9 @@ async def diff(relay: Relay, req: Req, args: str) -> None:
                                   f"git diff of {answer['path']} ({answer['size']} bytes)", trace_id=req.trace_id)
 
 
-def _too_large(what: str, size: int, limit: int) -> RelayError:
+def _too_large(what: str, size: int, limit: int, which: str = "file_max_bytes") -> RelayError:
     return RelayError(ErrorKind.FILE_TOO_LARGE, f"{what} is {size} bytes; the bot takes at most {limit} bytes "
-                                                "(file_max_bytes)")
+                                                f"({which})")
 
 
 async def _download(bot: Bot, file_id: str) -> bytes:
@@ -111,7 +145,7 @@ async def take_media(relay: Relay, req: Req, message: Message, bot: Bot) -> None
     data = await _download(bot, file_id)
     if len(data) > limit:
         raise _too_large(what, len(data), limit)
-    saved = await _call(relay, req, Api.FILES_PUT, {"name": name, "data": base64.b64encode(data).decode()})
+    saved = await _put(relay, req, name, data)
     if image:
         await relay.turns.start(req, node_id, caption or DEFAULT_IMAGE_PROMPT, images=[str(saved["path"])])
         return
@@ -125,12 +159,13 @@ async def _voice(relay: Relay, req: Req, message: Message, bot: Bot, node_id: st
     """A voice note: transcribed on the chat's node (its model provider's speech to text), the transcript shown,
     then run as the prompt."""
     assert message.voice is not None
-    voice, limit = message.voice, relay.config.file_max_bytes
+    voice, limit = message.voice, min(relay.config.file_max_bytes, MAX_FILE_BYTES)  # a voice note goes in one frame
+    which = "file_max_bytes, and what one frame to the node carries: a few minutes of voice"
     if voice.file_size is not None and voice.file_size > limit:
-        raise _too_large("The voice note", voice.file_size, limit)
+        raise _too_large("The voice note", voice.file_size, limit, which)
     data = await _download(bot, voice.file_id)
     if len(data) > limit:
-        raise _too_large("The voice note", len(data), limit)
+        raise _too_large("The voice note", len(data), limit, which)
     answer = await _call(relay, req, Api.FILES_TRANSCRIBE, {"name": f"voice-{voice.file_unique_id}.ogg",
                                                             "data": base64.b64encode(data).decode()})
     text = str(answer.get("text") or "").strip()

@@ -102,19 +102,21 @@ async def _files(mgr: Manager, body: api.ChatFilesBody | api.FileGetBody | api.F
     log(logger, logging.INFO, "file_op", trace_id=trace_id, chat_key=body.chat_key, action=request.op,
         size=answer.size)
     return ok(name=answer.name, path=answer.path, data=answer.data, size=answer.size, empty=answer.empty,
-              text=answer.text)
+              text=answer.text, mtime_ns=answer.mtime_ns)
 
 
 @handles("POST", Api.FILES_GET)
 async def files_get(mgr: Manager, body: api.FileGetBody, trace_id: str) -> dict[str, Any]:
     return await _files(mgr, body, trace_id, FileRequest(request_id=new_id("file"), op="get", timeout=body.timeout,
-                                                         trace_id=trace_id, path=body.path))
+                                                         trace_id=trace_id, path=body.path, offset=body.offset))
 
 
 @handles("POST", Api.FILES_PUT)
 async def files_put(mgr: Manager, body: api.FilePutBody, trace_id: str) -> dict[str, Any]:
     return await _files(mgr, body, trace_id, FileRequest(request_id=new_id("file"), op="put", timeout=body.timeout,
-                                                         trace_id=trace_id, name=body.name, data=body.data))
+                                                         trace_id=trace_id, name=body.name, data=body.data,
+                                                         upload_id=body.upload_id, offset=body.offset,
+                                                         final=body.final))
 
 
 @handles("POST", Api.FILES_TRANSCRIBE)

@@ -13,7 +13,7 @@ from typing import Annotated
 
 from runtime import eventloop, tls
 from runtime.node import roots
-from runtime.protocol.wire import MAX_FILE_BYTES
+from runtime.protocol.wire import FILE_CHUNK_BYTES, MAX_FILE_BYTES, TELEGRAM_DOWNLOAD_BYTES
 from runtime.settings import LOG_LEVELS, ConfigError, Loader, setting, state_dir
 
 # Documented exit codes (README, "Node"), after runtime.settings.EXIT_CONFIG (2) for every bad setting.
@@ -73,9 +73,9 @@ class NodeConfig:
     recycle_fds: Annotated[int, setting("restart the codex child between turns once it holds this many open "
                                         "files; 0 never", ge=0)] = 2000
     # Files to and from a thread's directory (/file get, uploads, /diff) travel in one frame each.
-    file_max_bytes: Annotated[int, setting(f"largest file the node sends or saves (/file get, uploads, /diff); at "
-                                           f"most {MAX_FILE_BYTES}, what one frame to the manager can carry", ge=1,
-                                           le=MAX_FILE_BYTES)] = MAX_FILE_BYTES
+    file_max_bytes: Annotated[int, setting(f"largest file the node sends or saves (/file get, uploads; in chunks of "
+                                           f"{FILE_CHUNK_BYTES} bytes); a diff or a voice note goes in one frame, "
+                                           f"so at most {MAX_FILE_BYTES} of them", ge=1)] = TELEGRAM_DOWNLOAD_BYTES
     uploads_dir: Annotated[str, setting("folder, inside a thread's working directory, that uploads are saved in")] \
         = "uploads"
     # Voice notes: speech to text at the model provider (OpenAI's /audio/transcriptions API, which the mock serves).

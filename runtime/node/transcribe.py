@@ -12,6 +12,7 @@ import aiohttp
 from runtime.node.config import SETTINGS, NodeConfig
 from runtime.protocol import ErrorKind, RelayError
 from runtime.protocol import wire
+from runtime.protocol.wire import MAX_FILE_BYTES
 
 PATH = "/audio/transcriptions"
 ERROR_TEXT_MAX = 300  # characters of the provider's error shown to the user
@@ -35,9 +36,10 @@ async def transcribe(config: NodeConfig, provider_url: str, msg: wire.FileReques
         audio = base64.b64decode(msg.data, validate=True)
     except (binascii.Error, ValueError):
         raise RelayError(ErrorKind.INVALID_REQUEST, "field `data`: not base64") from None
-    if len(audio) > config.file_max_bytes:
+    limit = min(config.file_max_bytes, MAX_FILE_BYTES)  # a voice note goes in one frame
+    if len(audio) > limit:
         raise RelayError(ErrorKind.FILE_TOO_LARGE, f"the voice note is {len(audio)} bytes, over the node's limit of "
-                                                   f"{config.file_max_bytes} bytes (file_max_bytes)")
+                                                   f"{limit} bytes (file_max_bytes, and what one frame carries)")
     url = endpoint(config, provider_url)
     form = aiohttp.FormData()
     form.add_field("model", config.transcribe_model)

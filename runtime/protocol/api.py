@@ -123,16 +123,23 @@ class ChatFilesBody(Body):
 
 
 class FileGetBody(Body):
+    """One chunk of a file (FILE_CHUNK_BYTES from `offset`); the reply's `size` says how many more to ask for."""
     chat_key: Id
     path: Annotated[str, Meta(min_length=1, max_length=4096)]
+    offset: Annotated[int, Meta(ge=0)] = 0
     node_id: Id | None = None
     timeout: Timeout = 30.0
 
 
 class FilePutBody(Body):
+    """A file, or one chunk of it: chunks of one `upload_id` come in order (`offset`), the last one `final`."""
     chat_key: Id
     name: Annotated[str, Meta(min_length=1, max_length=1024)]
-    data: Annotated[str, Meta(description="the file's bytes, base64; at most MAX_FILE_BYTES once decoded")]
+    data: Annotated[str, Meta(description="the file's bytes (or this chunk's), base64; at most MAX_FILE_BYTES "
+                                          "once decoded")]
+    upload_id: Annotated[str, Meta(pattern="^[A-Za-z0-9_-]{0,64}$")] = ""
+    offset: Annotated[int, Meta(ge=0)] = 0
+    final: bool = True
     node_id: Id | None = None
     timeout: Timeout = 30.0
 
@@ -334,6 +341,7 @@ class FileReply(Reply):
     size: int = 0
     empty: bool = False
     text: str = ""
+    mtime_ns: int = 0
 
 
 class UserInfo(msgspec.Struct):

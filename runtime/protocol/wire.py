@@ -30,9 +30,13 @@ MAX_FRAME_BYTES: Final = 1 << 20
 # carried a valid token may send frames up to MAX_FRAME_BYTES; any other may send only small ones until it has
 # registered (the manager's preauth_frame_bytes), so a stranger's frame costs the manager a few KB at most.
 NODE_AUTH_HEADER: Final = "Authorization"
-# The largest file one file_request/file_response carries (base64 in JSON, a third larger, plus the frame's other
-# fields): files go in one frame, so the node's and the bot's `file_max_bytes` settings may not exceed this.
+# The most one file_request/file_response (and one /api/files/* body) carries of a file: base64 in JSON makes it a
+# third larger, and the frame's other fields fit in the rest of MAX_FRAME_BYTES. Larger files go in chunks of
+# FILE_CHUNK_BYTES; a diff and a voice note go in one frame, so they are bounded by MAX_FILE_BYTES.
 MAX_FILE_BYTES: Final = (MAX_FRAME_BYTES - (64 << 10)) * 3 // 4
+FILE_CHUNK_BYTES: Final = 512 << 10
+# Telegram lets a bot download files of up to 20 MB: the bot's file_max_bytes may not be more.
+TELEGRAM_DOWNLOAD_BYTES: Final = 20 << 20
 
 
 def bearer(token: str) -> str:
@@ -128,8 +132,9 @@ class FileOutcome(Failure, kw_only=True):
     ok: bool
     name: str = ""  # get/diff: the document's file name; put: the saved file's name
     path: str = ""  # get: the file's real path; put: the saved file's real path on the node; diff: the directory
-    data: str = ""  # get/diff: the bytes, base64
-    size: int = 0  # bytes of the file (put: as saved)
+    data: str = ""  # get: the chunk at the request's offset; diff: the whole patch; base64
+    size: int = 0  # bytes of the whole file (put: received so far, and as saved once final)
+    mtime_ns: int = 0  # get: the file's modification time, so a reader of chunks sees a file that changed
     empty: bool = False  # diff: the working tree has no changes
     text: str = ""  # transcribe: what the voice note says
 
@@ -337,7 +342,12 @@ class FileRequest(Frame, tag=Msg.FILE_REQUEST.value, kw_only=True):
     cwd: str | None = None
     path: str = ""
     name: str = ""
-    data: str = ""  # put: base64
+    data: str = ""  # put: base64, at most FILE_CHUNK_BYTES once decoded
+    # A file larger than one chunk: get reads FILE_CHUNK_BYTES from `offset`; put appends `data` at `offset` to the
+    # upload `upload_id`, and `final` saves it under its name.
+    offset: Annotated[int, Meta(ge=0)] = 0
+    upload_id: Annotated[str, Meta(pattern="^[A-Za-z0-9_-]{0,64}$")] = ""
+    final: bool = True
 
 
 class ApprovalDecision(Frame, tag=Msg.APPROVAL_DECISION.value, kw_only=True):

@@ -19,11 +19,13 @@ from PIL import Image
 from harness.ends.telegram import FakeTelegram, TelegramUser
 from harness.stack.stack import Stack
 from runtime.protocol import Api, new_id
+from runtime.protocol.wire import FILE_CHUNK_BYTES, MAX_FILE_BYTES
 
 NODE = "p2m"
 NODE_ROOTS = ("repo",)  # a git repository beside the node's cwd, for /diff
-NODE_LIMIT = 64 * 1024  # the node's file_max_bytes
-BOT_LIMIT = 96 * 1024  # the bot's: larger, so each limit can be met on its own
+NODE_LIMIT = 2 << 20  # the node's file_max_bytes: four chunks (FILE_CHUNK_BYTES)
+BOT_LIMIT = 3 << 20  # the bot's: larger, so each limit can be met on its own
+MULTI = FILE_CHUNK_BYTES * 2 + 12345  # a file that takes three chunks each way
 STT_MODEL = "gpt-4o-mini-transcribe"
 NODE_SETTINGS = {"file_max_bytes": NODE_LIMIT, "transcribe_model": STT_MODEL}
 BOT_SETTINGS = {"file_max_bytes": BOT_LIMIT}
@@ -76,7 +78,8 @@ async def final_answer(user: TelegramUser, since: int, timeout: float = 60.0) ->
 
 @pytest.mark.case("P2-05")
 async def test_file_get(stack: Stack, tg: FakeTelegram) -> None:
-    """/file get <path>: the file from the thread's working directory comes back as a document with its bytes;
+    """/file get <path>: the file from the thread's working directory comes back as a document with its bytes (one
+    of three chunks too);
     a path outside it (`..`, a symlink out), a directory, a missing file and a file over the node's limit are
     refused, each naming why, and nothing is sent"""
     user, cwd = await chat_on_node(tg), cwd_of(stack)
@@ -87,6 +90,10 @@ async def test_file_get(stack: Stack, tg: FakeTelegram) -> None:
     message, data = await document(tg, user, since)
     assert message["document"]["file_name"] == "hello.txt" and data == content
     assert str(cwd / "notes" / "hello.txt") in message.get("caption", ""), message
+    large = os.urandom(MULTI)  # three chunks from the node, each within one frame
+    (cwd / "large.bin").write_bytes(large)
+    message, data = await document(tg, user, await user.say("/file get large.bin"))
+    assert message["document"]["file_size"] == MULTI and data == large
 
     (stack.node_dir(NODE) / "secret.txt").write_text("not for the chat")
     if not (cwd / "link.txt").is_symlink():
@@ -163,8 +170,9 @@ async def test_diff(stack: Stack, tg: FakeTelegram) -> None:
 
 @pytest.mark.case("P2-04")
 async def test_document_upload(stack: Stack, tg: FakeTelegram) -> None:
-    """a document is saved under the thread's cwd in uploads/ with its bytes; with a caption codex gets a turn whose
-    prompt names the saved file; without one the user is told where it is; the same name again never overwrites"""
+    """a document (one of three chunks too) is saved under the thread's cwd in uploads/ with its bytes; with a
+    caption codex gets a turn whose prompt names the saved file; without one the user is told where it is; the same
+    name again never overwrites"""
     user, folder = await chat_on_node(tg), cwd_of(stack) / "uploads"
     name, body = f"report-{new_id('d')}.log", b"line 1\nline 2\n" * 200
     since = await user.upload("document", body, caption="", file_name=name, mime_type="text/plain")
@@ -173,6 +181,10 @@ async def test_document_upload(stack: Stack, tg: FakeTelegram) -> None:
                      "have Codex use it."), saved
     assert (folder / name).read_bytes() == body
     assert not [c for c in await tg.calls("sendMessage", user.chat_id, since) if "⏳" in c["params"]["text"]]
+    archive = os.urandom(MULTI)  # three chunks to the node, each within one frame
+    text = (await user.reply(await user.upload("document", archive, file_name="bundle.tar.gz")))["text"]
+    assert text.startswith(f"Saved bundle.tar.gz ({MULTI} bytes) as {folder / 'bundle.tar.gz'}"), text
+    assert (folder / "bundle.tar.gz").read_bytes() == archive
 
     ask = f"summarize {new_id('s')}"
     since = await user.upload("document", b"second\n", caption=ask, file_name=name, mime_type="text/plain")
@@ -233,29 +245,37 @@ async def test_hostile_uploads(stack: Stack, tg: FakeTelegram) -> None:
         assert "\0" not in saved.name and "\n" not in saved.name and not saved.name.startswith(".") \
             and len(saved.name.encode()) <= 200, (name, saved.name)
     assert not (cwd.parent / "x").exists() and not (stack.node_dir(NODE).parent / "x").exists()
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []  # no part left behind
 
     before = uploads(stack)
+    # Past the node's limit in its fourth chunk: the upload ends there and its part is removed.
     over_node = (await user.reply(await user.upload("document", b"n" * (NODE_LIMIT + 1), file_name="n.bin")))["text"]
     assert "kind=file_too_large" in over_node and f"over the node's limit of {NODE_LIMIT} bytes" in over_node, over_node
     over_bot = (await user.reply(await user.upload("document", b"b" * (BOT_LIMIT + 1), file_name="b.bin")))["text"]
     assert "kind=file_too_large" in over_bot and f"at most {BOT_LIMIT} bytes" in over_bot, over_bot
-    assert uploads(stack) == before
+    assert uploads(stack) == before  # nothing saved, and no part left
 
-    for restart, kinds in ((lambda: stack.restart_node(NODE), ("kind=node_offline",)),
+    payload, expected = os.urandom(MULTI), uploads(stack)  # three chunks: a restart can fall between them
+    for restart, kinds in ((lambda: stack.restart_node(NODE), ("kind=node_offline", "kind=not_found")),
                            (stack.restart_manager, ("kind=manager_unavailable", "kind=node_offline"))):
-        name = f"during-{new_id('r')}.txt"
-        _, since = await asyncio.gather(restart(), user.upload("document", b"payload\n", file_name=name))
+        name = f"during-{new_id('r')}.bin"
+        _, since = await asyncio.gather(restart(), user.upload("document", payload, file_name=name))
         text = (await user.reply(since, timeout=40))["text"]
         if text.startswith("Saved "):
-            assert (folder / name).read_bytes() == b"payload\n", text
-        else:
+            assert (folder / name).read_bytes() == payload, text
+            expected[name] = payload
+        else:  # cut off: nothing under its name, at most a hidden part that no one is told of
             assert any(k in text for k in kinds) and not (folder / name).exists(), text
         await stack.wait_online(NODE)
         after = f"after-{new_id('r')}.txt"
         text = (await user.reply(await user.upload("document", b"again\n", file_name=after), timeout=40))["text"]
         assert text.startswith(f"Saved {after}") and (folder / after).read_bytes() == b"again\n", text
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+        expected[after] = b"again\n"
+    # Every file under a name is whole and one the user was told of; anything else is a hidden part.
+    found = uploads(stack)
+    assert {n: b for n, b in found.items() if not n.startswith(".")} == expected
+    assert all(n.startswith(".upload-") and n.endswith(".part") for n in found if n.startswith(".")), sorted(found)
+
 
 
 @pytest.mark.case("P2-07")
@@ -273,8 +293,8 @@ async def test_voice(stack: Stack, tg: FakeTelegram) -> None:
     served = [line for line in stack.procs["upstream"].log_lines("transcription") if STT_MODEL in line]
     assert served, "the node did not ask the provider with its transcribe_model"
 
-    big = (await user.reply(await user.upload("voice", b"v" * (BOT_LIMIT + 1))))["text"]
-    assert "kind=file_too_large" in big and f"at most {BOT_LIMIT} bytes" in big, big
+    big = (await user.reply(await user.upload("voice", b"v" * (MAX_FILE_BYTES + 1))))["text"]  # goes in one frame
+    assert "kind=file_too_large" in big and f"at most {MAX_FILE_BYTES} bytes" in big, big
 
     await stack.add_node("p2m-off")  # transcribe_model unset: voice notes are off there
     off = tg.user(Stack.ADMIN, next(_chats))
