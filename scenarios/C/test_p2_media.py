@@ -255,11 +255,17 @@ async def test_hostile_uploads(stack: Stack, tg: FakeTelegram) -> None:
     assert "kind=file_too_large" in over_bot and f"at most {BOT_LIMIT} bytes" in over_bot, over_bot
     assert uploads(stack) == before  # nothing saved, and no part left
 
-    payload, expected = os.urandom(MULTI), uploads(stack)  # three chunks: a restart can fall between them
+    payload, expected, node = os.urandom(MULTI), uploads(stack), stack.procs[NODE]
     for restart, kinds in ((lambda: stack.restart_node(NODE), ("kind=node_offline", "kind=not_found")),
                            (stack.restart_manager, ("kind=manager_unavailable", "kind=node_offline"))):
         name = f"during-{new_id('r')}.bin"
-        _, since = await asyncio.gather(restart(), user.upload("document", payload, file_name=name))
+        assert stack.toxics is not None
+        # Each bot->manager call slowed, so the restart falls after the first of the file's three chunks.
+        async with stack.toxics.latency(stack.bot_manager_link, 300):
+            seen = len(node.log_lines("file_op"))
+            since = await user.upload("document", payload, file_name=name)
+            await node.wait_log("file_op", timeout=20, seen=seen)
+            await restart()
         text = (await user.reply(since, timeout=40))["text"]
         if text.startswith("Saved "):
             assert (folder / name).read_bytes() == payload, text
