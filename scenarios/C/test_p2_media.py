@@ -4,7 +4,6 @@ Telegram does (getFile, then /file/bot<token>/<file_path>); `[[mock:images]]` an
 model (media type, size, SHA-256); its `/v1/audio/transcriptions` "transcribes" a voice note whose bytes are the words."""
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import itertools
