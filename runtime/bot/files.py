@@ -47,6 +47,9 @@ async def file_(relay: Relay, req: Req, args: str) -> None:
         raise Reply(render.USAGE["file"])
     await relay.selected_node(req)
     answer, data = await _get(relay, req, path.strip())
+    if not data:  # Telegram refuses an empty document
+        await relay.say(req, f"{answer['path']} is empty (0 bytes): there is nothing to send.")
+        return
     await relay.delivery.document(req.chat_id, str(answer["name"]), data,
                                   f"{answer['path']} ({answer['size']} bytes)", trace_id=req.trace_id)
 

@@ -94,6 +94,8 @@ async def test_file_get(stack: Stack, tg: FakeTelegram) -> None:
     message, data = await document(tg, user, await user.say("/file get large.bin"))
     assert message["document"]["file_size"] == MULTI and data == large
 
+    (cwd / "empty.txt").write_bytes(b"")
+    assert await answer(user, "/file get empty.txt") == f"{cwd / 'empty.txt'} is empty (0 bytes): there is nothing to send."
     (stack.node_dir(NODE) / "secret.txt").write_text("not for the chat")
     if not (cwd / "link.txt").is_symlink():
         os.symlink(stack.node_dir(NODE) / "secret.txt", cwd / "link.txt")
