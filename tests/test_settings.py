@@ -20,7 +20,8 @@ from runtime.settings import EXIT_CONFIG, ConfigError, Loader
 SERVICES = {"manager": MANAGER, "node": NODE, "bot": BOT}
 REQUIRED = {"manager": ["--control-token", "ctl"], "node": ["--node-id", "n1", "--token", "tok"],
             "bot": ["--telegram-token", "1:tg", "--control-token", "ctl"]}
-SECRETS = {"manager": {"control_token"}, "node": {"token"}, "bot": {"telegram_token", "control_token", "webhook_secret"}}
+SECRETS = {"manager": {"control_token"}, "node": {"token", "transcribe_api_key"},
+           "bot": {"telegram_token", "control_token", "webhook_secret"}}
 
 
 def toml(tmp_path: Path, text: str) -> str:

@@ -2,12 +2,16 @@
 Bot calls go to `/bot<token>/<method>`; tests inject updates, read calls and set faults under `/_fake/`.
 Text with parse_mode HTML is parsed as Telegram parses it (tg_entities.py): its entities are kept, a malformed
 one gets Telegram's "can't parse entities" answer, and the 4,096-character limit applies after parsing.
-Documents arrive as multipart uploads, as to Telegram, and are kept: `GET /_fake/file/<file_id>` reads one."""
+Documents arrive as multipart uploads, as to Telegram, and are kept: `GET /_fake/file/<file_id>` reads one.
+A user's document, photo or voice note (`POST /_fake/message` with `document`/`photo`/`voice`: base64 `data`) is
+served as Telegram serves it: `getFile` gives its `file_path` (400 "file is too big" past 20 MB), and
+`GET /file/bot<token>/<file_path>` its bytes."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import re
@@ -38,6 +42,8 @@ NOT_MODIFIED = ("Bad Request: message is not modified: specified new message con
 ERROR_STATUSES = frozenset(s.value for s in HTTPStatus if 400 <= s.value <= 599)
 MAX_TEXT, MAX_CAPTION = 4096, 1024      # characters after entity parsing, as Telegram counts them (code points)
 MAX_UPLOAD = 50 * 1024 * 1024           # Telegram's limit for a file a bot uploads
+MAX_DOWNLOAD = 20 * 1024 * 1024         # Telegram's limit for a file a bot downloads (getFile)
+MEDIA = ("document", "photo", "voice")  # what a user's message may carry besides text
 
 
 def log(op: str, **kv: Any) -> None:
@@ -95,6 +101,7 @@ class Msg:
     reply_markup: Json | None = None
     entities: list[Json] | None = None
     document: Json | None = None  # a document message: `text` is its caption, `entities` the caption's
+    media: Json | None = None  # a user's photo (a list of sizes) or voice note, by its key: `text` is the caption
     edits: list[Json] = field(default_factory=list)
     original: Json = field(default_factory=dict)
     deleted: bool = False
@@ -198,7 +205,7 @@ class FakeTelegram:
         self.changed = asyncio.Condition()  # wakes long polls: new update, new call, newer poll, shutdown
         self.handlers = {n.lower(): n for n in TRUE_METHODS + (
             "getMe", "setWebhook", "deleteWebhook", "getUpdates", "sendMessage", "editMessageText", "editMessageReplyMarkup",
-            "answerCallbackQuery", "deleteMessage", "setMyCommands", "getMyCommands", "sendDocument")}
+            "answerCallbackQuery", "deleteMessage", "setMyCommands", "getMyCommands", "sendDocument", "getFile")}
         self.reset()
 
     def reset(self) -> None:
@@ -210,6 +217,7 @@ class FakeTelegram:
         self.faults: list[Json] = []
         self.files: dict[str, Upload] = {}  # file_id -> what a bot uploaded
         self.uploads: dict[str, Upload] = {}  # the current call's uploaded files, by field name
+        self.paths: dict[str, str] = {}  # file_path (getFile) -> file_id, for /file/bot<token>/<file_path>
 
     async def _notify(self) -> None:
         async with self.changed:
@@ -280,8 +288,10 @@ class FakeTelegram:
         chat = ({"id": m.chat_id, "type": "private", "first_name": "User"} if m.chat_id > 0
                 else {"id": m.chat_id, "type": "group", "title": f"Group {m.chat_id}"})
         out: Json = {"message_id": m.message_id, "date": m.date, "chat": chat, "from": m.sender}
-        if m.document is not None:
-            out["document"] = m.document
+        if m.document is not None or m.media:
+            if m.document is not None:
+                out["document"] = m.document
+            out.update(m.media or {})
             if m.text:
                 out["caption"] = m.text
             if m.entities:
@@ -402,6 +412,27 @@ class FakeTelegram:
                             document=document)
         return self._message_json(msg)
 
+    async def m_getFile(self, p: Json) -> Json:
+        """As Telegram: the file's path for the download URL; past 20 MB a bot cannot download it."""
+        file_id = str(_need(p, "file_id", str))
+        upload = self.files.get(file_id)
+        if upload is None:
+            raise TgError(400, "Bad Request: invalid file_id")
+        if len(upload.data) > MAX_DOWNLOAD:
+            raise TgError(400, "Bad Request: file is too big")
+        folder = {"image": "photos", "audio": "voice"}.get(upload.content_type.split("/")[0], "documents")
+        path = f"{folder}/file_{file_id}{os.path.splitext(upload.filename)[1]}"
+        self.paths[path] = file_id
+        return {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": len(upload.data), "file_path": path}
+
+    async def download(self, request: web.Request) -> web.Response:
+        """`/file/bot<token>/<file_path>`: a file's bytes, as Telegram's file server sends them."""
+        file_id = self.paths.get(request.match_info["path"])
+        if request.match_info["token"] != self.token or file_id is None:
+            return web.json_response({"ok": False, "error_code": 404, "description": "Not Found"}, status=404)
+        log("download", file_id=file_id, size=len(self.files[file_id].data))
+        return web.Response(body=self.files[file_id].data, content_type="application/octet-stream")
+
     async def _edit(self, p: Json, method: str, new: tuple[str, list[Json] | None] | None) -> Json:
         msg = self._find(p, "edit")
         if not msg.from_bot or msg.document is not None:
@@ -462,9 +493,32 @@ class FakeTelegram:
         cmd = COMMAND.match(text)  # entity lengths count UTF-16 code units, as Telegram's do
         return [{"type": "bot_command", "offset": 0, "length": len(cmd[0].encode("utf-16-le")) // 2}] if cmd else None
 
+    def _user_file(self, kind: str, spec: Json) -> tuple[Json | None, Json | None]:
+        """A user's document, photo or voice note, kept as Telegram keeps it: the message's field for it."""
+        data = base64.b64decode(_need(spec, "data", str))
+        mime = str(spec.get("mime_type")
+                   or {"photo": "image/jpeg", "voice": "audio/ogg"}.get(kind, "application/octet-stream"))
+        name = str(spec.get("file_name") or {"photo": "photo.jpg", "voice": "voice.oga"}.get(kind, "file"))
+        file_id = f"{kind}{len(self.files) + 1}_{self.seq}"
+        self.files[file_id] = Upload(name, mime, data)
+        ids: Json = {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_size": len(data)}
+        if kind == "document":
+            return {**ids, "file_name": name, "mime_type": mime}, None
+        if kind == "photo":  # Telegram sends sizes, smallest first; the test's image is the largest
+            return None, {"photo": [{**ids, "width": int(spec.get("width", 640)), "height": int(spec.get("height", 480))}]}
+        return None, {"voice": {**ids, "duration": int(spec.get("duration", 2)), "mime_type": mime}}
+
     async def c_message(self, body: Json) -> Json:
-        chat_id, text = _need(body, "chat_id", int), _need(body, "text", str)
-        msg = self._new_msg(chat_id, text, self._user(body), entities=self._entities(text))
+        chat_id = _need(body, "chat_id", int)
+        kind = next((k for k in MEDIA if k in body), None)
+        if kind is None:
+            text = _need(body, "text", str)
+            msg = self._new_msg(chat_id, text, self._user(body), entities=self._entities(text))
+        else:
+            document, media = self._user_file(kind, _need(body, kind, dict))
+            msg = self._new_msg(chat_id, str(body.get("caption") or ""), self._user(body), document=document,
+                                media=media)
+            text = f"[{kind}] {msg.text}"
         update_id = await self._push({"message": self._message_json(msg)})
         log("inject", kind="message", update_id=update_id, chat_id=chat_id, text=text)
         return {"update_id": update_id, "message_id": msg.message_id}
@@ -612,6 +666,7 @@ def build_app(token: str, username: str = "relay_test_bot") -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024 * 1024)
     app[FAKE_KEY] = fake
     app.router.add_route("*", "/bot{token}/{method}", fake.bot_api)
+    app.router.add_route("GET", "/file/bot{token}/{path:.+}", fake.download)
     app.router.add_route("*", r"/_fake/{action:(updates/pending|chat/[^/]+|file/[^/]+|[a-z]+)}", fake.control)
     app.on_shutdown.append(fake.on_shutdown)
     return app

@@ -4,6 +4,9 @@ Every read waits on the fake's long-poll (`wait=`), so no scenario sleeps to see
 """
 from __future__ import annotations
 
+import base64
+import io
+import json
 import time
 from typing import Any
 
@@ -20,6 +23,14 @@ class TelegramUser:
         """Type a message; returns the call sequence number to read replies after."""
         since = await self.tg.last_seq()
         await self.tg.post("message", {"chat_id": self.chat_id, "user_id": self.user_id, "text": text})
+        return since
+
+    async def upload(self, kind: str, data: bytes, caption: str = "", **spec: Any) -> int:
+        """Send a document, photo or voice note (`kind`) with a caption; `spec`: file_name, mime_type, width, ...
+        Returns the call sequence number to read replies after."""
+        since = await self.tg.last_seq()
+        await self.tg.post("message", {"chat_id": self.chat_id, "user_id": self.user_id, "caption": caption,
+                                       kind: {"data": base64.b64encode(data).decode(), **spec}})
         return since
 
     async def tap(self, message_id: int, data: str) -> int:
@@ -111,7 +122,9 @@ class FakeTelegram:
         return TelegramUser(self, user_id, chat_id)
 
     async def post(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
-        async with self.http.post(self.base + action, json=body) as resp:
+        # A stream: a user's file of megabytes as one bytes body would make aiohttp warn that it blocks the loop.
+        raw = io.BytesIO(json.dumps(body).encode())
+        async with self.http.post(self.base + action, data=raw, headers={"Content-Type": "application/json"}) as resp:
             data = await resp.json()
             assert resp.status == 200, f"fake telegram {action}: {resp.status} {data}"
             return dict(data)

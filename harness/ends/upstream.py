@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import os
 import re
@@ -37,7 +39,7 @@ ECHO_CMD = "echo relay-approved"
 JSON_CT = "application/json"
 BEHAVIORS = frozenset(
     ("reply", "history", "whoami", "approve", "patch", "elicit", "drop", "eof", "hang", "http500", "http", "failed",
-     "slow", "markdown", "long_markdown", "ask", "review", "compact")
+     "slow", "markdown", "long_markdown", "ask", "review", "compact", "images")
 )
 # Behaviours whose first answer is a tool call; the model answers the tool's output with a message.
 TOOL_CALLS = ("approve", "patch", "elicit", "ask", "review")
@@ -171,6 +173,20 @@ def _whoami(body: Json, items: list[Any]) -> str:
             f"approval: {found['approval']}")
 
 
+def _images(user: Json | None) -> str:
+    """`images: N` and, per image, its media type, size and SHA-256 prefix, as the model received it."""
+    parts = user.get("content") if isinstance(user, dict) else None
+    urls = [p.get("image_url") for p in parts if isinstance(p, dict) and p.get("type") == "input_image"] \
+        if isinstance(parts, list) else []
+    seen = []
+    for url in urls:
+        head, _, data = str(url).partition(",")
+        raw = base64.b64decode(data) if head.endswith(";base64") else b""
+        seen.append(f"{head.removeprefix('data:').removesuffix(';base64')} {len(raw)} bytes "
+                    f"sha256 {hashlib.sha256(raw).hexdigest()[:16]}")
+    return f"images: {len(urls)}" + "".join(f"; {s}" for s in seen)
+
+
 def _sse(kind: str, **data: Any) -> bytes:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
 
@@ -280,6 +296,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
         text = _whoami(body, items)
     elif name == "compact":
         text = f"summary: the thread so far had {sum(map(_is_real_user, items)) - 1} user messages"
+    elif name == "images":  # what images the user's message carried, as codex sent them (input_image data URLs)
+        text = _images(user)
     elif name == "markdown":  # an answer in Markdown with hostile text (harness/ends/answers.py)
         text = rich_markdown(key)
     elif name == "long_markdown":
@@ -354,6 +372,23 @@ async def responses_with_key(request: web.Request) -> web.StreamResponse:
     return await responses(request)
 
 
+async def transcriptions(request: web.Request) -> web.Response:
+    """OpenAI's speech to text (`POST /v1/audio/transcriptions`, multipart `file` and `model`): answers
+    `{"text": ...}`. The test's "audio" is the words themselves in UTF-8, so the transcript is checkable; a request
+    without a model or a file gets OpenAI's 400."""
+    form = await request.post()
+    upload, model = form.get("file"), form.get("model")
+    if not isinstance(upload, web.FileField) or not model:
+        missing = "model" if not model else "file"
+        return web.json_response({"error": {"message": f"you must provide a {missing} parameter",
+                                            "type": "invalid_request_error", "code": None, "param": missing}},
+                                 status=400)
+    data = upload.file.read()
+    request.app[STATE_KEY].by_behavior["transcription"] += 1
+    _log(op="transcription", model=str(model), filename=upload.filename, size=len(data))
+    return web.json_response({"text": data.decode("utf-8", "replace").strip()})
+
+
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].snapshot())
 
@@ -393,6 +428,7 @@ def build_app(state: MockUpstream | None = None) -> web.Application:
     app[STATE_KEY] = state or MockUpstream()
     app.router.add_post("/v1/responses", responses)
     app.router.add_post("/auth/v1/responses", responses_with_key)
+    app.router.add_post("/v1/audio/transcriptions", transcriptions)
     app.router.add_get("/_mock/stats", stats)
     app.router.add_post("/_mock/reset", reset)
     app.router.add_post("/_mock/mode", mode)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Annotated
 
 from runtime import tls
+from runtime.protocol.wire import FILE_CHUNK_BYTES, TELEGRAM_DOWNLOAD_BYTES
 from runtime.settings import LOG_LEVELS, Loader, setting, state_dir
 
 EXIT_TELEGRAM = 3      # Telegram refused the bot token; runtime.settings.EXIT_CONFIG (2) is every bad setting
@@ -42,6 +43,10 @@ class BotConfig:
                                         ge=0)] = 10.0
     answer_max_parts: Annotated[int, setting("messages one answer may take; a longer one comes as its first message "
                                              "and the whole answer as an .md document", ge=1)] = 8
+    file_max_bytes: Annotated[int, setting(f"largest file the bot takes from Telegram or from a node (in chunks of "
+                                           f"{FILE_CHUNK_BYTES} bytes); at most {TELEGRAM_DOWNLOAD_BYTES}, what "
+                                           f"Telegram lets a bot download; the node's own file_max_bytes applies "
+                                           f"too", ge=1, le=TELEGRAM_DOWNLOAD_BYTES)] = TELEGRAM_DOWNLOAD_BYTES
     send_attempts: Annotated[int, setting("tries for one Telegram send", ge=1)] = 5
     webhook_url: Annotated[str, setting("public webhook URL; empty uses long polling")] = ""
     webhook_listen: Annotated[str, setting("address the webhook server listens on")] = "127.0.0.1"

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from telegram import Update
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from runtime.bot import models, permissions, render, threads, wizard
+from runtime.bot import files, models, permissions, render, threads, wizard
 from runtime.bot.commands import BUTTONS, COMMANDS, Command
 from runtime.bot.context import Relay, Reply, Req
 from runtime.bot.flood import Refusal
@@ -21,7 +21,7 @@ from runtime.logfmt import log
 from runtime.protocol import RelayError
 
 # The modules that register commands and buttons besides commands.py: imported here, so the bot has them all.
-COMMAND_MODULES = (models, threads)
+COMMAND_MODULES = (models, threads, files)
 logger = logging.getLogger("codex_bot.handlers")
 
 Work = Callable[[Req], Awaitable[str | None]]  # returns a toast text for buttons, None for messages
@@ -130,6 +130,15 @@ async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE
     await _guarded(relay, update, "text", permissions.TEXT, "Sending to Codex", work)
 
 
+async def _media(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    message = update.effective_message
+
+    async def work(req: Req) -> None:
+        if message is not None:
+            await files.take_media(relay, req, message, context.bot)
+    await _guarded(relay, update, "media", permissions.MEDIA, "Uploading to the node", work)
+
+
 async def _unknown(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     message = update.effective_message  # filters.COMMAND: its first entity is the command
     command = message.parse_entity(message.entities[0]) if message and message.entities else ""
@@ -157,4 +166,5 @@ def install(app: Application, relay: Relay) -> None:  # type: ignore[type-arg]
     app.add_handler(CallbackQueryHandler(partial(_button, relay)))
     app.add_handler(MessageHandler(filters.COMMAND, partial(_unknown, relay)))
     app.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, partial(_text, relay)))
+    app.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL | filters.VOICE, partial(_media, relay)))
     app.add_error_handler(_on_error)

@@ -38,6 +38,8 @@ COMMANDS: dict[str, Rule] = {
     "queue": Rule(USER, "on: a message sent while a turn runs waits for it; off (default): it steers that turn"),
     "review": Rule(USER, "Codex reviews the uncommitted changes of the chat's thread; the findings are posted"),
     "compact": Rule(USER, "Codex compacts the chat's thread (summarizes its history); confirmed when done"),
+    "file": Rule(USER, "a file from the thread's working directory, as a document"),
+    "diff": Rule(USER, "the thread's working-tree diff, as a .patch document"),
     "token": Rule(ADMIN, "node tokens: generate, list, revoke"),
     "user": Rule(ADMIN, "who may use the bot: add, remove, list"),
     "config_value_write": Rule(ADMIN, "write a Codex config value on the node (it can name programs codex runs)"),
@@ -65,6 +67,9 @@ CHOICES: dict[str, Rule] = {
 }
 
 TEXT = Rule(USER, "any other text: a Codex turn on the chat's node, or the answer to the question Codex asks there")
+MEDIA = Rule(USER, "a document or photo: saved in the thread's uploads folder on the chat's node; a photo, or a "
+                   "caption, starts a Codex turn. A voice note: transcribed by the node's provider, shown, and run "
+                   "as a Codex turn")
 OTHER = Rule(USER, "an unknown command, or a button the bot no longer knows: told so")
 
 
@@ -73,7 +78,7 @@ def table() -> str:
     rows = [(f"`/{name}`", rule) for name, rule in COMMANDS.items()]
     rows += [(f"button `{prefix.value}:`", rule) for prefix, rule in BUTTONS.items()]
     rows += [(f"choice `{name}`", rule) for name, rule in CHOICES.items()]
-    rows += [("text", TEXT), ("other", OTHER)]
+    rows += [("text", TEXT), ("document, photo or voice note", MEDIA), ("other", OTHER)]
     lines = ["| command or button | stranger | user | admin | what |", "|---|---|---|---|---|"]
     for label, rule in rows:
         lines.append(f"| {label} | {' | '.join('yes' if role >= rule.who else 'no' for role in Role)} | {rule.what} |")

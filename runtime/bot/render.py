@@ -61,15 +61,20 @@ HELP = """Codex Relay: drive Codex on your machines from here.
 /queue on|off: a message sent while a turn runs waits for it (on), or is added to it (off, the default)
 /review: Codex reviews the uncommitted changes in the thread's folder
 /compact: Codex summarizes the thread's history, to free its context
+/file get <path>: a file from the thread's working directory, as a document
+/diff: the working directory's changes (git diff) as a .patch document
 /approve <approval_id> [session]: approve a pending request
 /decline <approval_id>: decline a pending request
 /config_value_write {"key_path": "...", "value": ...}: write a Codex config value on the node (admins)
 /token generate|list|revoke: node tokens (admins)
 /user add|remove|list: who may use this bot (admins)
 
-Any other text is sent to Codex on the selected node."""
+Any other text is sent to Codex on the selected node. A document is saved in the thread's uploads folder (its
+caption, if any, goes to Codex naming it); a photo goes to Codex as an image, with its caption as the prompt."""
 
 USAGE = {
+    "file": "Usage: /file get <path>\nSends a file from the thread's working directory (a path relative to it) as a "
+            "document.",
     "token": "Usage:\n/token generate [node=<node_id>] [note=<text>]: create a node token (shown once)\n"
              "/token list: list tokens\n/token revoke <token_id>: revoke a token and cut off its nodes",
     "user": "Usage:\n/user add <user_id> [admin]: allow a Telegram user (as an admin with `admin`)\n"

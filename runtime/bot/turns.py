@@ -59,7 +59,8 @@ class Turns:
         self.tasks = Background(logger)
         self._finished: OrderedDict[str, None] = OrderedDict()  # recent task_ids, so a late event is not shown twice
 
-    async def start(self, req: Req, node_id: str, text: str, action: TaskAction = TaskAction.TURN) -> None:
+    async def start(self, req: Req, node_id: str, text: str, action: TaskAction = TaskAction.TURN,
+                    images: list[str] | None = None) -> None:
         """Answer with the placeholder now; the turn itself (or codex's review or compaction) runs in the background."""
         asked, task_id = time.monotonic(), new_id("task")
         sent = await self.delivery.send(req.chat_id, render.placeholder(node_id, action), render.stop_button(task_id),
@@ -70,12 +71,14 @@ class Turns:
         self.active[turn.task_id] = turn
         log(logger, logging.INFO, "turn_started", chat_id=req.chat_id, user_id=req.user_id, node_id=node_id,
             task_id=turn.task_id, trace_id=req.trace_id, placeholder_ms=round((turn.started - asked) * 1000))
-        self.tasks.spawn(self._run(turn, text), f"turn:{turn.task_id}")
+        self.tasks.spawn(self._run(turn, text, images), f"turn:{turn.task_id}")
 
-    async def _run(self, turn: Turn, text: str) -> None:
+    async def _run(self, turn: Turn, text: str, images: list[str] | None = None) -> None:
         deadline = turn.started + self.config.turn_timeout
-        body = {"chat_key": chat_key(turn.chat_id), "text": text, "node_id": turn.node_id, "task_id": turn.task_id,
-                "action": turn.action.value}
+        body: dict[str, Any] = {"chat_key": chat_key(turn.chat_id), "text": text, "node_id": turn.node_id,
+                                "task_id": turn.task_id, "action": turn.action.value}
+        if images:
+            body["images"] = images
         lost, backoff = False, Backoff(RETRY_FIRST, 2.0, RETRY_CAP, jitter=0.2)
         while not turn.done:
             remaining = deadline - time.monotonic()

@@ -25,7 +25,7 @@ from runtime.manager.store import ROUTE_FIELDS, THREAD_SETTINGS
 from runtime.protocol import (MAX_BODY_BYTES, ROUTES, Api, ErrorKind, RelayError, Route, TaskAction, business_fail,
                               control_fail, encode_bytes, new_id)
 from runtime.protocol import api
-from runtime.protocol.wire import Hello, RpcOutcome, ThreadSettings, field_error
+from runtime.protocol.wire import FileRequest, Hello, RpcOutcome, ThreadSettings, field_error
 
 logger = logging.getLogger("codex_manager.control")
 REPLAY_MAX = 10_000  # missed events sent to one reconnecting client; older ones are its loss, and logged
@@ -103,7 +103,43 @@ async def dispatch_text(mgr: Manager, body: api.DispatchTextBody, trace_id: str)
     return await mgr.dispatch(node_id, body.text, body.timeout, trace_id, task_id=body.task_id,
                               chat_key=body.chat_key, thread_id=thread_id, model=chat["model"],
                               effort=chat["effort"], settings=settings, action=body.action, steer=steer,
-                              follows=follows)
+                              follows=follows, images=body.images)
+
+
+async def _files(mgr: Manager, body: api.ChatFilesBody | api.FileGetBody | api.FilePutBody, trace_id: str,
+                 request: FileRequest) -> dict[str, Any]:
+    answer = await mgr.files(body.chat_key, body.node_id, request)
+    log(logger, logging.INFO, "file_op", trace_id=trace_id, chat_key=body.chat_key, action=request.op,
+        size=answer.size)
+    return ok(name=answer.name, path=answer.path, data=answer.data, size=answer.size, empty=answer.empty,
+              text=answer.text, mtime_ns=answer.mtime_ns)
+
+
+@handles("POST", Api.FILES_GET)
+async def files_get(mgr: Manager, body: api.FileGetBody, trace_id: str) -> dict[str, Any]:
+    return await _files(mgr, body, trace_id, FileRequest(request_id=new_id("file"), op="get", timeout=body.timeout,
+                                                         trace_id=trace_id, path=body.path, offset=body.offset))
+
+
+@handles("POST", Api.FILES_PUT)
+async def files_put(mgr: Manager, body: api.FilePutBody, trace_id: str) -> dict[str, Any]:
+    return await _files(mgr, body, trace_id, FileRequest(request_id=new_id("file"), op="put", timeout=body.timeout,
+                                                         trace_id=trace_id, name=body.name, data=body.data,
+                                                         upload_id=body.upload_id, offset=body.offset,
+                                                         final=body.final))
+
+
+@handles("POST", Api.FILES_TRANSCRIBE)
+async def files_transcribe(mgr: Manager, body: api.FilePutBody, trace_id: str) -> dict[str, Any]:
+    return await _files(mgr, body, trace_id, FileRequest(request_id=new_id("file"), op="transcribe",
+                                                         timeout=body.timeout, trace_id=trace_id, name=body.name,
+                                                         data=body.data))
+
+
+@handles("POST", Api.FILES_DIFF)
+async def files_diff(mgr: Manager, body: api.ChatFilesBody, trace_id: str) -> dict[str, Any]:
+    return await _files(mgr, body, trace_id, FileRequest(request_id=new_id("file"), op="diff", timeout=body.timeout,
+                                                         trace_id=trace_id))
 
 
 @handles("POST", Api.APPSERVER)

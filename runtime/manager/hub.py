@@ -14,7 +14,10 @@ from aiohttp import web
 
 from runtime.manager.sender import Sender
 from runtime.protocol import encode_bytes
-from runtime.protocol.wire import EventFrame, Frame, Readiness, RpcOutcome
+from runtime.protocol.wire import EventFrame, FileOutcome, Frame, Readiness, RpcOutcome
+
+# What a node answers a relayed call with: an app-server call's outcome, or a file operation's.
+Answer = RpcOutcome | FileOutcome
 
 
 @dataclass(slots=True)  # 10,000 of them in a fleet
@@ -46,7 +49,7 @@ class Hub:
     def __init__(self) -> None:
         self.sessions: dict[str, NodeSession] = {}
         self.task_waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self.rpc_waiters: dict[str, tuple[str, asyncio.Future[RpcOutcome]]] = {}  # request_id -> node_id, future
+        self.rpc_waiters: dict[str, tuple[str, asyncio.Future[Answer]]] = {}  # request_id -> node_id, future
         self.subscribers: set[Sender] = set()
         self.unregistered = 0  # node sockets open but not registered yet
         self.counters: Counter[str] = Counter()
@@ -72,12 +75,12 @@ class Hub:
         if fut is not None and not fut.done():
             fut.set_result(result)
 
-    def wait_rpc(self, node_id: str, request_id: str) -> asyncio.Future[RpcOutcome]:
-        fut: asyncio.Future[RpcOutcome] = asyncio.get_running_loop().create_future()
+    def wait_rpc(self, node_id: str, request_id: str) -> asyncio.Future[Answer]:
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         self.rpc_waiters[request_id] = (node_id, fut)
         return fut
 
-    def resolve_rpc(self, node_id: str, request_id: str, response: RpcOutcome) -> bool:
+    def resolve_rpc(self, node_id: str, request_id: str, response: Answer) -> bool:
         """Only the node the call went to may answer it; anything else is a late or stray reply."""
         waiter = self.rpc_waiters.get(request_id)
         if waiter is None or waiter[0] != node_id or waiter[1].done():

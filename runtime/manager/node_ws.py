@@ -277,6 +277,14 @@ async def _appserver_response(mgr: Manager, session: NodeSession, msg: wire.Apps
     log(logger, logging.INFO, "late_rpc_response_dropped", node_id=session.node_id, request_id=msg.request_id)
 
 
+@on(wire.FileResponse)
+async def _file_response(mgr: Manager, session: NodeSession, msg: wire.FileResponse) -> None:
+    if mgr.hub.resolve_rpc(session.node_id, msg.request_id, msg.result):
+        return
+    mgr.hub.counters["late_rpc_responses"] += 1
+    log(logger, logging.INFO, "late_file_response_dropped", node_id=session.node_id, request_id=msg.request_id)
+
+
 @on(wire.ApprovalRequest)
 async def _approval_request(mgr: Manager, session: NodeSession, msg: wire.ApprovalRequest) -> None:
     if msg.task_id is not None:

@@ -20,7 +20,7 @@ from runtime.manager.sender import Limits
 from runtime.manager.throttle import AuthThrottle
 from runtime.manager.store import Store
 from runtime.protocol import (CLOSE_REVOKED, CLOSE_SILENT, FINAL_STATES, SESSION_PROTOCOL, ApprovalKind, ApprovalState,
-                              Decision, ErrorKind, RelayError, TaskAction, TaskState, new_id)
+                              Decision, ErrorKind, RelayError, TaskAction, TaskState, new_id, parse_kind)
 from runtime.protocol import wire
 from runtime.protocol.wire import RpcOutcome, TaskOutcome
 
@@ -90,7 +90,8 @@ class Manager:
                        task_id: str | None = None, chat_key: str | None = None, thread_id: str | None = None,
                        model: str | None = None, effort: str | None = None,
                        settings: wire.ThreadSettings | None = None, action: TaskAction = TaskAction.TURN,
-                       steer: bool = False, follows: str | None = None) -> dict[str, Any]:
+                       steer: bool = False, follows: str | None = None,
+                       images: list[str] | None = None) -> dict[str, Any]:
         """Run one prompt on a node and wait for its one final result, or fail it as timed out."""
         if task_id is not None and (existing := await self.store.task(task_id)) is not None:
             return await self._await_existing(existing, timeout)
@@ -102,7 +103,8 @@ class Manager:
                              f"{session.protocol}), which cannot {action.value}: upgrade that node")
         assign = wire.TaskAssign(task_id=task_id or new_id("task"), trace_id=trace_id, node_id=node_id,
                                  chat_key=chat_key, prompt=prompt, thread_id=thread_id, model=model, effort=effort,
-                                 settings=settings, timeout=timeout, action=action, steer=steer, follows=follows)
+                                 settings=settings, timeout=timeout, action=action, steer=steer, follows=follows,
+                                 images=images or None)
         frame = wire.encode_frame(assign)  # refused here if it cannot reach the node in one frame
         if not await self.store.create_task(assign, deadline=time.time() + timeout):
             return await self._await_existing(await self.store.task(assign.task_id), timeout)
@@ -238,10 +240,39 @@ class Manager:
         waiter = self.hub.wait_rpc(node_id, request_id)
         session.send(frame)
         try:
-            return await asyncio.wait_for(waiter, timeout)
+            answer = await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             self.hub.rpc_waiters.pop(request_id, None)
             raise RelayError(ErrorKind.TIMEOUT, f"{method} got no answer within {timeout:g}s") from None
+        if not isinstance(answer, RpcOutcome):
+            raise RelayError(ErrorKind.INTERNAL, f"node {node_id!r} answered {method} with a file reply")
+        return answer
+
+    # ---- files ------------------------------------------------------------------------------
+    async def files(self, chat_key: str, node_id: str | None, request: wire.FileRequest) -> wire.FileOutcome:
+        """A file operation in the directory of the chat's thread on its node; the node checks every path."""
+        chat = await self.store.chat(chat_key)
+        node_id = node_id or chat["node_id"]
+        if not node_id:
+            raise RelayError(ErrorKind.INVALID_REQUEST, "this chat has no node yet: pick one with /node first")
+        session = self.hub.online(node_id)
+        if session is None:
+            raise RelayError(ErrorKind.NODE_OFFLINE, f"node {node_id!r} is offline: wait for it or pick another node")
+        request.cwd = (chat["bindings"].get(node_id) or {}).get("cwd") or None
+        frame = wire.encode_frame(request)
+        waiter = self.hub.wait_rpc(node_id, request.request_id)
+        session.send(frame)
+        try:
+            answer = await asyncio.wait_for(waiter, request.timeout)
+        except TimeoutError:
+            self.hub.rpc_waiters.pop(request.request_id, None)
+            raise RelayError(ErrorKind.TIMEOUT, f"the file {request.op} got no answer within {request.timeout:g}s") \
+                from None
+        if not answer.ok:
+            raise RelayError(parse_kind(answer.error_kind), answer.error)
+        if not isinstance(answer, wire.FileOutcome):
+            raise RelayError(ErrorKind.INTERNAL, f"node {node_id!r} answered a file {request.op} with another reply")
+        return answer
 
     # ---- approvals --------------------------------------------------------------------------
     async def approval_requested(self, node_id: str, msg: wire.ApprovalRequest) -> None:

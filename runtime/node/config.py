@@ -13,6 +13,7 @@ from typing import Annotated
 
 from runtime import eventloop, tls
 from runtime.node import roots
+from runtime.protocol.wire import FILE_CHUNK_BYTES, MAX_FILE_BYTES, TELEGRAM_DOWNLOAD_BYTES
 from runtime.settings import LOG_LEVELS, ConfigError, Loader, setting, state_dir
 
 # Documented exit codes (README, "Node"), after runtime.settings.EXIT_CONFIG (2) for every bad setting.
@@ -76,6 +77,19 @@ class NodeConfig:
                                             "threads; 0 never", ge=0)] = 100
     recycle_fds: Annotated[int, setting("restart the codex child between turns once it holds this many open "
                                         "files; 0 never", ge=0)] = 2000
+    # Files to and from a thread's directory (/file get, uploads, /diff) travel in one frame each.
+    file_max_bytes: Annotated[int, setting(f"largest file the node sends or saves (/file get, uploads; in chunks of "
+                                           f"{FILE_CHUNK_BYTES} bytes); a diff or a voice note goes in one frame, "
+                                           f"so at most {MAX_FILE_BYTES} of them", ge=1)] = TELEGRAM_DOWNLOAD_BYTES
+    uploads_dir: Annotated[str, setting("folder, inside a thread's working directory, that uploads are saved in")] \
+        = "uploads"
+    # Voice notes: speech to text at the model provider (OpenAI's /audio/transcriptions API, which the mock serves).
+    transcribe_model: Annotated[str, setting("speech-to-text model for voice notes (e.g. gpt-4o-mini-transcribe or "
+                                             "whisper-1); empty turns voice notes off")] = ""
+    transcribe_url: Annotated[str, setting("speech-to-text endpoint; empty is <the model provider's base_url>"
+                                           "/audio/transcriptions")] = ""
+    transcribe_api_key: Annotated[str, setting("API key sent to the speech-to-text endpoint as a Bearer token; empty "
+                                               "sends none", secret=True)] = field(default="", repr=False)
     appserver_log: Annotated[str, setting("file to write the codex app-server traffic to, both ways, as JSON lines "
                                           "with secrets redacted (rotates at 64 MiB); for debugging; empty is "
                                           "off")] = ""
@@ -115,6 +129,9 @@ def check_cwd(config: NodeConfig) -> None:
         if not os.path.isdir(root):
             raise ConfigError(f"allowed root does not exist or is not a directory: {root}",
                               f"create it or remove it from {SETTINGS.where('allowed_roots')}", EXIT_CWD)
+    if config.uploads_dir in ("", ".", "..") or "/" in config.uploads_dir or "\0" in config.uploads_dir:
+        raise ConfigError(f"uploads_dir must be one folder name, not {config.uploads_dir!r}",
+                          f"set {SETTINGS.where('uploads_dir')} to a plain name such as `uploads`")
     if roots.within(config.cwd, config.allowed_roots) is None:
         raise ConfigError(f"cwd {config.cwd} is outside allowed_roots ({', '.join(config.allowed_roots)})",
                           f"add it to {SETTINGS.where('allowed_roots')}, or set `cwd` inside one of them")

@@ -13,13 +13,13 @@ from runtime.aiotasks import cancel
 from runtime.logfmt import log
 from runtime.node import config as config_mod
 from runtime.node import doctor
-from runtime.node import roots
+from runtime.node import files, roots, transcribe
 from runtime.node.appserver import AppServer
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
 from runtime.node.readiness import Monitor
 from runtime.node.tasks import Runner
-from runtime.protocol import RelayError
+from runtime.protocol import ErrorKind, RelayError
 from runtime.protocol import wire
 from runtime.settings import ConfigError, load_or_exit, startup_failed
 
@@ -40,7 +40,7 @@ class Node:
         self.handlers: dict[type[wire.Frame], Callable[[Any], Awaitable[None]]] = {
             wire.TaskAssign: self.runner.on_assign, wire.TaskSync: self.runner.on_sync,
             wire.TaskCancel: self.runner.on_cancel, wire.ApprovalDecision: self.runner.on_decision,
-            wire.AppserverRequest: self._relay}
+            wire.AppserverRequest: self._relay, wire.FileRequest: self._file}
 
     def _health(self) -> wire.Heartbeat:
         rss, _ = self.app.usage()
@@ -74,6 +74,21 @@ class Node:
         await self.link.send(wire.AppserverResponse(request_id=msg.request_id, result=result))
         log(logger, logging.INFO, "appserver_call", node_id=self.config.node_id, trace_id=msg.trace_id,
             method=msg.method, ok=result.ok, error_kind=result.error_kind)
+
+    async def _file(self, msg: wire.FileRequest) -> None:
+        try:
+            if msg.op == "transcribe":
+                result = await transcribe.transcribe(self.config, self.readiness.current.provider_url, msg)
+            else:
+                result = await files.handle(self.config, msg)
+        except RelayError as err:
+            result = wire.FileOutcome(ok=False, **err.fields())
+        except OSError as exc:  # the disk said no (full, read-only, permissions): the user reads why
+            result = wire.FileOutcome(ok=False, **RelayError(ErrorKind.STORAGE_ERROR, f"the node's disk refused the "
+                                      f"file {msg.op}: {exc.strerror or exc}").fields())
+        await self.link.send(wire.FileResponse(request_id=msg.request_id, result=result))
+        log(logger, logging.INFO, "file_op", node_id=self.config.node_id, trace_id=msg.trace_id, action=msg.op,
+            ok=result.ok, size=result.size, path=result.path or msg.path or None, error_kind=result.error_kind)
 
     async def run(self) -> None:
         self.app.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
@@ -290,8 +291,10 @@ class Runner:
 
     async def _turn(self, task: Task, turn: Turn, msg: wire.TaskAssign) -> TaskOutcome:
         await self.readiness.admit()  # a node that cannot run turns says why now, not at the deadline
+        images = self._images(msg.images)  # refused before codex starts anything
         thread_id = await self._thread_of(task, msg)
-        if msg.steer and msg.action == TaskAction.TURN and (steered := await self._steer(task, thread_id, msg)):
+        if msg.steer and msg.action == TaskAction.TURN and \
+                (steered := await self._steer(task, thread_id, msg, images)):
             return steered
         lock = self.locks.setdefault(thread_id, asyncio.Lock())
         if lock.locked():
@@ -303,7 +306,7 @@ class Runner:
         with self._waiting_on(thread_id):
             await lock.acquire()
         try:
-            return await self._on_thread(task, turn, msg, thread_id)
+            return await self._on_thread(task, turn, msg, thread_id, images)
         finally:
             lock.release()
 
@@ -332,7 +335,8 @@ class Runner:
             if not self.waiting[thread_id]:
                 del self.waiting[thread_id]
 
-    async def _steer(self, task: Task, thread_id: str, msg: wire.TaskAssign) -> TaskOutcome | None:
+    async def _steer(self, task: Task, thread_id: str, msg: wire.TaskAssign,
+                     images: list[dict[str, Any]]) -> TaskOutcome | None:
         """Add the prompt to the chat's turn running on the thread (turn/steer); None when no running turn took it
         (none runs, another chat's does, it is ending or being stopped, another task waits for it), so the prompt
         runs as its own turn."""
@@ -345,7 +349,7 @@ class Runner:
         if turn.turn_id is None or turn.done.done() or turn.stop_requested or turn.generation != self.app.generation:
             return None
         params = {"threadId": thread_id, "expectedTurnId": turn.turn_id,
-                  "input": [{"type": "text", "text": msg.prompt, "text_elements": []}]}
+                  "input": [{"type": "text", "text": msg.prompt, "text_elements": []}, *images]}
         try:
             await self.app.request("turn/steer", params, self.config.rpc_timeout)
         except RelayError as err:
@@ -362,7 +366,8 @@ class Runner:
             trace_id=msg.trace_id, into=turn.task_id, thread_id=thread_id, turn_id=turn.turn_id)
         return TaskOutcome(ok=True, steered_into=turn.task_id, thread_id=thread_id, turn_id=turn.turn_id)
 
-    async def _on_thread(self, task: Task, turn: Turn, msg: wire.TaskAssign, thread_id: str) -> TaskOutcome:
+    async def _on_thread(self, task: Task, turn: Turn, msg: wire.TaskAssign, thread_id: str,
+                         images: list[dict[str, Any]]) -> TaskOutcome:
         """The task's turn, holding its thread: no other turn of this node runs there meanwhile."""
         task.state = TaskState.RUNNING
         await self.link.send(wire.TaskStateReport(task_id=task.task_id, state=task.state.value))
@@ -372,7 +377,7 @@ class Runner:
         turn.thread_id, turn.generation, turn.action = thread_id, self.app.generation, msg.action
         try:
             turn.starting = True
-            await self._start(turn, msg)
+            await self._start(turn, msg, images)
             log(logger, logging.INFO, "turn_started", node_id=self.config.node_id, task_id=task.task_id,
                 trace_id=turn.trace_id, thread_id=thread_id, turn_id=turn.turn_id, action=msg.action.value)
             if turn.stop_requested:  # stopped while turn/start was on its way
@@ -392,6 +397,21 @@ class Runner:
                                               "compacting the thread"), thread_id=thread_id, turn_id=turn.turn_id)
             return TaskOutcome(ok=True, text=_final_text(turn, done), thread_id=thread_id, turn_id=turn.turn_id)
         return failed_task(classify(done, turn.errors), thread_id=thread_id, turn_id=turn.turn_id)
+
+    def _images(self, images: list[str] | None) -> list[dict[str, Any]]:
+        """codex's `localImage` inputs for the user's images: each must be a file inside the node's allowed roots
+        (they are uploads, saved by runtime/node/files.py), judged on its real path."""
+        out = []
+        for path in images or ():
+            try:
+                real = os.path.realpath(path, strict=True)
+            except (OSError, ValueError):
+                raise RelayError(ErrorKind.NOT_FOUND, f"the image {path} is not on the node (any more)") from None
+            if roots.within(real, self.config.allowed_roots) is None or not os.path.isfile(real):
+                raise RelayError(ErrorKind.PATH_NOT_ALLOWED, f"the image {path} is not a file inside the node's "
+                                                             f"allowed roots ({', '.join(self.config.allowed_roots)})")
+            out.append({"type": "localImage", "path": real})
+        return out
 
     def _place(self, settings: wire.ThreadSettings | None) -> dict[str, Any]:
         """thread/start's and thread/resume's settings: the chat's choice, else the node's; a chosen cwd is checked
@@ -438,7 +458,7 @@ class Runner:
                 self.loaded[thread["id"]] = self.app.generation
         elif method == "thread/archive" and isinstance(params, dict):
             self.loaded.pop(str(params.get("threadId")), None)
-    async def _start(self, turn: Turn, msg: wire.TaskAssign) -> None:
+    async def _start(self, turn: Turn, msg: wire.TaskAssign, images: list[dict[str, Any]]) -> None:
         """Ask codex for the task's turn; its turn_id is known when this returns."""
         thread_id = turn.thread_id
         if msg.action == TaskAction.COMPACT:
@@ -452,7 +472,7 @@ class Runner:
                                               "delivery": "inline"}
         else:
             method, params = "turn/start", {"threadId": thread_id, "input": [
-                {"type": "text", "text": msg.prompt, "text_elements": []}]}
+                {"type": "text", "text": msg.prompt, "text_elements": []}, *images]}
             if msg.model:
                 params["model"] = msg.model
             if msg.effort:

@@ -39,6 +39,10 @@ class Api(StrEnum):
     TASKS = "/api/tasks"
     TASKS_STOP = "/api/tasks/stop"
     USERS = "/api/users"
+    FILES_GET = "/api/files/get"
+    FILES_PUT = "/api/files/put"
+    FILES_DIFF = "/api/files/diff"
+    FILES_TRANSCRIBE = "/api/files/transcribe"
 
 
 MAX_BODY_BYTES: Final = 1 << 20
@@ -97,6 +101,8 @@ class DispatchTextBody(Body):
     task_id: Id | None = None
     action: TaskAction = TaskAction.TURN
     steer: bool | None = None
+    # Uploads on the node (FILES_PUT's `path`) that codex gets as `localImage` input with the text.
+    images: Annotated[list[Annotated[str, Meta(min_length=1, max_length=4096)]], Meta(max_length=10)] | None = None
 
 
 class AppserverBody(Body):
@@ -111,6 +117,35 @@ class ConfigValueWriteBody(Body):
     key_path: Id
     value: Any
     merge_strategy: Literal["replace", "upsert"] = "replace"
+    timeout: Timeout = 30.0
+
+
+class ChatFilesBody(Body):
+    """A file operation in the directory of a chat's thread on its node (the chat's node unless `node_id`)."""
+    chat_key: Id
+    node_id: Id | None = None
+    timeout: Timeout = 30.0
+
+
+class FileGetBody(Body):
+    """One chunk of a file (FILE_CHUNK_BYTES from `offset`); the reply's `size` says how many more to ask for."""
+    chat_key: Id
+    path: Annotated[str, Meta(min_length=1, max_length=4096)]
+    offset: Annotated[int, Meta(ge=0)] = 0
+    node_id: Id | None = None
+    timeout: Timeout = 30.0
+
+
+class FilePutBody(Body):
+    """A file, or one chunk of it: chunks of one `upload_id` come in order (`offset`), the last one `final`."""
+    chat_key: Id
+    name: Annotated[str, Meta(min_length=1, max_length=1024)]
+    data: Annotated[str, Meta(description="the file's bytes (or this chunk's), base64; at most MAX_FILE_BYTES "
+                                          "once decoded")]
+    upload_id: Annotated[str, Meta(pattern="^[A-Za-z0-9_-]{0,64}$")] = ""
+    offset: Annotated[int, Meta(ge=0)] = 0
+    final: bool = True
+    node_id: Id | None = None
     timeout: Timeout = 30.0
 
 
@@ -309,6 +344,16 @@ class StopReply(Reply):
     stopping: list[str]
 
 
+class FileReply(Reply):
+    name: str = ""
+    path: str = ""
+    data: str = ""
+    size: int = 0
+    empty: bool = False
+    text: str = ""
+    mtime_ns: int = 0
+
+
 class UserInfo(msgspec.Struct):
     user_id: int
     role: str
@@ -368,6 +413,14 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", Api.USERS, "Telegram users allowed to use the bot", NoBody, UsersReply),
     Route("POST", Api.USERS, "Allow a Telegram user (role user or admin), or remove one (role null)", UserSetBody,
           UsersReply),
+    Route("POST", Api.FILES_GET, "A file from the chat's thread's working directory, base64 (refused outside it, for "
+          "a directory, or over the node's file_max_bytes)", FileGetBody, FileReply),
+    Route("POST", Api.FILES_PUT, "Save a file (base64) under the uploads folder of the chat's thread's working "
+          "directory, with a sanitized name, atomically", FilePutBody, FileReply),
+    Route("POST", Api.FILES_DIFF, "git's working-tree diff of the chat's thread's directory, as a patch (base64); "
+          "`empty` when there are no changes", ChatFilesBody, FileReply),
+    Route("POST", Api.FILES_TRANSCRIBE, "A voice note (base64) as text, by the speech-to-text endpoint of the chat's "
+          "node's model provider (the node's transcribe_model); nothing is saved", FilePutBody, FileReply),
 )
 
 

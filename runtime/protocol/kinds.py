@@ -24,6 +24,8 @@ class ErrorKind(StrEnum):
     CANCELLED = "cancelled"
     NODE_OFFLINE = "node_offline"
     PATH_NOT_ALLOWED = "path_not_allowed"
+    FILE_TOO_LARGE = "file_too_large"
+    NOT_CONFIGURED = "not_configured"
     # Seen only by the bot (and other control clients): the manager itself cannot be reached.
     MANAGER_UNAVAILABLE = "manager_unavailable"
     INVALID_REQUEST = "invalid_request"
@@ -79,6 +81,10 @@ ERROR_KINDS: Final[Mapping[ErrorKind, KindInfo]] = _table(
     KindInfo(K.PATH_NOT_ALLOWED, False, "That working directory cannot be used on this node: it must be an "
              "existing directory inside the node's allowed roots. Pick one inside them, or ask the node's operator "
              "to add a root (allowed_roots)."),
+    KindInfo(K.FILE_TOO_LARGE, False, "The file is larger than the limit named here. Send a smaller one (or split "
+             "it); the limits are the bot's and the node's file_max_bytes settings."),
+    KindInfo(K.NOT_CONFIGURED, False, "That node is not set up for this. The message names the setting that turns "
+             "it on; ask the node's operator to set it."),
     KindInfo(K.NODE_OFFLINE, True, "The node is offline. Wait for it to reconnect, or pick another node with /node."),
     KindInfo(K.MANAGER_UNAVAILABLE, True, "manager unavailable: the Codex Relay manager cannot be reached right "
              "now. The bot keeps retrying by itself; send your request again in a minute."),

@@ -33,6 +33,13 @@ MAX_FRAME_BYTES: Final = 1 << 20
 # carried a valid token may send frames up to MAX_FRAME_BYTES; any other may send only small ones until it has
 # registered (the manager's preauth_frame_bytes), so a stranger's frame costs the manager a few KB at most.
 NODE_AUTH_HEADER: Final = "Authorization"
+# The most one file_request/file_response (and one /api/files/* body) carries of a file: base64 in JSON makes it a
+# third larger, and the frame's other fields fit in the rest of MAX_FRAME_BYTES. Larger files go in chunks of
+# FILE_CHUNK_BYTES; a diff and a voice note go in one frame, so they are bounded by MAX_FILE_BYTES.
+MAX_FILE_BYTES: Final = (MAX_FRAME_BYTES - (64 << 10)) * 3 // 4
+FILE_CHUNK_BYTES: Final = 512 << 10
+# Telegram lets a bot download files of up to 20 MB: the bot's file_max_bytes may not be more.
+TELEGRAM_DOWNLOAD_BYTES: Final = 20 << 20
 
 
 def bearer(token: str) -> str:
@@ -74,6 +81,8 @@ class Msg(StrEnum):
     APPROVAL_DECISION = "approval_decision"
     APPROVAL_EXPIRED = "approval_expired"
     APPROVAL_WITHDRAWN = "approval_withdrawn"
+    FILE_REQUEST = "file_request"
+    FILE_RESPONSE = "file_response"
     ERROR = "error"
 
 
@@ -122,6 +131,18 @@ class RpcOutcome(Failure, kw_only=True):
     """An app-server call's answer: codex's JSON-RPC result, or the failure."""
     ok: bool
     result: Any = None
+
+
+class FileOutcome(Failure, kw_only=True):
+    """A file operation's answer: the file (get, diff) or where an upload was saved (put), or the failure."""
+    ok: bool
+    name: str = ""  # get/diff: the document's file name; put: the saved file's name
+    path: str = ""  # get: the file's real path; put: the saved file's real path on the node; diff: the directory
+    data: str = ""  # get: the chunk at the request's offset; diff: the whole patch; base64
+    size: int = 0  # bytes of the whole file (put: received so far, and as saved once final)
+    mtime_ns: int = 0  # get: the file's modification time, so a reader of chunks sees a file that changed
+    empty: bool = False  # diff: the working tree has no changes
+    text: str = ""  # transcribe: what the voice note says
 
 
 def failed(err: RelayError) -> dict[str, Any]:
@@ -203,6 +224,11 @@ class TaskStateReport(Frame, tag=Msg.TASK_STATE.value, kw_only=True):
 class AppserverResponse(Frame, tag=Msg.APPSERVER_RESPONSE.value, kw_only=True):
     request_id: Id
     result: RpcOutcome
+
+
+class FileResponse(Frame, tag=Msg.FILE_RESPONSE.value, kw_only=True):
+    request_id: Id
+    result: FileOutcome
 
 
 class ApprovalFields(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -290,6 +316,9 @@ class TaskAssign(Frame, tag=Msg.TASK_ASSIGN.value, kw_only=True):
     # The chat's task sent to this node before this one, still open then: this one runs on that task's thread when
     # the manager knew none yet (the first turn of a chat is still starting its thread).
     follows: str | None = None
+    # Images the user sent with the prompt: real paths of uploads on the node (file_request put), given to codex as
+    # `localImage` input after the node checks each lies inside its allowed roots.
+    images: list[str] | None = None
 
 
 class TaskCancel(Frame, tag=Msg.TASK_CANCEL.value, kw_only=True):
@@ -314,6 +343,29 @@ class AppserverRequest(Frame, tag=Msg.APPSERVER_REQUEST.value, kw_only=True):
     params: dict[str, Any] | UnsetType = UNSET
 
 
+FileOp = Literal["get", "put", "diff", "transcribe"]
+
+
+class FileRequest(Frame, tag=Msg.FILE_REQUEST.value, kw_only=True):
+    """A file to or from the directory a chat's thread works in (`cwd`; None is the node's own). `get`: the file at
+    `path` (relative to it) if it lies inside it; `put`: `data` saved under its uploads folder as a sanitized `name`,
+    written to a temporary file and renamed; `diff`: git's working-tree diff there, as a patch; `transcribe`: `data`
+    (a voice note) as text, by the speech-to-text endpoint of the node's model provider (nothing is saved)."""
+    request_id: Id
+    op: FileOp
+    timeout: Annotated[float, Meta(gt=0)]
+    trace_id: str = ""
+    cwd: str | None = None
+    path: str = ""
+    name: str = ""
+    data: str = ""  # put: base64, at most FILE_CHUNK_BYTES once decoded
+    # A file larger than one chunk: get reads FILE_CHUNK_BYTES from `offset`; put appends `data` at `offset` to the
+    # upload `upload_id`, and `final` saves it under its name.
+    offset: Annotated[int, Meta(ge=0)] = 0
+    upload_id: Annotated[str, Meta(pattern="^[A-Za-z0-9_-]{0,64}$")] = ""
+    final: bool = True
+
+
 class ApprovalDecision(Frame, tag=Msg.APPROVAL_DECISION.value, kw_only=True):
     approval_id: Id
     decision: Decision
@@ -325,9 +377,9 @@ class ErrorReply(Failure, Frame, tag=Msg.ERROR.value, kw_only=True):
 
 
 NodeFrame = (Register | Heartbeat | ReadinessReport | TaskAck | TaskProgress | TaskResult | TaskStateReport
-             | AppserverResponse | ApprovalRequest | ApprovalExpired | ApprovalWithdrawn | ErrorReply)
+             | AppserverResponse | FileResponse | ApprovalRequest | ApprovalExpired | ApprovalWithdrawn | ErrorReply)
 ManagerFrame = (RegisterOk | RegisterError | HeartbeatAck | TaskAssign | TaskCancel | TaskSync | AppserverRequest
-                | ApprovalDecision | ErrorReply)
+                | FileRequest | ApprovalDecision | ErrorReply)
 
 # ---- the event stream: manager -> control clients (the bot) ---------------------------------------
 

@@ -359,6 +359,8 @@ def probes(label: str) -> list[tuple[str, str]]:
         return []
     if label == "text":
         return [("say", f"hello {new_id('s01')}")]
+    if label == "document, photo or voice note":
+        return [("upload", "probe.txt")]
     assert label == "other", f"a permission row the scenario cannot send: {label}"
     return [("say", "/nosuchcommand"), ("press", "zz:gone")]
 
@@ -368,6 +370,8 @@ async def answer(tg: FakeTelegram, role: str, kind: str, what: str) -> str:
     user = fresh(tg, ROLES[role])
     if kind == "say":
         return str((await ask(user, what))["text"])
+    if kind == "upload":
+        return str((await user.sent(await user.upload("document", b"probe\n", file_name=what)))["text"])
     shown = await ask(user, "/help")  # any message of the bot's to press a button on (a refusal, for a stranger)
     return str((await user.press(shown["message_id"], what))["text"])
 
