@@ -31,6 +31,8 @@ WEBHOOK_ATTEMPTS = 120      # and gives up on it after a while (Telegram: 24 h),
 NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and reply markup are "
                 "exactly the same as a current content and reply markup of the message")
 ERROR_STATUSES = frozenset(s.value for s in HTTPStatus if 400 <= s.value <= 599)
+MAX_UPLOAD = 50 * 1024 * 1024  # Telegram's limit for a file a bot uploads
+MAX_CAPTION = 1024
 
 
 def log(op: str, **kv: Any) -> None:
@@ -90,10 +92,12 @@ class Msg:
     edits: list[Json] = field(default_factory=list)
     original: Json = field(default_factory=dict)
     deleted: bool = False
+    document: Json | None = None  # a sendDocument's file: file_name, mime_type, file_size, and its text for tests
 
     def view(self) -> Json:
         return {"message_id": self.message_id, "from_bot": self.from_bot, "text": self.text, "date": self.date,
-                "reply_markup": self.reply_markup, "original": self.original, "edits": self.edits}
+                "reply_markup": self.reply_markup, "original": self.original, "edits": self.edits,
+                "document": self.document}
 
 
 def _decode(key: str, value: Any) -> Any:
@@ -115,8 +119,12 @@ async def read_params(request: web.Request) -> Json:
         raw.update(body)
     else:  # form-encoded or multipart; any other body reads as empty
         for key, value in (await request.post()).items():
-            raw[key] = ({"filename": value.filename, "size": len(value.file.read())}
-                        if isinstance(value, web.FileField) else value)
+            if isinstance(value, web.FileField):
+                data = value.file.read()  # kept as text for the tests to read (a bot's uploads here are text)
+                raw[key] = {"filename": value.filename, "content_type": value.content_type, "size": len(data),
+                            "text": data.decode("utf-8", "replace")}
+            else:
+                raw[key] = value
     return {k: _decode(k, v) for k, v in raw.items()}
 
 
@@ -151,7 +159,7 @@ class FakeTelegram:
         self.token = token
         bot_id = int(token.split(":")[0]) if token.split(":")[0].isdigit() else 100000001
         self.bot_user: Json = {"id": bot_id, "is_bot": True, "first_name": "Relay Test Bot", "username": username}
-        self.seq = self.update_id = self.query_id = self.poll_gen = 0  # never reset: tests and bots keep them
+        self.seq = self.update_id = self.query_id = self.poll_gen = self.files = 0  # never reset: tests, bots keep them
         self.next_mid: dict[int, int] = {}  # survives reset so a bot holding old ids never hits a reused one
         self.commands: list[Json] = []
         self.closing = False
@@ -160,7 +168,8 @@ class FakeTelegram:
         self.deliverer: asyncio.Task[None] | None = None
         self.changed = asyncio.Condition()  # wakes long polls: new update, new call, newer poll, shutdown
         self.handlers = {n.lower(): n for n in TRUE_METHODS + (
-            "getMe", "setWebhook", "deleteWebhook", "getUpdates", "sendMessage", "editMessageText", "editMessageReplyMarkup",
+            "getMe", "setWebhook", "deleteWebhook", "getUpdates", "sendMessage", "sendDocument", "editMessageText",
+            "editMessageReplyMarkup",
             "answerCallbackQuery", "deleteMessage", "setMyCommands", "getMyCommands")}
         self.reset()
 
@@ -236,7 +245,13 @@ class FakeTelegram:
     def _message_json(self, m: Msg) -> Json:
         chat = ({"id": m.chat_id, "type": "private", "first_name": "User"} if m.chat_id > 0
                 else {"id": m.chat_id, "type": "group", "title": f"Group {m.chat_id}"})
-        out: Json = {"message_id": m.message_id, "date": m.date, "chat": chat, "from": m.sender, "text": m.text}
+        out: Json = {"message_id": m.message_id, "date": m.date, "chat": chat, "from": m.sender}
+        if m.document is not None:  # a document's words are its caption
+            out["document"] = {k: v for k, v in m.document.items() if k != "text"}
+            if m.text:
+                out["caption"] = m.text
+        else:
+            out["text"] = m.text
         if m.entities:
             out["entities"] = m.entities
         if m.edits:
@@ -327,10 +342,33 @@ class FakeTelegram:
         msg = self._new_msg(_need(p, "chat_id", int), _text(p), self.bot_user, reply_markup=_markup(p))
         return self._message_json(msg)
 
+    async def m_sendDocument(self, p: Json) -> Json:
+        """A file uploaded as multipart (a file_id or URL string is taken as a file Telegram already has)."""
+        chat_id, doc, caption = _need(p, "chat_id", int), p.get("document"), str(p.get("caption") or "")
+        if isinstance(doc, dict):
+            if not doc["size"]:
+                raise TgError(400, "Bad Request: file must be non-empty")
+            if doc["size"] > MAX_UPLOAD:
+                raise TgError(413, "Request Entity Too Large")
+            self.files += 1
+            document = {"file_id": f"doc{self.files}", "file_unique_id": f"u{self.files}",
+                        "file_name": doc["filename"], "mime_type": doc["content_type"], "file_size": doc["size"],
+                        "text": doc["text"]}
+        elif isinstance(doc, str) and doc:
+            document = {"file_id": doc, "file_unique_id": doc}
+        else:
+            raise TgError(400, "Bad Request: there is no document in the request")
+        if len(caption) > MAX_CAPTION:
+            raise TgError(400, "Bad Request: message caption is too long")
+        msg = self._new_msg(chat_id, caption, self.bot_user, reply_markup=_markup(p), document=document)
+        return self._message_json(msg)
+
     async def _edit(self, p: Json, method: str, text: str | None) -> Json:
         msg = self._find(p, "edit")
         if not msg.from_bot:
             raise TgError(400, "Bad Request: message can't be edited")
+        if msg.document is not None and text is not None:
+            raise TgError(400, "Bad Request: there is no text in the message to edit")
         text, markup = msg.text if text is None else text, _markup(p)  # no reply_markup removes the keyboard
         if text == msg.text and markup == msg.reply_markup:
             raise TgError(400, NOT_MODIFIED)

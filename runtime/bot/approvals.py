@@ -51,7 +51,11 @@ class Approvals:
             chat = chat_id_of(approval.get("chat_key"))
             targets = [chat] if chat is not None else sorted(await self.access.admin_ids(trace_id))
             entry.text, markup = render.approval(approval)
+            document = render.approval_document(approval)  # a diff too long for the prompt: a file above it
             for target in targets:
+                if document is not None:
+                    await self.delivery.send_document(target, *document, caption=f"The diff codex asks to apply "
+                                                      f"(approval {aid})", trace_id=approval.get("trace_id"))
                 sent = await self.delivery.send(target, entry.text, markup, trace_id=approval.get("trace_id"))
                 if sent is not None:
                     entry.messages.append((target, sent.message_id))

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.bot import permissions, render
+from runtime.bot import permissions, prefs, render
 from runtime.bot.context import Relay, Reply, Req
 from runtime.bot.permissions import Rule
 from runtime.bot.render import USAGE, Cb
@@ -284,6 +284,13 @@ async def stop(relay: Relay, req: Req, args: str) -> None:
 @button(Cb.STOP)
 async def stop_button(relay: Relay, req: Req, task_id: str) -> str:
     return await _stop(relay, req, task_id)
+
+
+# ---- how the chat's turns are shown, and its node's usage limits (prefs.py) ----------------------------
+
+command("verbose")(prefs.verbose)
+command("result")(prefs.result)
+command("usage")(prefs.usage)
 
 
 # ---- config --------------------------------------------------------------------------------------

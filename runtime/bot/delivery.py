@@ -30,6 +30,7 @@ logger = logging.getLogger("codex_bot.delivery")
 
 T = TypeVar("T")
 MAX_TEXT = 4096
+MAX_CAPTION = 1024           # a document's caption
 OVERALL_PER_SECOND = 30      # Telegram's broadcast limit for one bot
 GROUP_PER_MINUTE = 20        # Telegram's limit for one group chat
 BACKOFF_FIRST, BACKOFF_CAP = 0.5, 8.0
@@ -73,6 +74,12 @@ class Delivery:
         """The sent message, or None if it was refused or its fate is unknown (never sent twice)."""
         return await self._run("sendMessage", chat_id, trace_id, repeatable=False, call=lambda: self.bot.send_message(
             chat_id, fit(text), reply_markup=markup))
+
+    async def send_document(self, chat_id: int, filename: str, content: bytes, caption: str,
+                            trace_id: str | None = None) -> Message | None:
+        """A file (multipart upload), under the same rule as send: never sent twice."""
+        return await self._run("sendDocument", chat_id, trace_id, repeatable=False, call=lambda: self.bot.send_document(
+            chat_id, content, filename=filename, caption=caption[:MAX_CAPTION]))
 
     async def edit(self, chat_id: int, message_id: int, text: str, markup: InlineKeyboardMarkup | None = None,
                    trace_id: str | None = None) -> bool:

@@ -117,8 +117,8 @@ async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE
     text = update.effective_message.text if update.effective_message else None
 
     async def work(req: Req) -> None:
-        node_id, _ = await relay.selected_node(req)
-        await relay.turns.start(req, node_id, text or "")
+        node_id, chat = await relay.selected_node(req)
+        await relay.turns.start(req, node_id, text or "", chat)
     await _guarded(relay, update, "text", permissions.TEXT, "Sending to Codex", work)
 
 

@@ -35,6 +35,9 @@ COMMANDS: dict[str, Rule] = {
     "approve": Rule(USER, "approve a request posted in this chat (an admin: in any chat)"),
     "decline": Rule(USER, "decline a request posted in this chat (an admin: in any chat)"),
     "stop": Rule(USER, "stop the chat's running turn (an admin: any chat's, by its Stop button)"),
+    "verbose": Rule(USER, "how much the chat's progress messages show: 0, 1 or 2"),
+    "result": Rule(USER, "the chat's final answers: sent as a new message, or edited into the progress message"),
+    "usage": Rule(USER, "the usage limits of Codex's login on the chat's node"),
     "token": Rule(ADMIN, "node tokens: generate, list, revoke"),
     "user": Rule(ADMIN, "who may use the bot: add, remove, list"),
     "config_value_write": Rule(ADMIN, "write a Codex config value on the node (it can name programs codex runs)"),
@@ -44,7 +47,8 @@ BUTTONS: dict[Cb, Rule] = {
     Cb.NODE: Rule(USER, "a node under /node"),
     Cb.MODEL: Rule(USER, "a model under /model"),
     Cb.THREAD: Rule(USER, "a thread (or New thread) under /thread"),
-    Cb.APPROVE: Rule(USER, "Approve / Decline on an approval prompt, in its chat (an admin: in any chat)"),
+    Cb.APPROVE: Rule(USER, "the decisions codex offers on an approval prompt (Approve, Decline, ...), in its chat (an "
+                           "admin: in any chat)"),
     Cb.STOP: Rule(USER, "Stop on a turn's progress message, in its chat (an admin: in any chat)"),
 }
 

@@ -1,4 +1,5 @@
-"""Plain text as a Codex turn: a placeholder at once, throttled progress edits, then the one final answer.
+"""Plain text as a Codex turn: a placeholder at once, throttled progress edits (the agent's text and, by the chat's
+/verbose, its commands, files and tool calls), then the one final answer: posted anew or edited in (/result).
 
 The bot picks the task_id, so progress and result events can be matched to the placeholder, and a dispatch
 whose answer was lost (manager restart mid-turn) can be asked again safely: the manager never runs a
@@ -16,12 +17,14 @@ from typing import Any
 from runtime.bot import render
 from runtime.bot.config import BotConfig
 from runtime.bot.context import Req, chat_id_of, chat_key
-from runtime.bot.delivery import Delivery
+from runtime.bot.delivery import MAX_TEXT, Delivery
 from runtime.bot.manager_client import ManagerClient, MaybeDelivered
 from runtime.aiotasks import Background
 from runtime.backoff import Backoff
 from runtime.logfmt import log
 from runtime.protocol import Api, ErrorKind, RelayError, new_id, parse_kind
+from runtime.protocol.api import DEFAULT_RESULT_MODE, DEFAULT_VERBOSE
+from runtime.throttle import Throttle
 
 logger = logging.getLogger("codex_bot.turns")
 
@@ -39,11 +42,14 @@ class Turn:
     node_id: str
     trace_id: str
     message_id: int | None
+    verbose: int = DEFAULT_VERBOSE          # the chat's settings when the turn started
+    result_mode: str = DEFAULT_RESULT_MODE
     started: float = field(default_factory=time.monotonic)
-    last_edit: float = field(default_factory=time.monotonic)
     shown: str = ""
     done: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    progress: dict[str, Any] = field(default_factory=dict)  # the latest progress event: text, activity, earlier
+    edits: Throttle | None = None                           # paces the progress edits (progress_interval)
 
 
 class Turns:
@@ -55,13 +61,18 @@ class Turns:
         self.tasks = Background(logger)
         self._finished: OrderedDict[str, None] = OrderedDict()  # recent task_ids, so a late event is not shown twice
 
-    async def start(self, req: Req, node_id: str, text: str) -> None:
-        """Answer with the placeholder now; the turn itself runs in the background."""
+    async def start(self, req: Req, node_id: str, text: str, chat: dict[str, Any]) -> None:
+        """Answer with the placeholder now; the turn itself runs in the background. `chat`: its settings."""
         asked, task_id = time.monotonic(), new_id("task")
         sent = await self.delivery.send(req.chat_id, render.placeholder(node_id), render.stop_button(task_id),
                                         trace_id=req.trace_id)
-        turn = Turn(task_id, req.chat_id, req.user_id, node_id, req.trace_id, sent.message_id if sent else None)
+        turn = Turn(task_id, req.chat_id, req.user_id, node_id, req.trace_id, sent.message_id if sent else None,
+                    verbose=int(chat.get("verbose", DEFAULT_VERBOSE)),
+                    result_mode=str(chat.get("result_mode") or DEFAULT_RESULT_MODE))
         turn.shown = render.placeholder(node_id)
+        # Sending the placeholder counts as its first write: its first edit comes progress_interval later.
+        turn.edits = Throttle(self.config.progress_interval, lambda: self._edit_progress(turn), self.tasks,
+                              f"progress:{task_id}", last=time.monotonic())
         self.active[turn.task_id] = turn
         log(logger, logging.INFO, "turn_started", chat_id=req.chat_id, user_id=req.user_id, node_id=node_id,
             task_id=turn.task_id, trace_id=req.trace_id, placeholder_ms=round((turn.started - asked) * 1000))
@@ -98,14 +109,19 @@ class Turns:
 
     async def on_progress(self, event: dict[str, Any]) -> None:
         turn = self.active.get(str(event.get("task_id")))
-        if turn is None or turn.message_id is None:
+        if turn is None or turn.message_id is None or turn.edits is None:
             return
+        turn.progress = event
+        turn.edits.poke()  # edited now, or once progress_interval has passed since the last edit, with the latest
+
+    async def _edit_progress(self, turn: Turn) -> None:
         async with turn.lock:
-            text = render.progress(turn.node_id, str(event.get("text") or ""))
-            # Throttled: skipped progress is not lost, the next event or the final answer carries it.
-            if turn.done or text == turn.shown or time.monotonic() - turn.last_edit < self.config.progress_interval:
+            p = turn.progress
+            text = render.progress(turn.node_id, str(p.get("text") or ""), p.get("activity"), int(p.get("earlier") or 0),
+                                   turn.verbose)
+            if turn.done or text == turn.shown or turn.message_id is None:
                 return
-            turn.last_edit, turn.shown = time.monotonic(), text
+            turn.shown = text
             # The Stop button stays while the turn runs: an edit without it would take it away.
             await self.delivery.edit(turn.chat_id, turn.message_id, text, render.stop_button(turn.task_id),
                                      trace_id=turn.trace_id)
@@ -145,30 +161,59 @@ class Turns:
         await self._final(turn, [render.failure("Codex turn", err.kind, err.error)], ok=False, error_kind=err.kind)
 
     async def _final(self, turn: Turn, parts: list[str], ok: bool, error_kind: str | None = None) -> None:
-        """Show the outcome exactly once: edited into the placeholder, the rest (or all, without one) sent."""
+        """Show the outcome exactly once. `replace` (and a stop, the user's own act) edits it into the placeholder
+        and sends the rest; `send` posts it anew, so Telegram notifies, and closes the placeholder as a record."""
         async with turn.lock:
             if turn.done:
                 return
             turn.done = True
+            if turn.edits is not None:
+                await turn.edits.close()
             self._remember(turn.task_id)  # before leaving `active`: its result event must not look orphaned
             self.active.pop(turn.task_id, None)
-            first, rest = parts[0], parts[1:]
-            if turn.message_id is None or not await self.delivery.edit(turn.chat_id, turn.message_id, first,
-                                                                       trace_id=turn.trace_id):
-                rest = parts
-            for part in rest:
-                await self.delivery.send(turn.chat_id, part, trace_id=turn.trace_id)
+            if turn.result_mode == "send" and turn.message_id is not None and error_kind != ErrorKind.CANCELLED:
+                await self._post(turn, parts, ok)
+            else:
+                await self._replace(turn, parts)
         log(logger, logging.INFO, "turn_final", chat_id=turn.chat_id, user_id=turn.user_id, node_id=turn.node_id,
             task_id=turn.task_id, trace_id=turn.trace_id, ok=ok, error_kind=error_kind,
             ms=round((time.monotonic() - turn.started) * 1000))
+
+    async def _replace(self, turn: Turn, parts: list[str]) -> None:
+        first, rest = parts[0], parts[1:]
+        if turn.message_id is None or not await self.delivery.edit(turn.chat_id, turn.message_id, first,
+                                                                   trace_id=turn.trace_id):
+            rest = parts
+        for part in rest:
+            await self.delivery.send(turn.chat_id, part, trace_id=turn.trace_id)
+
+    async def _post(self, turn: Turn, parts: list[str], ok: bool) -> None:
+        assert turn.message_id is not None
+        if await self.delivery.send(turn.chat_id, parts[0], trace_id=turn.trace_id) is None:
+            # Refused, or its fate unknown (rare: telegram_timeout is long): the placeholder carries it instead,
+            # so an answer is never lost.
+            await self._replace(turn, parts)
+            return
+        for part in parts[1:]:
+            await self.delivery.send(turn.chat_id, part, trace_id=turn.trace_id)
+        p = turn.progress
+        if turn.edits is not None:  # the answer went at once; the closing edit keeps Telegram's edit spacing
+            await asyncio.sleep(turn.edits.due_in())
+        await self.delivery.edit(turn.chat_id, turn.message_id, render.finished(
+            turn.node_id, list(p.get("activity") or []), int(p.get("earlier") or 0), turn.verbose, ok),
+            trace_id=turn.trace_id)
 
     async def close(self) -> None:
         await self.tasks.close()
 
 
 def answer(result: dict[str, Any]) -> list[str]:
-    """Codex's answer in Telegram-sized parts, then what the node refused for the user during the turn."""
+    """Codex's answer in Telegram-sized parts with the turn's token usage under it, then what the node refused
+    for the user during the turn."""
     parts = render.chunks(str(result.get("text") or ""))
+    if result.get("usage"):
+        line = render.usage(result["usage"])
+        parts[-1:] = [f"{parts[-1]}\n\n{line}"] if len(parts[-1]) + len(line) + 2 <= MAX_TEXT else [parts[-1], line]
     if notes := [str(n) for n in result.get("notes") or []]:
         parts += render.chunks(render.notes(notes))
     return parts

@@ -134,10 +134,10 @@ async def chat(mgr: Manager, q: api.ChatRef, trace_id: str) -> dict[str, Any]:
 
 @handles("POST", Api.CHAT_SELECT)
 async def chat_select(mgr: Manager, body: api.ChatSelectBody, trace_id: str) -> dict[str, Any]:
-    fields = {k: getattr(body, k) for k in ("node_id", "model", "thread_id")
-              if getattr(body, k) is not msgspec.UNSET}
+    names = ("node_id", "model", "thread_id", "verbose", "result_mode")
+    fields = {k: getattr(body, k) for k in names if getattr(body, k) is not msgspec.UNSET}
     if not fields:
-        raise RelayError(ErrorKind.INVALID_REQUEST, "pass at least one of `node_id`, `model`, `thread_id`")
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"pass at least one of {', '.join(f'`{n}`' for n in names)}")
     await mgr.store.update_chat(body.chat_key, fields)
     return ok(**await mgr.store.chat(body.chat_key))
 

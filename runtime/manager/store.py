@@ -21,6 +21,7 @@ from runtime.logfmt import log
 from runtime.manager.nodeview import COLUMNS as NODE_COLUMNS, NodeView
 from runtime.protocol import (FINAL_STATES, ApprovalState, ErrorKind, RelayError, TaskState, encode, encode_bytes,
                               final_state, new_id)
+from runtime.protocol.api import DEFAULT_RESULT_MODE, DEFAULT_VERBOSE
 from runtime.protocol.wire import ApprovalRequest, EventFrame, TaskAssign
 
 logger = logging.getLogger("codex_manager.store")
@@ -67,7 +68,14 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX tasks_final_age;
     CREATE INDEX tasks_final_age ON tasks (updated_at) WHERE state IN ('cancelled', 'done', 'failed');
     """,
+    # How a chat's turns are shown (/verbose, /result); NULL is the protocol's default.
+    """
+    ALTER TABLE chat_routes ADD COLUMN verbose INTEGER;
+    ALTER TABLE chat_routes ADD COLUMN result_mode TEXT;
+    """,
 )
+CHAT_COLUMNS = ("node_id", "model", "verbose", "result_mode")  # a chat's settings, one column each
+CHAT_DEFAULTS = {"node_id": None, "model": None, "verbose": DEFAULT_VERBOSE, "result_mode": DEFAULT_RESULT_MODE}
 # The final states as SQL, written exactly as the partial indexes above have them, so SQLite uses those indexes.
 FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 assert FINAL_SQL == "('cancelled', 'done', 'failed')", "a new final state needs a migration of the partial indexes"
@@ -238,18 +246,18 @@ class Store:
 
     # ---- chats and threads -----------------------------------------------------------------
     async def chat(self, chat_key: str) -> dict[str, Any]:
-        rows = await self.query("SELECT node_id, model FROM chat_routes WHERE chat_key = ?", (chat_key,))
-        route = rows[0] if rows else {"node_id": None, "model": None}
+        rows = await self.query(f"SELECT {', '.join(CHAT_COLUMNS)} FROM chat_routes WHERE chat_key = ?", (chat_key,))
+        route = {k: CHAT_DEFAULTS[k] if v is None else v for k, v in (rows[0] if rows else CHAT_DEFAULTS).items()}
         threads = await self.query("SELECT node_id, thread_id FROM threads WHERE chat_key = ?", (chat_key,))
         return {"chat_key": chat_key, **route, "threads": {t["node_id"]: t["thread_id"] for t in threads}}
 
     async def update_chat(self, chat_key: str, fields: dict[str, Any]) -> None:
-        """Set the chat's node and/or model; `thread_id` (None = start fresh) applies to its node."""
+        """Set the chat's node, model or display settings; `thread_id` (None = start fresh) applies to its node."""
         now = time.time()
         async with self.tx("update_chat") as db:
             await db.execute("INSERT INTO chat_routes (chat_key, updated_at) VALUES (?, ?) "
                              "ON CONFLICT (chat_key) DO NOTHING", (chat_key, now))
-            for column in ("node_id", "model"):
+            for column in CHAT_COLUMNS:
                 if column in fields:
                     await db.execute(f"UPDATE chat_routes SET {column} = ?, updated_at = ? WHERE chat_key = ?",
                                      (fields[column], now, chat_key))

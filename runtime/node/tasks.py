@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.logfmt import log
+from runtime.node.activity import Steps, add_usage
 from runtime.node.appserver import AppServer
 from runtime.node.approvals import Approvals
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
 from runtime.protocol import ErrorKind, RelayError, TaskState, final_state
 from runtime.protocol import wire
-from runtime.protocol.wire import TaskOutcome, failed_task
+from runtime.protocol.wire import TaskOutcome, TokenUsage, failed_task
+from runtime.throttle import Throttle
 
 logger = logging.getLogger("codex_node")
 
@@ -47,7 +49,9 @@ class Turn:
     generation: int = 0          # the codex child that runs it: only that one can interrupt it
     starting: bool = False       # turn/start was sent: from here on, a stop goes through codex
     stop_requested: bool = False  # the user stopped it: an interrupted end is `cancelled`, not a failure
-    last_progress: float = 0.0
+    steps: Steps = field(default_factory=Steps)   # its commands, file changes and tool calls, for the progress
+    usage: TokenUsage | None = None
+    progress: Throttle | None = None              # paces its progress frames (progress_interval)
     done: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -204,7 +208,9 @@ class Runner:
     # ---- running a turn ----------------------------------------------------------------------
     async def _run(self, task: Task, msg: wire.TaskAssign) -> None:
         started = time.monotonic()
-        turn = task.turn = Turn(task.task_id, msg.trace_id, msg.chat_key)
+        turn = task.turn = Turn(task.task_id, msg.trace_id, msg.chat_key, steps=Steps(self.config.cwd))
+        turn.progress = Throttle(self.config.progress_interval, lambda: self._send_progress(turn), self.link.tasks,
+                                 f"progress-{task.task_id}")
         try:
             result = await asyncio.wait_for(self._turn(task, turn, msg), msg.timeout)
         except TimeoutError:
@@ -214,6 +220,8 @@ class Runner:
         except RelayError as err:
             result = failed_task(err)
         finally:
+            if turn.progress is not None:
+                await turn.progress.close()  # the result carries the rest
             if turn.turn_id is not None and not turn.done.done():
                 await self._interrupt(turn)
         # An approval still open has nobody waiting on it: closed as withdrawn, and codex gets no late answer.
@@ -221,6 +229,8 @@ class Runner:
                                   else f"the turn ended ({result.error_kind or 'done'}) before anyone decided")
         if turn.notes:
             result.notes = turn.notes
+        if turn.usage is not None:
+            result.usage = turn.usage
         result.duration_ms = round((time.monotonic() - started) * 1000, 1)
         self._finish(task, result)
         log(logger, logging.INFO, "task_final", node_id=self.config.node_id, task_id=task.task_id,
@@ -324,14 +334,15 @@ class Runner:
             return
         if method == "item/agentMessage/delta":
             turn.text += params.get("delta", "")
-            now = time.monotonic()
-            if now - turn.last_progress >= self.config.progress_interval:
-                turn.last_progress = now
-                self.link.tasks.spawn(self.link.send(wire.TaskProgress(task_id=turn.task_id, chat_key=turn.chat_key,
-                                                                       text=turn.text)), "progress")
+            self._progressed(turn)
         elif method == "item/completed" and (params.get("item") or {}).get("type") == "agentMessage":
             turn.messages.append(params["item"].get("text", ""))
             turn.text = ""
+        elif method in ("item/started", "item/completed"):
+            if turn.steps.on_item(params.get("item") or {}):
+                self._progressed(turn)
+        elif method == "thread/tokenUsage/updated":
+            turn.usage = add_usage(turn.usage, params)
         elif method == "error":
             turn.errors.append(params)
         elif method == "turn/completed" and not turn.done.done():
@@ -339,6 +350,18 @@ class Runner:
 
     async def on_server_request(self, method: str, params: dict[str, Any], request_id: Any) -> dict[str, Any] | None:
         return await self.approvals.on_request(method, params, request_id)
+
+    # ---- progress ------------------------------------------------------------------------------
+    @staticmethod
+    def _progressed(turn: Turn) -> None:
+        if turn.progress is not None:
+            turn.progress.poke()
+
+    async def _send_progress(self, turn: Turn) -> None:
+        """The turn as it stands: the agent's latest text (the one streaming, else the last finished) and steps."""
+        text = turn.text or (turn.messages[-1] if turn.messages else "")
+        await self.link.send(wire.TaskProgress(task_id=turn.task_id, chat_key=turn.chat_key, text=text,
+                                               activity=turn.steps.latest(), earlier=turn.steps.earlier))
 
 
 def _final_text(turn: Turn, done: dict[str, Any]) -> str:
