@@ -88,6 +88,8 @@ class Approvals:
         except RelayError as err:
             log(logger, logging.INFO, "approval_decide_refused", approval_id=approval_id, chat_id=req.chat_id,
                 user_id=req.user_id, trace_id=req.trace_id, error_kind=err.kind)
+            if err.kind == ErrorKind.INVALID_REQUEST:  # a decision codex did not offer: nothing was sent to it
+                raise Reply(render.not_offered(err.error)) from None
             if err.kind != ErrorKind.CONFLICT:
                 raise
             await self.resync(req.trace_id, only=approval_id)

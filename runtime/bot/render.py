@@ -259,6 +259,10 @@ def approval_outcome(original: str, state: str, decided_by: str | None, reason: 
     return f"{original}\n\n{verb} by {decided_by or 'someone'}."
 
 
+def not_offered(error: str) -> str:
+    return f"Not sent: {error}. Use one of the buttons on the prompt."
+
+
 def already_decided(approval_id: str, error: str | None) -> str:
     return f"Already decided, nothing changed: {error or f'approval {approval_id} was decided earlier'}."
 
