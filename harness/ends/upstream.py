@@ -38,15 +38,13 @@ HANG_MAX_S = 600.0
 SLOW_MAX_S = 120.0
 # `elicit`: read a resource of the node's MCP server (harness/ends/mcp_asker.py), which asks the user a question.
 MCP_READ: Json = {"server": "relay_asker", "uri": "relay://question"}
+# `patch=N`: apply_patch adding this file, of N lines (1 by default).
 PATCH_FILE = "relay_patch.txt"
-# `work`: a turn that runs a command, then adds a file (no approval where the sandbox lets codex write), then answers.
+# `work=S`: a turn that runs a command, then adds a file (no approval where the sandbox lets codex write), then answers
+# after S seconds.
 WORK_CMD = "echo relay-work-output"
-
-
-def work_file(prompt: str) -> str:
-    """The file a `work` turn adds: one per prompt, so turns on one node's workspace do not collide."""
-    return f"relay_work_{hashlib.sha256(prompt_key(prompt).encode()).hexdigest()[:8]}.txt"
 TOOL_BEHAVIORS = ("approve", "patch", "elicit", "work")  # their follow-up requests carry a tool's output
+NUMERIC = {"slow": r"\d+(\.\d*)?", "work": r"\d+(\.\d*)?", "patch": r"[1-9]\d{0,4}"}  # behaviours with a number
 
 
 def patch(path: str, lines: int) -> str:
@@ -115,6 +113,11 @@ def prompt_key(raw: str) -> str:
     return " ".join(MARKER.sub(" ", raw).split())
 
 
+def work_file(prompt: str) -> str:
+    """The file a `work` turn adds: one per prompt, so turns on one node's workspace do not collide."""
+    return f"relay_work_{hashlib.sha256(prompt_key(prompt).encode()).hexdigest()[:8]}.txt"
+
+
 def _fmt_marker(name: str, arg: str | None) -> str:
     return name if arg is None else f"{name}={arg}"
 
@@ -123,8 +126,10 @@ def _parse_behavior(spec: str) -> tuple[str, str | None]:
     name, _, arg = spec.partition("=")
     if name not in BEHAVIORS:
         raise ValueError(f"unknown mock behaviour {name!r}")
-    if name == "slow" and not re.fullmatch(r"\d+(\.\d*)?", arg):
+    if name == "slow" and not re.fullmatch(NUMERIC["slow"], arg):
         raise ValueError(f"slow needs seconds, got {arg!r}")
+    if name in ("work", "patch") and arg and not re.fullmatch(NUMERIC[name], arg):
+        raise ValueError(f"{name} takes {'seconds' if name == 'work' else 'a number of lines'}, got {arg!r}")
     return name, (arg if "=" in spec else None)
 
 
