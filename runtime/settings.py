@@ -106,6 +106,8 @@ class _Field:
             return "one of " + ", ".join(choices)
         names = {str: "text", int: "an integer", float: "a number", bool: "true or false"}
         if self.is_list:
+            if get_args(self.base)[0] is str:
+                return "comma-separated paths (a TOML list in the file), e.g. /srv/a,/srv/b"
             return "comma-separated integers (a TOML list in the file), e.g. 123,456"
         bounds = [f"{op} {v:g}" for op, v in ((">", self.meta.gt), (">=", self.meta.ge), ("<=", self.meta.le))
                   if v is not None]
@@ -115,14 +117,16 @@ class _Field:
         choices = self.meta.extra["choices"] if self.meta.extra else ()
         if choices:
             return "{" + ",".join(choices) + "}"
-        return "ID,..." if self.is_list else {int: "INT", float: "NUM"}.get(self.base, "TEXT")
+        if self.is_list:
+            return "PATH,..." if get_args(self.base)[0] is str else "ID,..."
+        return {int: "INT", float: "NUM"}.get(self.base, "TEXT")
 
     def shown_default(self) -> str:
         if self.meta.extra and self.meta.extra["required"]:
             return "required"
         if self.secret:
             return "none"
-        if isinstance(self.default, frozenset):
+        if isinstance(self.default, (frozenset, tuple)):
             return ",".join(map(str, sorted(self.default))) or "none"
         return repr(self.default) if self.default == "" else str(self.default)
 

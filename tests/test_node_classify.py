@@ -18,10 +18,11 @@ def failed(message: str, info: Any) -> dict[str, Any]:
     # as recorded in codex-transcripts/drop_default.jsonl: an object, and a message that does not say "stream"
     (failed("Reconnecting... 5/5", {"responseStreamDisconnected": {"httpStatusCode": None}}),
      ErrorKind.UPSTREAM_DISCONNECT),
+    # a provider never reached; one that answered 502 (U-02: tests/test_codex_errors.py has the rest)
     (failed("error sending request for url (http://127.0.0.1:9/v1/responses)",
-            {"httpConnectionFailed": {"httpStatusCode": None}}), ErrorKind.UPSTREAM_DISCONNECT),
+            {"httpConnectionFailed": {"httpStatusCode": None}}), ErrorKind.PROVIDER_UNREACHABLE),
     (failed("unexpected status 502", {"responseStreamConnectionFailed": {"httpStatusCode": 502}}),
-     ErrorKind.UPSTREAM_DISCONNECT),
+     ErrorKind.UPSTREAM_ERROR),
     # as recorded in codex-transcripts/drop_r0.jsonl: the final error is "other", its message names the drop
     (failed("stream disconnected before completion: error decoding response body", "other"),
      ErrorKind.UPSTREAM_DISCONNECT),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from harness.stack import paths
-from runtime.bot import commands, permissions, render
+from runtime.bot import commands, handlers, permissions, render
 from runtime.bot.permissions import Role
 
 README = paths.REPO_ROOT / "README.md"
@@ -23,6 +23,7 @@ def test_readme_shows_the_matrix() -> None:
 
 def test_every_handler_has_its_row() -> None:
     """each registered command and button has a row, takes its rule from it, and no row is left without one"""
+    assert handlers.COMMAND_MODULES  # the bot's handlers import every module that registers commands (models, threads)
     assert set(commands.COMMANDS) == set(permissions.COMMANDS)
     assert {c.name: c.rule for c in commands.COMMANDS.values()} == permissions.COMMANDS
     assert {b.prefix: b.rule for b in commands.BUTTONS.values()} == permissions.BUTTONS

@@ -1,5 +1,8 @@
 """Fake Telegram Bot API (the subset python-telegram-bot uses) on a real aiohttp server.
-Bot calls go to `/bot<token>/<method>`; tests inject updates, read calls and set faults under `/_fake/`."""
+Bot calls go to `/bot<token>/<method>`; tests inject updates, read calls and set faults under `/_fake/`.
+Text with parse_mode HTML is parsed as Telegram parses it (tg_entities.py): its entities are kept, a malformed
+one gets Telegram's "can't parse entities" answer, and the 4,096-character limit applies after parsing.
+Documents arrive as multipart uploads, as to Telegram, and are kept: `GET /_fake/file/<file_id>` reads one."""
 
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from harness.ends.tg_entities import EntityError, parse_html
+
 Json = dict[str, Any]
 # Keys Telegram reads as plain strings even when they look like JSON (a text "42" must stay "42").
 TEXT_KEYS = frozenset({"text", "caption", "callback_query_id", "data", "url", "parse_mode", "action", "name",
@@ -31,8 +36,8 @@ WEBHOOK_ATTEMPTS = 120      # and gives up on it after a while (Telegram: 24 h),
 NOT_MODIFIED = ("Bad Request: message is not modified: specified new message content and reply markup are "
                 "exactly the same as a current content and reply markup of the message")
 ERROR_STATUSES = frozenset(s.value for s in HTTPStatus if 400 <= s.value <= 599)
-MAX_UPLOAD = 50 * 1024 * 1024  # Telegram's limit for a file a bot uploads
-MAX_CAPTION = 1024
+MAX_TEXT, MAX_CAPTION = 4096, 1024      # characters after entity parsing, as Telegram counts them (code points)
+MAX_UPLOAD = 50 * 1024 * 1024           # Telegram's limit for a file a bot uploads
 
 
 def log(op: str, **kv: Any) -> None:
@@ -89,15 +94,15 @@ class Msg:
     from_bot: bool
     reply_markup: Json | None = None
     entities: list[Json] | None = None
+    document: Json | None = None  # a document message: `text` is its caption, `entities` the caption's
     edits: list[Json] = field(default_factory=list)
     original: Json = field(default_factory=dict)
     deleted: bool = False
-    document: Json | None = None  # a sendDocument's file: file_name, mime_type, file_size, and its text for tests
 
     def view(self) -> Json:
         return {"message_id": self.message_id, "from_bot": self.from_bot, "text": self.text, "date": self.date,
-                "reply_markup": self.reply_markup, "original": self.original, "edits": self.edits,
-                "document": self.document}
+                "entities": self.entities or [], "document": self.document,
+                "reply_markup": self.reply_markup, "original": self.original, "edits": self.edits}
 
 
 def _decode(key: str, value: Any) -> Any:
@@ -110,8 +115,17 @@ def _decode(key: str, value: Any) -> Any:
         return value
 
 
-async def read_params(request: web.Request) -> Json:
+@dataclass
+class Upload:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+async def read_params(request: web.Request) -> tuple[Json, dict[str, Upload]]:
+    """The call's parameters, and its uploaded files by field name (a parameter shows a file as its name and size)."""
     raw: Json = dict(request.query)
+    files: dict[str, Upload] = {}
     if request.content_type == "application/json":
         body = await request.json()
         if not isinstance(body, dict):
@@ -120,21 +134,36 @@ async def read_params(request: web.Request) -> Json:
     else:  # form-encoded or multipart; any other body reads as empty
         for key, value in (await request.post()).items():
             if isinstance(value, web.FileField):
-                data = value.file.read()  # kept as text for the tests to read (a bot's uploads here are text)
-                raw[key] = {"filename": value.filename, "content_type": value.content_type, "size": len(data),
-                            "text": data.decode("utf-8", "replace")}
+                files[key] = Upload(value.filename, value.content_type, value.file.read())
+                raw[key] = {"filename": value.filename, "size": len(files[key].data)}
             else:
                 raw[key] = value
-    return {k: _decode(k, v) for k, v in raw.items()}
+    return {k: _decode(k, v) for k, v in raw.items()}, files
 
 
-def _text(params: Json) -> str:
-    text = params.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise TgError(400, "Bad Request: message text is empty")
-    if len(text) > 4096:
-        raise TgError(400, "Bad Request: message is too long")
-    return text
+def _formatted(params: Json, key: str, limit: int, too_long: str) -> tuple[str, list[Json] | None]:
+    """`params[key]` as Telegram shows it: parsed per parse_mode, then checked against `limit`."""
+    text, mode = params.get(key), params.get("parse_mode")
+    if not isinstance(text, str):
+        text = ""
+    entities: list[Json] | None = None
+    if isinstance(mode, str) and mode:
+        if mode.lower() != "html":
+            # Telegram reads MarkdownV2 and Markdown too; this fake does not, so such a call fails loudly.
+            raise TgError(400, f"Bad Request: parse_mode {mode} is not implemented by the fake Bot API; use HTML")
+        try:
+            text, entities = parse_html(text)
+        except EntityError as exc:
+            raise TgError(400, f"Bad Request: can't parse entities: {exc}") from None
+    if not text.strip():
+        raise TgError(400, f"Bad Request: message {key} is empty")
+    if len(text) > limit:
+        raise TgError(400, too_long)
+    return text, entities or None
+
+
+def _text(params: Json) -> tuple[str, list[Json] | None]:
+    return _formatted(params, "text", MAX_TEXT, "Bad Request: message is too long")
 
 
 def _markup(params: Json) -> Json | None:
@@ -159,7 +188,7 @@ class FakeTelegram:
         self.token = token
         bot_id = int(token.split(":")[0]) if token.split(":")[0].isdigit() else 100000001
         self.bot_user: Json = {"id": bot_id, "is_bot": True, "first_name": "Relay Test Bot", "username": username}
-        self.seq = self.update_id = self.query_id = self.poll_gen = self.files = 0  # never reset: tests, bots keep them
+        self.seq = self.update_id = self.query_id = self.poll_gen = 0  # never reset: tests and bots keep them
         self.next_mid: dict[int, int] = {}  # survives reset so a bot holding old ids never hits a reused one
         self.commands: list[Json] = []
         self.closing = False
@@ -168,9 +197,8 @@ class FakeTelegram:
         self.deliverer: asyncio.Task[None] | None = None
         self.changed = asyncio.Condition()  # wakes long polls: new update, new call, newer poll, shutdown
         self.handlers = {n.lower(): n for n in TRUE_METHODS + (
-            "getMe", "setWebhook", "deleteWebhook", "getUpdates", "sendMessage", "sendDocument", "editMessageText",
-            "editMessageReplyMarkup",
-            "answerCallbackQuery", "deleteMessage", "setMyCommands", "getMyCommands")}
+            "getMe", "setWebhook", "deleteWebhook", "getUpdates", "sendMessage", "editMessageText", "editMessageReplyMarkup",
+            "answerCallbackQuery", "deleteMessage", "setMyCommands", "getMyCommands", "sendDocument")}
         self.reset()
 
     def reset(self) -> None:
@@ -180,6 +208,8 @@ class FakeTelegram:
         self.alerts: dict[int, list[Json]] = {}
         self.queries: dict[str, tuple[int, int]] = {}  # unanswered callback id -> (chat_id, message_id)
         self.faults: list[Json] = []
+        self.files: dict[str, Upload] = {}  # file_id -> what a bot uploaded
+        self.uploads: dict[str, Upload] = {}  # the current call's uploaded files, by field name
 
     async def _notify(self) -> None:
         async with self.changed:
@@ -195,17 +225,20 @@ class FakeTelegram:
     # ---- bot side -------------------------------------------------------------------------------
     async def bot_api(self, request: web.Request) -> web.Response:
         method = self.handlers.get(request.match_info["method"].lower(), request.match_info["method"])
-        fault = next((f for f in self.faults if f["method"] in (method, "*")), None)
+        params: Json = {}
+        uploads: dict[str, Upload] = {}
+        parse_error: TgError | None = None
+        try:  # read before any delay: a bot that gives up waiting must not take its body with it
+            params, uploads = await read_params(request)
+        except ValueError as exc:
+            parse_error = TgError(400, f"Bad Request: can't parse request body: {exc}")
+        # `with_parse_mode` faults hit only calls that carry formatted text (one that rejects their entities).
+        fault = next((f for f in self.faults if f["method"] in (method, "*")
+                      and (not f.get("with_parse_mode") or params.get("parse_mode"))), None)
         if fault is not None:
             fault["count"] -= 1
             if fault["count"] <= 0:
                 self.faults.remove(fault)
-        params: Json = {}
-        parse_error: TgError | None = None
-        try:  # read before any delay: a bot that gives up waiting must not take its body with it
-            params = await read_params(request)
-        except ValueError as exc:
-            parse_error = TgError(400, f"Bad Request: can't parse request body: {exc}")
         # A slow reply still takes effect, like a real Telegram call whose client timed out.
         await asyncio.sleep(fault.get("delay", 0.0) if fault else 0.0)
         if fault is not None and "body" in fault:  # a broken proxy's page in place of Telegram's JSON
@@ -223,6 +256,7 @@ class FakeTelegram:
             if method.lower() not in self.handlers:
                 raise TgError(404, "Not Found")
             try:
+                self.uploads = uploads  # read by a method handler before its first await
                 result = True if method in TRUE_METHODS else await getattr(self, "m_" + method)(params)
             except (ValueError, TypeError, AttributeError) as exc:  # malformed params: a 400, never a traceback
                 raise TgError(400, f"Bad Request: {exc}") from exc
@@ -246,14 +280,16 @@ class FakeTelegram:
         chat = ({"id": m.chat_id, "type": "private", "first_name": "User"} if m.chat_id > 0
                 else {"id": m.chat_id, "type": "group", "title": f"Group {m.chat_id}"})
         out: Json = {"message_id": m.message_id, "date": m.date, "chat": chat, "from": m.sender}
-        if m.document is not None:  # a document's words are its caption
-            out["document"] = {k: v for k, v in m.document.items() if k != "text"}
+        if m.document is not None:
+            out["document"] = m.document
             if m.text:
                 out["caption"] = m.text
+            if m.entities:
+                out["caption_entities"] = m.entities
         else:
             out["text"] = m.text
-        if m.entities:
-            out["entities"] = m.entities
+            if m.entities:
+                out["entities"] = m.entities
         if m.edits:
             out["edit_date"] = m.edits[-1]["date"]
         if m.reply_markup and "inline_keyboard" in m.reply_markup:  # Telegram echoes only inline keyboards
@@ -339,41 +375,44 @@ class FakeTelegram:
         return self.updates[:limit]
 
     async def m_sendMessage(self, p: Json) -> Json:
-        msg = self._new_msg(_need(p, "chat_id", int), _text(p), self.bot_user, reply_markup=_markup(p))
+        text, entities = _text(p)
+        msg = self._new_msg(_need(p, "chat_id", int), text, self.bot_user, reply_markup=_markup(p), entities=entities)
         return self._message_json(msg)
 
     async def m_sendDocument(self, p: Json) -> Json:
-        """A file uploaded as multipart (a file_id or URL string is taken as a file Telegram already has)."""
-        chat_id, doc, caption = _need(p, "chat_id", int), p.get("document"), str(p.get("caption") or "")
-        if isinstance(doc, dict):
-            if not doc["size"]:
-                raise TgError(400, "Bad Request: file must be non-empty")
-            if doc["size"] > MAX_UPLOAD:
-                raise TgError(413, "Request Entity Too Large")
-            self.files += 1
-            document = {"file_id": f"doc{self.files}", "file_unique_id": f"u{self.files}",
-                        "file_name": doc["filename"], "mime_type": doc["content_type"], "file_size": doc["size"],
-                        "text": doc["text"]}
-        elif isinstance(doc, str) and doc:
-            document = {"file_id": doc, "file_unique_id": doc}
-        else:
-            raise TgError(400, "Bad Request: there is no document in the request")
-        if len(caption) > MAX_CAPTION:
-            raise TgError(400, "Bad Request: message caption is too long")
-        msg = self._new_msg(chat_id, caption, self.bot_user, reply_markup=_markup(p), document=document)
+        """A multipart upload, kept under a new file_id; a string `document` must be a file_id sent before."""
+        chat_id, upload = _need(p, "chat_id", int), self.uploads.get("document")
+        if upload is None:
+            known = self.files.get(str(p.get("document") or ""))
+            if known is None:
+                raise TgError(400, "Bad Request: there is no document in the request" if not p.get("document")
+                              else "Bad Request: wrong file identifier/HTTP URL specified")
+            upload = known
+        if len(upload.data) > MAX_UPLOAD:
+            raise TgError(413, "Request Entity Too Large")
+        if not upload.data:
+            raise TgError(400, "Bad Request: file must be non-empty")
+        caption, entities = (_formatted(p, "caption", MAX_CAPTION, "Bad Request: message caption is too long")
+                             if str(p.get("caption") or "").strip() else ("", None))
+        file_id = f"doc{len(self.files) + 1}_{self.seq + 1}"
+        self.files[file_id] = upload
+        document = {"file_id": file_id, "file_unique_id": f"u{file_id}", "file_name": upload.filename,
+                    "mime_type": upload.content_type, "file_size": len(upload.data)}
+        msg = self._new_msg(chat_id, caption, self.bot_user, reply_markup=_markup(p), entities=entities,
+                            document=document)
         return self._message_json(msg)
 
-    async def _edit(self, p: Json, method: str, text: str | None) -> Json:
+    async def _edit(self, p: Json, method: str, new: tuple[str, list[Json] | None] | None) -> Json:
         msg = self._find(p, "edit")
-        if not msg.from_bot:
+        if not msg.from_bot or msg.document is not None:
             raise TgError(400, "Bad Request: message can't be edited")
-        if msg.document is not None and text is not None:
-            raise TgError(400, "Bad Request: there is no text in the message to edit")
-        text, markup = msg.text if text is None else text, _markup(p)  # no reply_markup removes the keyboard
-        if text == msg.text and markup == msg.reply_markup:
+        # no reply_markup removes the keyboard; editMessageReplyMarkup keeps the text and its entities
+        (text, entities), markup = (msg.text, msg.entities) if new is None else new, _markup(p)
+        if text == msg.text and entities == msg.entities and markup == msg.reply_markup:
             raise TgError(400, NOT_MODIFIED)
-        msg.text, msg.reply_markup = text, markup
-        msg.edits.append({"method": method, "text": text, "reply_markup": markup, "date": int(time.time())})
+        msg.text, msg.entities, msg.reply_markup = text, entities, markup
+        msg.edits.append({"method": method, "text": text, "entities": entities or [], "reply_markup": markup,
+                          "date": int(time.time())})
         return self._message_json(msg)
 
     async def m_editMessageText(self, p: Json) -> Json:
@@ -478,6 +517,8 @@ class FakeTelegram:
             fault["delay"] = float(body["delay"])
         if "body" in body:  # answered as-is (text/html), with `status` or 200: a proxy's page, not Telegram's JSON
             fault["body"] = str(body["body"])
+        if body.get("with_parse_mode"):  # only calls with a parse_mode count (and use up the fault)
+            fault["with_parse_mode"] = True
         if fault["count"] < 1 or fault.get("delay", 0.0) < 0 or not {"status", "delay", "body"} & fault.keys():
             raise ValueError("a fault needs 'status', 'body' and/or 'delay' >= 0, and 'count' >= 1")
         self.faults.append(fault)
@@ -531,6 +572,12 @@ class FakeTelegram:
                 result = {"polling": self.polls_waiting > 0}
             elif route[0] == "GET" and route[1].startswith("chat/"):
                 result = self.c_chat(int(route[1].removeprefix("chat/")))
+            elif route[0] == "GET" and route[1].startswith("file/"):
+                upload = self.files.get(route[1].removeprefix("file/"))
+                if upload is None:
+                    raise web.HTTPNotFound()
+                return web.Response(body=upload.data, content_type="application/octet-stream",
+                                    headers={"X-File-Name": upload.filename})
             else:
                 raise web.HTTPNotFound()
             return web.json_response(result)
@@ -565,7 +612,7 @@ def build_app(token: str, username: str = "relay_test_bot") -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024 * 1024)
     app[FAKE_KEY] = fake
     app.router.add_route("*", "/bot{token}/{method}", fake.bot_api)
-    app.router.add_route("*", r"/_fake/{action:(updates/pending|chat/[^/]+|[a-z]+)}", fake.control)
+    app.router.add_route("*", r"/_fake/{action:(updates/pending|chat/[^/]+|file/[^/]+|[a-z]+)}", fake.control)
     app.on_shutdown.append(fake.on_shutdown)
     return app
 

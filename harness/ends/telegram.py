@@ -46,6 +46,19 @@ class TelegramUser:
         body = {"shape": shape, "chat_id": self.chat_id, "user_id": self.user_id}
         return int((await self.tg.post("hostile", body))["update_id"])
 
+    async def pick_node(self, node_id: str) -> None:
+        """/node, then that node's button, as a user picks the node for this chat; `/node <node_id>` when the list
+        (the 20 most relevant) does not show it, as it may not on a stack many cases have added nodes to."""
+        listing = await self.sent(await self.say("/node"))
+        buttons = [b["callback_data"] for row in listing["reply_markup"]["inline_keyboard"] for b in row
+                   if b["callback_data"].endswith(f":{node_id}")]
+        if buttons:
+            alert = await self.alert(await self.tap(listing["message_id"], buttons[0]))
+            assert "selected" in alert["text"], alert
+            return
+        picked = await self.sent(await self.say(f"/node {node_id}"))
+        assert picked["text"] == f"Node {node_id} selected for this chat.", picked
+
     async def reply(self, since: int, timeout: float = 15.0) -> dict[str, Any]:
         """The first message the bot sent to this chat after `since`."""
         return (await self.tg.wait_call("sendMessage", self.chat_id, since, timeout))["params"]
@@ -76,20 +89,20 @@ class TelegramUser:
             await self.tg.wait_call(None, self.chat_id, await self.tg.last_seq(), 1.0, required=False)
 
 
-    async def pick_node(self, node_id: str) -> None:
-        """Select `node_id` for this chat through /node and its button, as a user would."""
-        listing = await self.sent(await self.say("/node"))
-        [choice] = [b for row in listing["reply_markup"]["inline_keyboard"] for b in row
-                    if b["callback_data"].endswith(f":{node_id}")]
-        alert = await self.alert(await self.tap(listing["message_id"], choice["callback_data"]))
-        assert "selected" in alert["text"], alert
-
     async def turn(self, text: str, expect: str, timeout: float = 30.0) -> dict[str, Any]:
         """Send plain text; wait for the bot's final answer containing `expect` (placeholder edits skipped)."""
         since = await self.say(text)
         placeholder = await self.sent(since)
         assert placeholder["text"].startswith("⏳"), placeholder
         return await self.until_shown(lambda m: expect in m["text"] and "⏳" not in m["text"], timeout)
+
+
+USAGE_MARK = "\n\n🔢 "  # the turn's token usage line the bot puts under an answer (P1-13)
+
+
+def without_usage(text: str) -> str:
+    """An answer's own text: without the token usage line under it."""
+    return text.partition(USAGE_MARK)[0]
 
 
 def button(message: dict[str, Any], label: str) -> str:
@@ -154,8 +167,15 @@ class FakeTelegram:
                 return
         raise TimeoutError(f"the bot did not poll for updates within {timeout}s")
 
+    async def file(self, file_id: str) -> bytes:
+        """A file the bot uploaded (sendDocument), as the fake Bot API kept it."""
+        async with self.http.get(self.base + f"file/{file_id}") as resp:
+            assert resp.status == 200, f"fake telegram has no file {file_id}: {resp.status}"
+            return await resp.read()
+
     async def fault(self, method: str, **fault: Any) -> None:
-        """status=, retry_after=, delay=, body= (answered as-is instead of JSON), count= (default 1)."""
+        """status=, retry_after=, delay=, body= (answered as-is instead of JSON), count= (default 1),
+        with_parse_mode=True (only calls with formatted text count)."""
         await self.post("faults", {"method": method, **fault})
 
     async def clear_faults(self) -> None:

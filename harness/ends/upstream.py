@@ -1,6 +1,9 @@
 """Mock OpenAI Responses API (SSE) for driving a real `codex app-server` offline.
 
 Behaviour comes from a `[[mock:NAME]]` / `[[mock:NAME=ARG]]` marker in the last user message, or a global mode.
+Requests codex writes itself are answered as a model would: a review (review/start) runs `git status` and
+reports each uncommitted file as a finding; a compaction (thread/compact/start) gets a summary.
+Under /v1 it asks for no key; under /auth/v1 it wants one, as OpenAI's own API does.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from harness.ends.answers import long_markdown, rich_markdown
 from runtime.backoff import Backoff
 
 Json = dict[str, Any]
@@ -27,33 +31,64 @@ MARKER = re.compile(r"\[\[mock:([a-z0-9_]+)(?:=([^\]]*))?\]\]")
 FRAGMENT = re.compile(r"<([a-z_]+)>.*</\1>\Z", re.DOTALL)
 AGENTS_MD = "# AGENTS.md instructions for "
 PLAIN = re.compile(r'[^\s"=]+')
+# What codex 0.171 tells the model about the turn's place, in its injected developer and user messages.
+PLACE = {"cwd": re.compile(r"<cwd>([^<]*)</cwd>"), "sandbox": re.compile(r"`sandbox_mode` is `([a-z-]+)`"),
+         "approval": re.compile(r"Approval policy is currently ([a-z-]+)")}
 ECHO_CMD = "echo relay-approved"
 JSON_CT = "application/json"
 BEHAVIORS = frozenset(
-    ("reply", "history", "approve", "patch", "elicit", "work", "drop", "eof", "hang", "http500", "failed", "slow")
+    ("reply", "history", "whoami", "approve", "patch", "elicit", "work", "drop", "eof", "hang", "http500", "http",
+     "failed", "slow", "markdown", "long_markdown", "ask", "review", "compact")
 )
+# Behaviours whose first answer is a tool call; the model answers the tool's output with a message (`work`: after
+# its second tool).
+TOOL_CALLS = ("approve", "patch", "elicit", "ask", "review", "work")
+# The user messages codex 0.171 writes itself for review/start and thread/compact/start: they carry no marker, so
+# the mock knows them by their opening words, and answers as the model is asked to.
+CODEX_PROMPTS = {"Review the current code changes": "review",
+                 "You are performing a CONTEXT CHECKPOINT COMPACTION": "compact"}
+CWD = re.compile(r"<cwd>([^<]*)</cwd>")
+PORCELAIN = re.compile(r"^[ MADRCU?!]{2} (.+)$", re.MULTILINE)  # `git status --porcelain`: a status, then the path
+# `[[mock:http=CODE]]`: the provider answers every request with that status and OpenAI's error body for it, the
+# way a real provider refuses a missing key (401), a rate limit (429) or an outage (5xx).
+HTTP_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    401: ("Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys.",
+          "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to sample from this model", "invalid_request_error", "model_not_allowed"),
+    429: ("Rate limit reached for requests per min. Please try again in 1s.", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request. Sorry about that!", "server_error", None),
+    502: ("Bad gateway.", "server_error", None),
+    503: ("The server is overloaded or not ready yet.", "server_error", None),
+}
 OUTPUT_TYPES = ("function_call_output", "custom_tool_call_output")
 ESCALATE: Json = {"sandbox_permissions": "require_escalated", "justification": "mock needs approval"}
 HANG_MAX_S = 600.0
 SLOW_MAX_S = 120.0
 # `elicit`: read a resource of the node's MCP server (harness/ends/mcp_asker.py), which asks the user a question.
 MCP_READ: Json = {"server": "relay_asker", "uri": "relay://question"}
+LONG_MAX = 1_000_000  # characters of a long_markdown answer
 # `patch=N`: apply_patch adding this file, of N lines (1 by default).
 PATCH_FILE = "relay_patch.txt"
 # `work=S`: a turn that runs a command, then adds a file (no approval where the sandbox lets codex write), then answers
 # after S seconds.
 WORK_CMD = "echo relay-work-output"
-TOOL_BEHAVIORS = ("approve", "patch", "elicit", "work")  # their follow-up requests carry a tool's output
 NUMERIC = {"slow": r"\d+(\.\d*)?", "work": r"\d+(\.\d*)?", "patch": r"[1-9]\d{0,4}"}  # behaviours with a number
+INCOMPLETE = ("drop", "eof", "hang", "failed")  # behaviours whose response never reaches response.completed
+# `ask`: codex's request_user_input tool, as a model calls it (1 to 3 questions, each with options); ask=2 asks two.
+QUESTIONS: list[Json] = [
+    {"id": "env", "header": "Environment", "question": "Which environment should I deploy to?",
+     "options": [{"label": "staging", "description": "Safe to break."},
+                 {"label": "production", "description": "Real users see it."}]},
+    {"id": "note", "header": "Note", "question": "What should the release note say?",
+     "options": [{"label": "nothing", "description": "No note."}]},
+]
+REVIEW_CMD = "git status --porcelain"
 
 
 def patch(path: str, lines: int) -> str:
     """apply_patch's input adding `path` with `lines` lines."""
     body = "".join(f"+patched by mock, line {i + 1}\n" for i in range(lines)) if lines > 1 else "+patched by mock\n"
     return f"*** Begin Patch\n*** Add File: {path}\n{body}*** End Patch\n"
-
-
-INCOMPLETE = ("drop", "eof", "hang", "failed")  # behaviours whose response never reaches response.completed
 
 
 def tokens(chars: int) -> int:
@@ -130,6 +165,10 @@ def _parse_behavior(spec: str) -> tuple[str, str | None]:
         raise ValueError(f"slow needs seconds, got {arg!r}")
     if name in ("work", "patch") and arg and not re.fullmatch(NUMERIC[name], arg):
         raise ValueError(f"{name} takes {'seconds' if name == 'work' else 'a number of lines'}, got {arg!r}")
+    if name == "http" and not (arg.isdigit() and int(arg) in HTTP_ERRORS):
+        raise ValueError(f"http needs one of the statuses {sorted(HTTP_ERRORS)}, got {arg!r}")
+    if name == "long_markdown" and not (arg.isdigit() and 0 < int(arg) <= LONG_MAX):
+        raise ValueError(f"long_markdown needs characters (1..{LONG_MAX}), got {arg!r}")
     return name, (arg if "=" in spec else None)
 
 
@@ -166,6 +205,17 @@ def _tool_output(item: Json) -> str:
     return json.dumps(out)
 
 
+def _whoami(body: Json, items: list[Any]) -> str:
+    """What codex asked for: the turn's model and reasoning effort, and the place it told the model about (the
+    newest of each, since a thread's history keeps the earlier ones)."""
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    texts = [t for item in items if isinstance(item, dict) for t in _parts(item)]
+    found = {k: ([m for t in texts for m in rx.findall(t)] or [None])[-1] for k, rx in PLACE.items()}
+    return (f"model: {body.get('model')}, effort: {effort}, cwd: {found['cwd']}, sandbox: {found['sandbox']}, "
+            f"approval: {found['approval']}")
+
+
 def _sse(kind: str, **data: Any) -> bytes:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n".encode()
 
@@ -194,6 +244,13 @@ def _tool_call(name: str, call_id: str, key: str, arg: str | None = None, step: 
         return None
     if step:
         return None
+    if name == "ask":
+        asked = QUESTIONS[: 2 if arg == "2" else 1]
+        return {"type": "function_call", "call_id": call_id, "name": "request_user_input",
+                "arguments": json.dumps({"questions": asked})}
+    if name == "review":  # a reviewer looks at what changed first
+        return {"type": "function_call", "call_id": call_id, "name": "exec_command",
+                "arguments": json.dumps({"cmd": REVIEW_CMD})}
     if name == "patch":  # `patch=N`: a file of N lines, for a diff too long to show inline
         return {"type": "custom_tool_call", "call_id": call_id, "name": "apply_patch",
                 "input": patch(PATCH_FILE, int(arg or 1))}
@@ -201,6 +258,24 @@ def _tool_call(name: str, call_id: str, key: str, arg: str | None = None, step: 
         return {"type": "function_call", "call_id": call_id, "name": "read_mcp_resource", "arguments": json.dumps(MCP_READ)}
     args = json.dumps({"cmd": ECHO_CMD, **ESCALATE})
     return {"type": "function_call", "call_id": call_id, "name": "exec_command", "arguments": args}
+
+
+def _review(output: str, items: list[Any]) -> str:
+    """The review a model returns to codex (its review schema: findings, overall verdict): one finding per file
+    `git status --porcelain` listed, located under the cwd codex told the model."""
+    cwd = next((m.group(1) for it in items if _is_user(it) for t in _parts(it) if (m := CWD.search(t))), "")
+    files = PORCELAIN.findall(output)
+    findings = [{"title": f"[P2] Uncommitted change in {path}", "body": f"{path} has changes that are not committed yet.",
+                 "confidence_score": 0.5, "priority": 2,
+                 "code_location": {"absolute_file_path": f"{cwd}/{path}" if cwd else path,
+                                   "line_range": {"start": 1, "end": 1}}} for path in files]
+    return json.dumps({"findings": findings, "overall_correctness": "patch is correct" if not files else
+                       "patch is incorrect", "overall_explanation": f"Reviewed {len(files)} uncommitted file(s).",
+                       "overall_confidence_score": 0.5})
+
+
+def _codex_prompt(raw: str) -> str | None:
+    return next((name for opening, name in CODEX_PROMPTS.items() if raw.lstrip().startswith(opening)), None)
 
 
 def _log(**kv: Any) -> None:
@@ -239,7 +314,8 @@ def _error(status: int, message: str, kind: str) -> web.Response:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
-    items = (await _json_body(request)).get("input")
+    body = await _json_body(request)
+    items = body.get("input")
     if not isinstance(items, list) or not items:
         return _error(400, "input must be a non-empty list", "invalid_request_error")
     state.requests += 1
@@ -252,19 +328,30 @@ async def responses(request: web.Request) -> web.StreamResponse:
     key = prompt_key(raw)
     found = MARKER.search(raw)
     try:
-        name, arg = state.mode or (_parse_behavior(found.group(0)[7:-2]) if found else ("reply", None))
+        name, arg = state.mode or ((own, None) if (own := _codex_prompt(raw)) else
+                                   _parse_behavior(found.group(0)[7:-2]) if found else ("reply", None))
     except ValueError as exc:
         _log(op="reject", n=n, error=str(exc))
         return _error(400, str(exc), "invalid_request_error")
-    call = _tool_call(name, f"call_{n}", key, arg, _outputs_in_turn(items)) if name in TOOL_BEHAVIORS else None
-    if followup:
+    call = _tool_call(name, f"call_{n}", key, arg, _outputs_in_turn(items)) if name in TOOL_CALLS else None
+    if followup and name == "review":
+        text, name = _review(_tool_output(last), items), "reply"
+    elif followup:
         text = f"tool said: {_tool_output(last)}"
         if call is None and name == "work":  # its tools ran: the answer, after `work=S` seconds
             name, arg = "slow", arg or "0"
-        elif call is None and name in (*TOOL_BEHAVIORS, "history"):
+        elif call is None and name in (*TOOL_CALLS, "history", "whoami"):
             name, arg = "reply", None
     elif name == "history":
         text = f"history: {sum(map(_is_real_user, items))} user messages"
+    elif name == "whoami":
+        text = _whoami(body, items)
+    elif name == "compact":
+        text = f"summary: the thread so far had {sum(map(_is_real_user, items)) - 1} user messages"
+    elif name == "markdown":  # an answer in Markdown with hostile text (harness/ends/answers.py)
+        text = rich_markdown(key)
+    elif name == "long_markdown":
+        text = long_markdown(int(arg or 0), key)
     else:
         text = f"mock reply: {key}"
     if serve := _is_user(last):
@@ -273,6 +360,10 @@ async def responses(request: web.Request) -> web.StreamResponse:
     _log(op="serve" if serve else "followup", behavior=_fmt_marker(name, arg), prompt_key=key, n=n)
     if name == "http500":
         return _error(500, "mock upstream internal error", "server_error")
+    if name == "http":
+        message, kind, code = HTTP_ERRORS[int(arg or 0)]
+        return web.json_response({"error": {"message": message, "type": kind, "code": code, "param": None}},
+                                 status=int(arg or 0))
     # Tallied only for a response that reaches response.completed: codex hears of no other's usage.
     usage = state.charge(key, request_chars, call or {"text": text}, followup, tally=name not in INCOMPLETE)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -320,6 +411,18 @@ async def _stream(
         await resp.write(_sse("response.completed", response={"id": rid, "usage": usage}))
 
 
+async def responses_with_key(request: web.Request) -> web.StreamResponse:
+    """The provider under /auth/v1: like api.openai.com, a request without an API key gets 401, so a codex that
+    is not logged in is refused here the way the real provider refuses it."""
+    if not request.headers.get("Authorization", "").startswith("Bearer "):
+        _log(op="no_api_key", path=request.path)
+        return web.json_response({"error": {
+            "message": "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                       "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+            "type": "invalid_request_error", "code": None, "param": None}}, status=401)
+    return await responses(request)
+
+
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].snapshot())
 
@@ -358,6 +461,7 @@ def build_app(state: MockUpstream | None = None) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=64 * 1024 * 1024)
     app[STATE_KEY] = state or MockUpstream()
     app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/auth/v1/responses", responses_with_key)
     app.router.add_get("/_mock/stats", stats)
     app.router.add_post("/_mock/reset", reset)
     app.router.add_post("/_mock/mode", mode)

@@ -68,7 +68,7 @@ class ChatUser(HttpUser):
         op = Op(new_id("op"), "dispatch_text", self.node, time.time(), trace_id=new_id("tr"), task_id=new_id("task"))
         op.prompt = f"burst {op.task_id}"
         body = {"chat_key": self.chat, "node_id": self.node, "text": op.prompt, "timeout": OP_TIMEOUT,
-                "task_id": op.task_id}
+                "task_id": op.task_id, "steer": False}  # a turn of its own, never joined to a running one
         try:
             op.outcome, result = self._post(Api.DISPATCH_TEXT, body, "dispatch_text", op.trace_id or "")
             op.error_kind, op.retriable = result.get("error_kind"), result.get("retriable")

@@ -97,8 +97,10 @@ class Operations:
         op.task_id = new_id("task")
         text = f"{op.op} {op.task_id}"
         op.prompt = prompt_key(text)
+        # steer false: each op is a turn of its own, so its answer is its own prompt's. One that arrives while
+        # another runs on its chat waits for it (the chat queues) instead of joining it.
         body = {"chat_key": chat, "node_id": op.node, "text": text + (" [[mock:approve]]" if approve else ""),
-                "timeout": timeout, "task_id": op.task_id}
+                "timeout": timeout, "task_id": op.task_id, "steer": False}
         turn = asyncio.ensure_future(self.client.call("POST", Api.DISPATCH_TEXT, body, timeout + ANSWER_GRACE_S,
                                                       op.trace_id))
         decider = asyncio.ensure_future(self._approve(op.task_id, timeout)) if approve else None

@@ -63,14 +63,27 @@ shell_snapshot = false   # else each new thread runs a login shell: the machine'
 apps = false
 [model_providers.mock]
 name = "mock"
-base_url = "http://127.0.0.1:{port}/v1"
+base_url = "http://127.0.0.1:{port}{base_path}"
 wire_api = "responses"
-requires_openai_auth = false
+requires_openai_auth = {requires_openai_auth}
 supports_websockets = false
-request_max_retries = 0  # fail fast: the harness judges each fault, not codex's retries
-stream_max_retries = 0
-stream_idle_timeout_ms = {idle_ms}
+request_max_retries = {request_max_retries}
+stream_max_retries = {stream_max_retries}
+stream_idle_timeout_ms = {stream_idle_timeout_ms}
 """
+# The mock provider's settings a node may change (add_node's `provider=`). Retries 0 fail fast: the harness
+# judges each fault, not codex's retries. `requires_openai_auth` with base_path /auth/v1 plays a provider that
+# needs a login (harness/ends/upstream.py answers 401 there without an API key).
+PROVIDER = {"base_path": "/v1", "requires_openai_auth": False, "request_max_retries": 0, "stream_max_retries": 0,
+            "stream_idle_timeout_ms": 10000}
+
+
+def write_codex_home(home: Path, upstream_port: int, provider: dict[str, Any] | None = None) -> Path:
+    """A CODEX_HOME whose config points codex at the mock upstream on `upstream_port`, changed by `provider`."""
+    home.mkdir(parents=True, exist_ok=True)
+    toml = {k: str(v).lower() if isinstance(v, bool) else v for k, v in {**PROVIDER, **(provider or {})}.items()}
+    (home / "config.toml").write_text(CODEX_CONFIG.format(port=upstream_port, **toml))
+    return home
 
 
 MCP_ASKER = """
@@ -127,6 +140,7 @@ class Stack:
         self.trail: list[dict[str, Any]] = []
         self.telegram: FakeTelegram | None = None
         self.webhook_url = self.webhook_secret = ""  # set by start_bot(webhook=True)
+        self.bot_settings: dict[str, Any] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> Stack:
@@ -209,19 +223,28 @@ class Stack:
     def manager_url(self) -> str:
         return f"http://127.0.0.1:{self.manager_port}"
 
-    async def add_node(self, node_id: str, token: str | None = None, wait: bool = True, **settings: Any) -> Proc:
-        """A real node with its own CODEX_HOME and cwd; its links run through Toxiproxy."""
+    def node_dir(self, node_id: str) -> Path:
+        return self.root / "nodes" / node_id
+
+    async def add_node(self, node_id: str, token: str | None = None, wait: bool = True,
+                       provider: dict[str, Any] | None = None, roots: tuple[str, ...] = (), **settings: Any) -> Proc:
+        """A real node with its own CODEX_HOME and cwd; its links run through Toxiproxy. `provider` changes the
+        mock provider in its codex config (PROVIDER); `roots` names folders beside its cwd (made here) that its
+        threads may use too (`allowed_roots`)."""
         assert self.toxics is not None
-        home, cwd = self.root / "nodes" / node_id / "codex_home", self.root / "nodes" / node_id / "cwd"
-        home.mkdir(parents=True, exist_ok=True)
+        cwd = self.node_dir(node_id) / "cwd"
         cwd.mkdir(parents=True, exist_ok=True)
+        for root in roots:
+            (self.node_dir(node_id) / root).mkdir(exist_ok=True)
+        if roots:
+            settings["allowed_roots"] = ",".join(str(p) for p in (cwd, *(self.node_dir(node_id) / r for r in roots)))
         up_port = await self.toxics.create(self.upstream_link(node_id), self.upstream_port)
         mgr_port = await self.toxics.create(self.manager_link(node_id), self.manager_port)
-        idle_ms = int(settings.pop("stream_idle_timeout_ms", 10000))
-        config = CODEX_CONFIG.format(port=up_port, idle_ms=idle_ms)
+        home = write_codex_home(self.root / "nodes" / node_id / "codex_home", up_port, provider)
         if settings.pop("mcp_asker", False):  # a user's MCP server that asks questions ([[mock:elicit]])
-            config += MCP_ASKER.format(name=mcp_asker.NAME, python=json.dumps(PY), script=json.dumps(mcp_asker.__file__))
-        (home / "config.toml").write_text(config)
+            with (home / "config.toml").open("a") as config:
+                config.write(MCP_ASKER.format(name=mcp_asker.NAME, python=json.dumps(PY),
+                                              script=json.dumps(mcp_asker.__file__)))
         if token is None:
             token = (await self.call(Api.TOKENS, {"node_id": node_id, "note": "harness"}))["token"]
             ISSUED[f"{self.root.name} node token {node_id}"] = token  # not a case's own (wrong, short) ones
@@ -289,6 +312,16 @@ class Stack:
             yield
         await self.wait_online(node_id)
 
+    async def wait_readiness(self, node_id: str, state: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Until the manager says the node's readiness is `state` (/api/servers); returns that readiness."""
+        seen: Any = None
+        async for _ in Backoff(0.1, factor=1).tries(timeout):
+            servers = (await self.call(Api.SERVERS, record=False))["servers"]
+            seen = next((s.get("readiness") for s in servers if s["node_id"] == node_id), None)
+            if seen is not None and seen.get("state") == state:
+                return dict(seen)
+        raise TimeoutError(f"node {node_id}'s readiness is not {state} within {timeout}s: {seen}")
+
     async def wait_heartbeat(self, node_id: str, after: float, timeout: float = 30.0) -> None:
         """Online with a heartbeat newer than `after`: the link works again, not merely not yet reaped.
 
@@ -320,6 +353,7 @@ class Stack:
                    # Off, as auth-failures is for the manager: cases speak as the same few users many times a minute.
                    # S-05 (scenarios/A/test_a3_security.py) turns it on.
                    "user_rate_limit": 0, **settings}
+        self.bot_settings = options
         nowhere = ports.reserved()  # where the webhook's proxy points until the bot names its port: refused
         try:
             if webhook:

@@ -1,6 +1,8 @@
 """Approval prompts: post them where they belong, decide them once, and show the outcome on every copy.
 
-The `/approve` command and the buttons both go through `decide`, so they cannot behave differently.
+The `/approve` command and the buttons both go through `decide`, so they cannot behave differently. A question
+codex asks (kind `question`) is posted the same way; its answers (option buttons, or a typed message) are
+collected here until every question has one, then sent once, as its decision.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from telegram import InlineKeyboardMarkup
+
 from runtime.bot import render
 from runtime.bot.access import Access
 from runtime.bot.context import Reply, Req, chat_id_of
@@ -17,7 +21,7 @@ from runtime.bot.delivery import Delivery
 from runtime.bot.manager_client import ManagerClient
 from runtime.bot.permissions import Role
 from runtime.logfmt import log
-from runtime.protocol import Api, ApprovalState, Decision, ErrorKind, RelayError
+from runtime.protocol import Api, ApprovalKind, ApprovalState, Decision, ErrorKind, RelayError
 
 logger = logging.getLogger("codex_bot.approvals")
 
@@ -31,6 +35,21 @@ class Posted:
     messages: list[tuple[int, int]] = field(default_factory=list)  # (chat_id, message_id)
     resolved: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    answers: dict[str, list[str]] = field(default_factory=dict)  # a question's answers so far, by question id
+
+    @property
+    def question(self) -> bool:
+        return self.approval.get("kind") == ApprovalKind.QUESTION
+
+    def render(self, closed: bool = False) -> tuple[str, InlineKeyboardMarkup | None]:
+        if self.question:
+            return render.question(self.approval, self.answers, closed)
+        return render.approval(self.approval)
+
+    def unanswered(self) -> list[tuple[int, dict[str, Any]]]:
+        """A question's questions still without an answer, with their index."""
+        return [(i, q) for i, q in enumerate(self.approval.get("questions") or [])
+                if isinstance(q, dict) and str(q.get("id")) not in self.answers]
 
 
 class Approvals:
@@ -50,12 +69,12 @@ class Approvals:
         async with entry.lock:
             chat = chat_id_of(approval.get("chat_key"))
             targets = [chat] if chat is not None else sorted(await self.access.admin_ids(trace_id))
-            entry.text, markup = render.approval(approval)
+            entry.text, markup = entry.render()
             document = render.approval_document(approval)  # a diff too long for the prompt: a file above it
             for target in targets:
                 if document is not None:
-                    await self.delivery.send_document(target, *document, caption=f"The diff codex asks to apply "
-                                                      f"(approval {aid})", trace_id=approval.get("trace_id"))
+                    await self.delivery.document(target, *document, caption=f"The diff codex asks to apply "
+                                                 f"(approval {aid})", trace_id=approval.get("trace_id"))
                 sent = await self.delivery.send(target, entry.text, markup, trace_id=approval.get("trace_id"))
                 if sent is not None:
                     entry.messages.append((target, sent.message_id))
@@ -72,19 +91,23 @@ class Approvals:
             if entry.resolved:
                 return
             entry.resolved = True
-            text = render.approval_outcome(entry.text, state, decided_by, reason)
+            shown = entry.render(closed=True)[0] if entry.question else entry.text
+            text = render.approval_outcome(shown, state, decided_by, reason, question=entry.question)
             for chat_id, message_id in entry.messages:
                 await self.delivery.edit(chat_id, message_id, text, None, trace_id=entry.approval.get("trace_id"))
         log(logger, logging.INFO, "approval_shown_resolved", approval_id=approval_id, state=state,
             decided_by=decided_by)
 
-    async def decide(self, req: Req, approval_id: str, decision: Decision) -> str:
+    async def decide(self, req: Req, approval_id: str, decision: Decision,
+                     answers: dict[str, list[str]] | None = None) -> str:
         """Decide via the manager; a second decision is refused politely (the manager answers conflict)."""
         try:
             admin = await self.access.role(req.user_id, req.trace_id) == Role.ADMIN
-            result = await self.manager.post(Api.APPROVALS_DECIDE, req.trace_id, {
-                "approval_id": approval_id, "decision": decision.value, "decided_by": req.user_label,
-                "chat_key": req.chat_key, "admin": admin})
+            body: dict[str, Any] = {"approval_id": approval_id, "decision": decision.value, "decided_by": req.user_label,
+                                    "chat_key": req.chat_key, "admin": admin}
+            if answers is not None:
+                body["answers"] = answers
+            result = await self.manager.post(Api.APPROVALS_DECIDE, req.trace_id, body)
         except RelayError as err:
             log(logger, logging.INFO, "approval_decide_refused", approval_id=approval_id, chat_id=req.chat_id,
                 user_id=req.user_id, trace_id=req.trace_id, error_kind=err.kind)
@@ -97,9 +120,51 @@ class Approvals:
         log(logger, logging.INFO, "approval_decided", approval_id=approval_id, decision=decision.value,
             chat_id=req.chat_id, user_id=req.user_id, trace_id=req.trace_id, delivered=result.get("delivered"))
         await self.on_resolved(approval_id, str(result.get("state")), str(result.get("decided_by")))
+        if answers is not None:
+            return "Answered: Codex has your answer."
         verb = "Approved" if result.get("state") == ApprovalState.APPROVED else "Declined"
         scope = " for the session" if decision == Decision.ACCEPT_FOR_SESSION else ""
         return f"{verb}{scope}: {approval_id}."
+
+    async def answer(self, req: Req, approval_id: str, index: int, text: str) -> str:
+        """One answer to one of a question's questions (a tapped option, or typed text). Once every question has
+        one, the answers go to codex, once; until then the prompt shows what was answered."""
+        entry = self._posted.get(approval_id)
+        if entry is None or not entry.question or entry.resolved:
+            raise Reply("This question is no longer open: Codex has its answer, or stopped waiting for one.")
+        async with entry.lock:
+            asked = entry.approval.get("questions") or []
+            if entry.resolved or not 0 <= index < len(asked):
+                raise Reply("This question is no longer open: Codex has its answer, or stopped waiting for one.")
+            entry.answers[str(asked[index].get("id"))] = [text]
+            left = len(entry.unanswered())
+            if left:
+                shown, markup = entry.render()
+                for chat_id, message_id in entry.messages:
+                    await self.delivery.edit(chat_id, message_id, shown, markup, trace_id=req.trace_id)
+        log(logger, logging.INFO, "question_answered", approval_id=approval_id, index=index, left=left,
+            chat_id=req.chat_id, trace_id=req.trace_id)
+        if left:
+            return f"Noted: {text}. {left} more question{'s' if left > 1 else ''} to answer."
+        return await self.decide(req, approval_id, Decision.ACCEPT, dict(entry.answers))
+
+    def options(self, approval_id: str, index: int) -> list[str]:
+        """The option labels of one of an open question's questions; [] when it is not open here."""
+        entry = self._posted.get(approval_id)
+        asked = (entry.approval.get("questions") or []) if entry is not None and entry.question else []
+        if not 0 <= index < len(asked):
+            return []
+        return [str(o.get("label")) for o in asked[index].get("options") or []]
+
+    def typed_answer_for(self, chat_id: int) -> tuple[str, int] | None:
+        """The open question in this chat that a typed message answers (the oldest that takes text): its
+        approval_id and the index of its first unanswered question that takes text."""
+        for aid, entry in self._posted.items():
+            if entry.question and not entry.resolved and any(c == chat_id for c, _ in entry.messages):
+                for index, q in entry.unanswered():
+                    if render.takes_text(q):
+                        return aid, index
+        return None
 
     async def resync(self, trace_id: str, only: str | None = None) -> None:
         """After the event stream (re)connects: post what was missed, and close prompts decided meanwhile."""

@@ -14,7 +14,7 @@ from runtime.bot import permissions, prefs, render
 from runtime.bot.context import Relay, Reply, Req
 from runtime.bot.permissions import Rule
 from runtime.bot.render import USAGE, Cb
-from runtime.protocol import Api, Decision, ErrorKind, RelayError
+from runtime.protocol import Api, Decision, ErrorKind, RelayError, TaskAction
 
 CommandFn = Callable[[Relay, Req, str], Awaitable[None]]   # (relay, request, the text after the command)
 ButtonFn = Callable[[Relay, Req, str], Awaitable[str]]     # (relay, request, callback argument) -> toast text
@@ -109,60 +109,6 @@ async def status(relay: Relay, req: Req, args: str) -> None:
     if not state.get("online"):
         raise Reply(render.offline(node_id, state.get("last_seen")))
     await relay.say(req, render.status(state, chat))
-
-
-# ---- models and threads ------------------------------------------------------------------------
-
-async def _select_model(relay: Relay, req: Req, model: str) -> str:
-    await relay.manager.post(Api.CHAT_SELECT, req.trace_id, {"chat_key": req.chat_key, "model": model})
-    return f"Model {model} selected for this chat; your next messages use it."
-
-
-@command("model")
-async def model(relay: Relay, req: Req, args: str) -> None:
-    if args:
-        await relay.say(req, await _select_model(relay, req, args.split()[0]))
-        return
-    node_id, chat = await relay.selected_node(req)
-    listed = await relay.appserver(req, node_id, "model/list", {}) or {}
-    await relay.say(req, *render.models(list(listed.get("data") or []), chat.get("model")))
-
-
-async def _replace_listing(relay: Relay, req: Req, text: str) -> str:
-    """A picked button's listing becomes the outcome, so a stale list cannot be tapped again."""
-    if req.message_id is not None:
-        await relay.delivery.edit(req.chat_id, req.message_id, text, None, trace_id=req.trace_id)
-    return text
-
-
-@button(Cb.MODEL)
-async def model_button(relay: Relay, req: Req, name: str) -> str:
-    return await _replace_listing(relay, req, await _select_model(relay, req, name))
-
-
-async def _select_thread(relay: Relay, req: Req, thread_id: str) -> str:
-    node_id, _ = await relay.selected_node(req)
-    new = thread_id == Cb.NEW_THREAD.value
-    await relay.manager.post(Api.CHAT_SELECT, req.trace_id,
-                             {"chat_key": req.chat_key, "thread_id": None if new else thread_id})
-    return (f"Your next message starts a new thread on {node_id}." if new
-            else f"This chat now continues thread {thread_id} on {node_id}.")
-
-
-@command("thread")
-async def thread(relay: Relay, req: Req, args: str) -> None:
-    if args:
-        await relay.say(req, await _select_thread(relay, req, args.split()[0]))
-        return
-    node_id, chat = await relay.selected_node(req)
-    listed = await relay.appserver(req, node_id, "thread/list", {}) or {}
-    current = (chat.get("threads") or {}).get(node_id)
-    await relay.say(req, *render.threads(list(listed.get("data") or []), current, node_id))
-
-
-@button(Cb.THREAD)
-async def thread_button(relay: Relay, req: Req, thread_id: str) -> str:
-    return await _replace_listing(relay, req, await _select_thread(relay, req, thread_id))
 
 
 # ---- tokens (admins) -----------------------------------------------------------------------------
@@ -284,6 +230,50 @@ async def stop(relay: Relay, req: Req, args: str) -> None:
 @button(Cb.STOP)
 async def stop_button(relay: Relay, req: Req, task_id: str) -> str:
     return await _stop(relay, req, task_id)
+
+
+@button(Cb.QUESTION)
+async def question_button(relay: Relay, req: Req, arg: str) -> str:
+    approval_id, _, indexes = arg.partition(":")
+    q, _, o = indexes.partition(":")
+    if not approval_id or not q.isdigit() or not o.isdigit():
+        raise Reply(render.STALE_BUTTON)
+    options = relay.approvals.options(approval_id, int(q))
+    if not int(o) < len(options):
+        raise Reply("This question is no longer open: Codex has its answer, or stopped waiting for one.")
+    return await relay.approvals.answer(req, approval_id, int(q), options[int(o)])
+
+
+# ---- the chat's session: queue or steer, review, compact -------------------------------------------
+
+@command("queue")
+async def queue(relay: Relay, req: Req, args: str) -> None:
+    words = args.split()
+    if not words:
+        await relay.say(req, render.queue_mode(bool((await relay.chat(req)).get("queue"))))
+        return
+    if words not in (["on"], ["off"]):
+        raise Reply(USAGE["queue"])
+    chat = await relay.manager.post(Api.CHAT_SELECT, req.trace_id, {"chat_key": req.chat_key, "queue": words == ["on"]})
+    await relay.say(req, render.queue_mode(bool(chat.get("queue")), changed=True))
+
+
+async def _on_thread(relay: Relay, req: Req, action: TaskAction) -> None:
+    """Codex's own turn (a review, a compaction) on the chat's thread; a chat without one is told to start it."""
+    node_id, chat = await relay.selected_node(req)
+    if not (chat.get("threads") or {}).get(node_id):
+        raise Reply(render.no_thread(node_id, action))
+    await relay.turns.start(req, node_id, f"/{action.value}", chat, action)
+
+
+@command("review")
+async def review(relay: Relay, req: Req, args: str) -> None:
+    await _on_thread(relay, req, TaskAction.REVIEW)
+
+
+@command("compact")
+async def compact(relay: Relay, req: Req, args: str) -> None:
+    await _on_thread(relay, req, TaskAction.COMPACT)
 
 
 # ---- how the chat's turns are shown, and its node's usage limits (prefs.py) ----------------------------

@@ -41,6 +41,8 @@ class BotConfig:
     user_rate_window: Annotated[float, setting("seconds of the window user_rate_limit counts in", gt=0)] = 60.0
     users_ttl: Annotated[float, setting("seconds the manager's allowlist is trusted before it is fetched again",
                                         ge=0)] = 10.0
+    answer_max_parts: Annotated[int, setting("messages one answer may take; a longer one comes as its first message "
+                                             "and the whole answer as an .md document", ge=1)] = 8
     send_attempts: Annotated[int, setting("tries for one Telegram send", ge=1)] = 5
     webhook_url: Annotated[str, setting("public webhook URL; empty uses long polling")] = ""
     webhook_listen: Annotated[str, setting("address the webhook server listens on")] = "127.0.0.1"
@@ -53,7 +55,8 @@ class BotConfig:
     log_level: Annotated[str, setting("log level", choices=LOG_LEVELS)] = "info"
 
 
-SETTINGS = Loader(BotConfig, "bot", "Codex Relay Telegram bot: the chat front end of the manager.")
+SETTINGS = Loader(BotConfig, "bot", "Codex Relay Telegram bot: the chat front end of the manager. "
+                  "`codex-relay-bot doctor [settings]` checks its setup instead, one line per check.")
 
 
 def load(argv: Sequence[str] | None = None) -> BotConfig:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from runtime.bot.flood import Flood
     from runtime.bot.manager_client import ManagerClient
     from runtime.bot.turns import Turns
+    from runtime.bot.wizard import Wizards
 
 CHAT_KEY_PREFIX = "tg:"
 
@@ -77,6 +78,7 @@ class Relay:
     approvals: Approvals
     turns: Turns
     flood: Flood
+    wizards: Wizards
 
     async def say(self, req: Req, text: str, markup: InlineKeyboardMarkup | None = None) -> Message | None:
         return await self.delivery.send(req.chat_id, text, markup, trace_id=req.trace_id)

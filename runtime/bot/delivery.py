@@ -8,6 +8,10 @@ PTB never retries a failed call, so this module does. The exactly-once rule:
   connection dropped) is never repeated. Telegram has no idempotency key, so a repeat could show the user
   the same message twice; it is logged as op=tg_send_unknown and reported as not delivered instead.
 Long call timeouts (telegram_timeout) keep that unknown case rare.
+
+Formatted text (a `formatting.Part`) goes with parse_mode HTML. Should Telegram ever answer "can't parse
+entities", the same call goes again at once with the part's plain text: the refusal proves the first did not
+take effect, and the answer is never lost for its formatting (op=tg_parse_fallback).
 """
 from __future__ import annotations
 
@@ -20,17 +24,19 @@ from typing import Any, TypeVar
 
 import httpx
 from aiolimiter import AsyncLimiter
-from telegram import Bot, InlineKeyboardMarkup, Message
+from telegram import Bot, InlineKeyboardMarkup, InputFile, Message
+from telegram.constants import ParseMode
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 
 from runtime.backoff import Backoff
+from runtime.bot.formatting import Part
 from runtime.logfmt import log
 
 logger = logging.getLogger("codex_bot.delivery")
 
 T = TypeVar("T")
 MAX_TEXT = 4096
-MAX_CAPTION = 1024           # a document's caption
+MAX_CAPTION = 1024
 OVERALL_PER_SECOND = 30      # Telegram's broadcast limit for one bot
 GROUP_PER_MINUTE = 20        # Telegram's limit for one group chat
 BACKOFF_FIRST, BACKOFF_CAP = 0.5, 8.0
@@ -57,8 +63,12 @@ def _retry_after(exc: RetryAfter) -> float:
     return value.total_seconds() if isinstance(value, dtm.timedelta) else float(value)
 
 
-def fit(text: str) -> str:
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+def fit(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def unparsable(exc: BadRequest) -> bool:
+    return "can't parse entities" in exc.message.lower()
 
 
 class Delivery:
@@ -69,25 +79,44 @@ class Delivery:
         self._groups: dict[int, AsyncLimiter] = {}
         self._paused_until = 0.0  # a 429 pauses every chat: Telegram's flood wait is per bot
 
-    async def send(self, chat_id: int, text: str, markup: InlineKeyboardMarkup | None = None,
+    async def send(self, chat_id: int, text: str | Part, markup: InlineKeyboardMarkup | None = None,
                    trace_id: str | None = None) -> Message | None:
         """The sent message, or None if it was refused or its fate is unknown (never sent twice)."""
-        return await self._run("sendMessage", chat_id, trace_id, repeatable=False, call=lambda: self.bot.send_message(
-            chat_id, fit(text), reply_markup=markup))
+        async def call(body: str, parse_mode: str | None) -> Message:
+            return await self.bot.send_message(chat_id, body, parse_mode=parse_mode, reply_markup=markup)
+        return await self._run("sendMessage", chat_id, trace_id, repeatable=False,
+                               call=lambda: self._formatted("sendMessage", chat_id, trace_id, text, call))
 
-    async def send_document(self, chat_id: int, filename: str, content: bytes, caption: str,
-                            trace_id: str | None = None) -> Message | None:
-        """A file (multipart upload), under the same rule as send: never sent twice."""
-        return await self._run("sendDocument", chat_id, trace_id, repeatable=False, call=lambda: self.bot.send_document(
-            chat_id, content, filename=filename, caption=caption[:MAX_CAPTION]))
-
-    async def edit(self, chat_id: int, message_id: int, text: str, markup: InlineKeyboardMarkup | None = None,
+    async def edit(self, chat_id: int, message_id: int, text: str | Part, markup: InlineKeyboardMarkup | None = None,
                    trace_id: str | None = None) -> bool:
         """True once the message shows `text` (and `markup`; None removes the buttons)."""
+        async def call(body: str, parse_mode: str | None) -> Message | bool:
+            return await self.bot.edit_message_text(body, chat_id=chat_id, message_id=message_id,
+                                                    parse_mode=parse_mode, reply_markup=markup)
         result = await self._run("editMessageText", chat_id, trace_id, repeatable=True,
-                                 call=lambda: self.bot.edit_message_text(fit(text), chat_id=chat_id,
-                                                                         message_id=message_id, reply_markup=markup))
+                                 call=lambda: self._formatted("editMessageText", chat_id, trace_id, text, call))
         return result is not None
+
+    async def document(self, chat_id: int, filename: str, data: bytes, caption: str,
+                       trace_id: str | None = None) -> Message | None:
+        """A file as a document (multipart upload); like a message, never sent twice."""
+        return await self._run("sendDocument", chat_id, trace_id, repeatable=False, call=lambda: self.bot.send_document(
+            chat_id, InputFile(data, filename=filename), caption=fit(caption, MAX_CAPTION)))
+
+    @staticmethod
+    async def _formatted(method: str, chat_id: int, trace_id: str | None, text: str | Part,
+                         call: Callable[[str, str | None], Awaitable[T]]) -> T:
+        """Plain text as it is; a Part as HTML, and as its plain text if Telegram cannot parse the HTML."""
+        if not isinstance(text, Part):
+            return await call(fit(text), None)
+        try:
+            return await call(text.html, ParseMode.HTML)
+        except BadRequest as exc:
+            if not unparsable(exc):
+                raise
+            log(logger, logging.WARNING, "tg_parse_fallback", method=method, chat_id=chat_id, trace_id=trace_id,
+                error=exc.message, rule="sent again as plain text, so the answer is not lost")
+            return await call(fit(text.plain), None)
 
     async def answer(self, query_id: str, text: str | None = None, alert: bool = False, chat_id: int | None = None,
                      trace_id: str | None = None) -> bool:

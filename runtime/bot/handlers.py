@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from telegram import Update
 from telegram.ext import Application, CallbackQueryHandler, CommandHandler, ContextTypes, MessageHandler, filters
 
-from runtime.bot import permissions, render
+from runtime.bot import models, permissions, render, threads, wizard
 from runtime.bot.commands import BUTTONS, COMMANDS, Command
 from runtime.bot.context import Relay, Reply, Req
 from runtime.bot.flood import Refusal
@@ -20,6 +20,8 @@ from runtime.bot.permissions import Role, Rule
 from runtime.logfmt import log
 from runtime.protocol import RelayError
 
+# The modules that register commands and buttons besides commands.py: imported here, so the bot has them all.
+COMMAND_MODULES = (models, threads)
 logger = logging.getLogger("codex_bot.handlers")
 
 Work = Callable[[Req], Awaitable[str | None]]  # returns a toast text for buttons, None for messages
@@ -117,6 +119,12 @@ async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE
     text = update.effective_message.text if update.effective_message else None
 
     async def work(req: Req) -> None:
+        if await wizard.take_text(relay, req, text or ""):  # the path a /thread wizard asked for
+            return
+        # While codex waits on a question in this chat that takes a typed answer, the message is that answer.
+        if (open_question := relay.approvals.typed_answer_for(req.chat_id)) is not None:
+            await relay.say(req, await relay.approvals.answer(req, *open_question, text or ""))
+            return
         node_id, chat = await relay.selected_node(req)
         await relay.turns.start(req, node_id, text or "", chat)
     await _guarded(relay, update, "text", permissions.TEXT, "Sending to Codex", work)
@@ -130,6 +138,8 @@ async def _unknown(relay: Relay, update: Update, context: ContextTypes.DEFAULT_T
         return  # `/cmd@otherbot` in a group is another bot's business
 
     async def work(req: Req) -> None:
+        if await wizard.take_text(relay, req, message.text or "" if message else ""):  # "/srv/app" reads as a command
+            return
         raise Reply("Unknown command. /help lists what I can do.")
     await _guarded(relay, update, "command", permissions.OTHER, "unknown command", work)
 

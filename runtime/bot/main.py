@@ -18,7 +18,7 @@ from telegram.ext import Application, ApplicationBuilder
 
 from runtime import __version__, tls
 from runtime.bot import config as config_mod
-from runtime.bot import handlers
+from runtime.bot import doctor, handlers
 from runtime.bot.access import Access
 from runtime.bot.approvals import Approvals
 from runtime.bot.commands import COMMANDS
@@ -32,6 +32,7 @@ from runtime.bot.manager_client import ManagerClient
 from runtime.bot.turns import Turns
 from runtime.bot.updates import SUBSCRIBED, Screen, UpdatesRequest
 from runtime.bot.webhook import Webhook
+from runtime.bot.wizard import Wizards
 from runtime.aiotasks import cancel
 from runtime.backoff import Backoff
 from runtime.logfmt import log
@@ -56,7 +57,7 @@ def build(config: BotConfig, screen: Screen) -> tuple[Application, Relay, EventS
     delivery = Delivery(app.bot, config.send_attempts)
     access = Access(config, manager)
     relay = Relay(config, manager, access, delivery, Approvals(manager, delivery, access),
-                  Turns(config, manager, delivery), Flood(config.user_rate_limit, config.user_rate_window))
+                  Turns(config, manager, delivery), Flood(config.user_rate_limit, config.user_rate_window), Wizards())
     handlers.install(app, relay)
 
     async def resolved(e: dict) -> None:  # type: ignore[type-arg]
@@ -149,7 +150,11 @@ async def run(config: BotConfig) -> int:
 def main(argv: list[str] | None = None) -> None:
     # Opt in to PTB's timedelta durations now, instead of a deprecation warning on every RetryAfter.
     os.environ.setdefault("PTB_TIMEDELTA", "true")
-    config = load_or_exit(config_mod.load, argv, logger)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["doctor"]:
+        doctor.main(args[1:])
+        return
+    config = load_or_exit(config_mod.load, args, logger)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per Bot API call otherwise
     sys.exit(asyncio.run(run(config)))
 

@@ -35,6 +35,9 @@ COMMANDS: dict[str, Rule] = {
     "approve": Rule(USER, "approve a request posted in this chat (an admin: in any chat)"),
     "decline": Rule(USER, "decline a request posted in this chat (an admin: in any chat)"),
     "stop": Rule(USER, "stop the chat's running turn (an admin: any chat's, by its Stop button)"),
+    "queue": Rule(USER, "on: a message sent while a turn runs waits for it; off (default): it steers that turn"),
+    "review": Rule(USER, "Codex reviews the uncommitted changes of the chat's thread; the findings are posted"),
+    "compact": Rule(USER, "Codex compacts the chat's thread (summarizes its history); confirmed when done"),
     "verbose": Rule(USER, "how much the chat's progress messages show: 0, 1 or 2"),
     "result": Rule(USER, "the chat's final answers: sent as a new message, or edited into the progress message"),
     "usage": Rule(USER, "the usage limits of Codex's login on the chat's node"),
@@ -50,9 +53,22 @@ BUTTONS: dict[Cb, Rule] = {
     Cb.APPROVE: Rule(USER, "the decisions codex offers on an approval prompt (Approve, Decline, ...), in its chat (an "
                            "admin: in any chat)"),
     Cb.STOP: Rule(USER, "Stop on a turn's progress message, in its chat (an admin: in any chat)"),
+    Cb.EFFORT: Rule(USER, "a reasoning effort under /model"),
+    Cb.THREAD_START: Rule(USER, "Start a thread under /thread: opens the wizard"),
+    Cb.THREAD_READ: Rule(USER, "Read a thread under /thread"),
+    Cb.THREAD_FORK: Rule(USER, "Fork a thread under /thread: opens the wizard for its directory"),
+    Cb.THREAD_ARCHIVE: Rule(USER, "Archive a thread under /thread"),
+    Cb.THREAD_UNARCHIVE: Rule(USER, "Unarchive a thread under /thread archived"),
+    Cb.WIZARD: Rule(USER, "a step of the /thread start or fork wizard (node, sandbox, approvals, directory)"),
+    Cb.QUESTION: Rule(USER, "an option of a question Codex asks, in the chat it asks in"),
 }
 
-TEXT = Rule(USER, "any other text: a Codex turn on the chat's node")
+# Choices inside a command: who may pick them. A sandbox without limits lets codex do anything on the node.
+CHOICES: dict[str, Rule] = {
+    "sandbox danger-full-access": Rule(ADMIN, "the sandbox `danger-full-access` in the /thread wizard"),
+}
+
+TEXT = Rule(USER, "any other text: a Codex turn on the chat's node, or the answer to the question Codex asks there")
 OTHER = Rule(USER, "an unknown command, or a button the bot no longer knows: told so")
 
 
@@ -60,6 +76,7 @@ def table() -> str:
     """The README's permission table."""
     rows = [(f"`/{name}`", rule) for name, rule in COMMANDS.items()]
     rows += [(f"button `{prefix.value}:`", rule) for prefix, rule in BUTTONS.items()]
+    rows += [(f"choice `{name}`", rule) for name, rule in CHOICES.items()]
     rows += [("text", TEXT), ("other", OTHER)]
     lines = ["| command or button | stranger | user | admin | what |", "|---|---|---|---|---|"]
     for label, rule in rows:

@@ -7,7 +7,7 @@ from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from runtime.protocol import ApprovalState, Decision, ErrorKind, user_error_line
+from runtime.protocol import ApprovalState, Decision, ErrorKind, ReadyState, TaskAction, kind_of, user_error_line
 
 MAX_CALLBACK_DATA = 64  # Telegram's limit, in bytes
 
@@ -17,10 +17,17 @@ class Cb(StrEnum):
 
     NODE = "node"
     MODEL = "model"
-    THREAD = "thread"
+    EFFORT = "eff"
+    THREAD = "thread"           # continue (resume) a thread in this chat
+    THREAD_START = "tstart"     # open the /thread start wizard
+    THREAD_READ = "tread"
+    THREAD_FORK = "tfork"
+    THREAD_ARCHIVE = "tarch"
+    THREAD_UNARCHIVE = "tunarch"
+    WIZARD = "tw"               # a step of the /thread start or fork wizard
     APPROVE = "ap"
-    NEW_THREAD = "new"
     STOP = "stop"
+    QUESTION = "qa"  # qa:<approval_id>:<question index>:<option index>
 
 
 DECISION_CODES = {Decision.ACCEPT: "a", Decision.ACCEPT_FOR_SESSION: "s", Decision.DECLINE: "d", Decision.CANCEL: "c"}
@@ -49,9 +56,13 @@ HELP = """Codex Relay: drive Codex on your machines from here.
 
 /node: list nodes and pick one for this chat
 /status: the selected node's state
-/model: list models and pick one for this chat
-/thread: list threads, start a new one or switch
+/model [name] [effort]: list models, pick one and its reasoning effort for this chat
+/thread: list threads and continue one here; /thread start makes one in a directory you pick
+/thread current|read|fork|archive|unarchive|resume|new: more about threads (/thread help)
 /stop: stop the turn running in this chat (or tap Stop under it)
+/queue on|off: a message sent while a turn runs waits for it (on), or is added to it (off, the default)
+/review: Codex reviews the uncommitted changes in the thread's folder
+/compact: Codex summarizes the thread's history, to free its context
 /verbose 0|1|2: how much the progress message shows (1: also commands, files and tool calls; 2: also their output)
 /result send|replace: post the final answer as a new message (notifies), or edit the progress message into it
 /usage: the usage limits of Codex's login on the chat's node
@@ -77,6 +88,8 @@ USAGE = {
                "their output, diffs and arguments.",
     "result": "Usage: /result send|replace\nsend: the final answer comes as a new message, so Telegram notifies; "
               "replace: the progress message is edited into it.",
+    "queue": "Usage: /queue on|off\non: a message sent while a turn runs waits, and runs right after it.\n"
+             "off (the default): it is added to the running turn, which takes it into account (steering).",
 }
 
 
@@ -117,6 +130,29 @@ def offline(node_id: str, last_seen: float | None) -> str:
             "Wait for it to reconnect, or pick another node with /node.")
 
 
+READY_WORDS = {ReadyState.READY: "ready", ReadyState.NOT_LOGGED_IN: "not ready: codex is not logged in",
+               ReadyState.PROVIDER_UNREACHABLE: "not ready: its model provider is unreachable",
+               ReadyState.UNKNOWN: "readiness unknown"}
+
+
+def ready_state(readiness: dict[str, Any] | None) -> ReadyState:
+    try:
+        return ReadyState((readiness or {}).get("state") or ReadyState.UNKNOWN)
+    except ValueError:  # a state a newer node knows and this bot does not
+        return ReadyState.UNKNOWN
+
+
+def readiness(r: dict[str, Any] | None) -> list[str]:
+    """A node's readiness for /status: the state, what the node found, and the fix."""
+    state = ready_state(r)
+    lines = [f"ready: {'yes' if state == ReadyState.READY else READY_WORDS[state].replace('not ready: ', 'no, ')}"]
+    if state in (ReadyState.NOT_LOGGED_IN, ReadyState.PROVIDER_UNREACHABLE):
+        lines += [f"found: {(r or {}).get('problem') or state.value}", f"fix: {kind_of(state.value).text}"]
+    if (r or {}).get("codex_version"):
+        lines.append(f"codex: {(r or {})['codex_version']}")
+    return lines
+
+
 MAX_LISTED = 20  # a fleet of thousands would pass Telegram's 4096 characters and its keyboard limits
 
 
@@ -131,11 +167,17 @@ def nodes(servers: list[dict[str, Any]], selected: str | None) -> tuple[str, Inl
         return NO_NODES, None
     lines, rows = ["Nodes (tap one to use it in this chat):"], []
     for n in sorted(servers, key=lambda n: _rank(n, selected))[:MAX_LISTED]:
-        state = "online" if n.get("online") else f"offline, last seen {ago(n.get('last_seen'))}"
+        ready = ready_state(n.get("readiness"))
+        if not n.get("online"):
+            state, shown = f"offline, last seen {ago(n.get('last_seen'))}", "offline"
+        elif ready in (ReadyState.READY, ReadyState.UNKNOWN):  # a listing names only what is wrong; /status says all
+            state = shown = "online"
+        else:
+            state, shown = f"online, {READY_WORDS[ready]}", "online, not ready"
         mark = " ← selected" if n["node_id"] == selected else ""
         lines.append(f"• {n['node_id']}: {state}{mark}")
         if fits(Cb.NODE, n["node_id"]):
-            label = f"{'✅ ' if mark else ''}{n['node_id']} ({'online' if n.get('online') else 'offline'})"
+            label = f"{'✅ ' if mark else ''}{n['node_id']} ({shown})"
             rows.append([(label, callback(Cb.NODE, n["node_id"]))])
     if len(servers) > MAX_LISTED:
         online = sum(1 for n in servers if n.get("online"))
@@ -143,38 +185,20 @@ def nodes(servers: list[dict[str, Any]], selected: str | None) -> tuple[str, Inl
                      "Pick any by name: /node <node_id>")
     if not any(n.get("online") for n in servers):
         lines.append("No node is online right now: start one, or wait for it to reconnect.")
+    if any(n.get("online") and ready_state(n.get("readiness")) not in (ReadyState.READY, ReadyState.UNKNOWN)
+           for n in servers):
+        lines.append("A node that is not ready fails every message at once: /status on it says what to fix.")
     return "\n".join(lines), keyboard(rows)
 
 
 def status(s: dict[str, Any], chat: dict[str, Any]) -> str:
     thread = chat.get("threads", {}).get(s["node_id"])
-    return "\n".join([f"Node {s['node_id']}: online", f"version: {s.get('version') or 'unknown'}",
+    return "\n".join([f"Node {s['node_id']}: online", *readiness(s.get("readiness")),
+                      f"version: {s.get('version') or 'unknown'}",
                       f"open tasks: {s.get('open_tasks', 0)}", f"last seen: {ago(s.get('last_seen'))}",
                       f"model: {chat.get('model') or 'node default'}",
+                      "effort: " + (chat.get("effort") or "the model's default"),
                       f"thread: {thread or 'a new one starts with your next message'}"])
-
-
-def models(data: list[dict[str, Any]], current: str | None) -> tuple[str, InlineKeyboardMarkup | None]:
-    lines, rows = [f"Model for this chat: {current or 'node default'}. Tap one to switch:"], []
-    for m in data:
-        mid = str(m.get("id") or m.get("model"))
-        lines.append(f"• {mid}{' ← selected' if mid == current else ''}: {m.get('description') or ''}".rstrip(": "))
-        if fits(Cb.MODEL, mid):
-            rows.append([(("✅ " if mid == current else "") + str(m.get("displayName") or mid), callback(Cb.MODEL, mid))])
-    return "\n".join(lines), keyboard(rows)
-
-
-def threads(data: list[dict[str, Any]], current: str | None, node_id: str) -> tuple[str, InlineKeyboardMarkup | None]:
-    lines = [f"Threads on {node_id}; this chat uses: {current or 'a new thread (starts with your next message)'}"]
-    rows = [[("🆕 New thread", callback(Cb.THREAD, Cb.NEW_THREAD))]]
-    for t in data[:20]:
-        tid, preview = str(t.get("id")), " ".join(str(t.get("preview") or "").split())[:40]
-        lines.append(f"• {tid}{' ← selected' if tid == current else ''}: {preview or '(no preview)'}")
-        if fits(Cb.THREAD, tid):
-            rows.append([(("✅ " if tid == current else "") + (preview or tid)[:40], callback(Cb.THREAD, tid))])
-    if not data:
-        lines.append("No threads yet: your next message starts one.")
-    return "\n".join(lines), keyboard(rows)
 
 
 def token_created(t: dict[str, Any]) -> str:
@@ -249,7 +273,10 @@ def approval(a: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup | None]:
     return "\n".join(lines), keyboard([buttons[:2], buttons[2:]])
 
 
-def approval_outcome(original: str, state: str, decided_by: str | None, reason: str | None = None) -> str:
+def approval_outcome(original: str, state: str, decided_by: str | None, reason: str | None = None,
+                     question: bool = False) -> str:
+    if question:
+        return question_outcome(original, state, decided_by, reason)
     if state == ApprovalState.EXPIRED:
         return f"{original}\n\n⌛ Expired: nobody decided in time, so Codex was told decline."
     if state == ApprovalState.WITHDRAWN:
@@ -267,8 +294,43 @@ def already_decided(approval_id: str, error: str | None) -> str:
     return f"Already decided, nothing changed: {error or f'approval {approval_id} was decided earlier'}."
 
 
-def placeholder(node_id: str) -> str:
+def placeholder(node_id: str, action: TaskAction = TaskAction.TURN) -> str:
+    if action == TaskAction.REVIEW:
+        return f"⏳ Reviewing the uncommitted changes on {node_id}…"
+    if action == TaskAction.COMPACT:
+        return f"⏳ Compacting this chat's thread on {node_id}…"
     return f"⏳ Working on it on {node_id}…"
+
+
+def queued(node_id: str) -> str:
+    return (f"⏳ Queued on {node_id}: a turn is running in this chat, and this message runs right after it. "
+            "(/queue off adds messages to the running turn instead.)")
+
+
+STEERED = ("↪️ Added to the running turn: Codex takes this message into account there, and that turn's answer "
+           "answers both. (/queue on makes messages wait for the running turn instead.)")
+
+
+def queue_mode(on: bool, changed: bool = False) -> str:
+    head = "Queue mode is now" if changed else "Queue mode is"
+    if on:
+        return f"{head} on: a message sent while a turn runs waits, and runs right after it. /queue off to steer."
+    return (f"{head} off: a message sent while a turn runs is added to that turn (steering). /queue on to make "
+            "it wait instead.")
+
+
+def no_thread(node_id: str, action: TaskAction) -> str:
+    what = "review" if action == TaskAction.REVIEW else "compact"
+    return (f"This chat has no Codex thread on {node_id} yet, so there is nothing to {what}. Send a message to "
+            f"start one (or pick one with /thread), then /{action.value} again.")
+
+
+def review(text: str) -> str:
+    return f"🔍 Review of the uncommitted changes\n\n{text.strip() or 'Codex found nothing to report.'}"
+
+
+COMPACTED = ("🗜 Compacted: Codex summarized this thread's history to free its context; your next message goes on "
+             "from that summary.")
 
 
 STOPPED = "⏹ Stopped. Codex was interrupted; send a new message to go on (the thread keeps what was done so far)."
@@ -310,10 +372,12 @@ def steps(activity: list[dict[str, Any]], earlier: int, verbose: int) -> str:
 
 
 def progress(node_id: str, text: str, activity: list[dict[str, Any]] | None = None, earlier: int = 0,
-             verbose: int = 0) -> str:
-    """The agent's latest text (its tail, if long) above the steps, and that the turn still runs."""
-    footer, shown = f"⏳ still working on {node_id}…", steps(activity or [], earlier, verbose)
-    if not text.strip() and not shown:
+             verbose: int = 0, notice: str | None = None) -> str:
+    """The agent's latest text (its tail, if long) above the steps, then codex's latest retry notice
+    ("reconnecting 2/5: ...") and that the turn still runs: the footer is never cut off."""
+    footer = "\n\n".join([*([f"🔄 {notice}"] if notice else []), f"⏳ still working on {node_id}…"])
+    shown = steps(activity or [], earlier, verbose)
+    if not text.strip() and not shown and not notice:
         return placeholder(node_id)
     room = MAX_PROGRESS - len(shown) - len(footer) - 4  # the two blank lines between the three parts
     if room < 200:  # the steps alone would fill the message: they give way, from the oldest
@@ -398,6 +462,63 @@ def no_limits(node_id: str, why: str) -> str:
             f"(it uses an API key or its own model provider), and only those have plan limits. Codex said: {why}")
 
 
-def chunks(text: str, size: int = 4000) -> list[str]:
-    text = text.strip() or "(Codex finished without a text reply.)"
-    return [text[i:i + size] for i in range(0, len(text), size)]
+def answer_document(task_id: str) -> str:
+    return f"answer-{task_id}.md"
+
+
+def answer_caption(chars: int, parts: int) -> str:
+    return (f"The whole answer as a file: {chars:,} characters, which would take {parts} messages "
+            "(the bot's answer_max_parts).")
+
+
+# ---- questions codex asks the user (an approval of kind `question`) --------------------------------
+
+def _questions(a: dict[str, Any]) -> list[dict[str, Any]]:
+    return [q for q in a.get("questions") or [] if isinstance(q, dict)]
+
+
+def takes_text(q: dict[str, Any]) -> bool:
+    """A question accepts a typed answer when codex allows one ("Other"), or offers no options to tap."""
+    return bool(q.get("isOther")) or not q.get("options")
+
+
+def question(a: dict[str, Any], answers: dict[str, list[str]],
+             closed: bool = False) -> tuple[str, InlineKeyboardMarkup | None]:
+    """Codex's questions: each with its options as buttons (until answered, or `closed`), and what was answered."""
+    asked = _questions(a)
+    lines = [f"❓ Codex asks on {a.get('node_id')}:"]
+    rows: list[list[tuple[str, str]]] = []
+    typed = None
+    for qi, q in enumerate(asked):
+        lines.append("")
+        lines.append(f"{q.get('header') or 'Question'}: {q.get('question') or ''}".strip())
+        given = answers.get(str(q.get("id")))
+        if given is not None:
+            lines.append(f"→ {', '.join(given)}")
+            continue
+        if closed:
+            lines += [f"• {o.get('label')}" for o in q.get("options") or []]
+            continue
+        for oi, option in enumerate(q.get("options") or []):
+            label, about = str(option.get("label") or f"option {oi + 1}"), option.get("description")
+            lines.append(f"• {label}" + (f": {about}" if about else ""))
+            if fits(Cb.QUESTION, a["approval_id"], str(qi), str(oi)):
+                rows.append([(label[:60], callback(Cb.QUESTION, a["approval_id"], str(qi), str(oi)))])
+        if typed is None and takes_text(q):
+            typed = q
+    if typed is not None:
+        about = typed.get("header") or "the question"
+        lines += ["", f"Tap an option, or send your answer as a message (it answers \"{about}\")."
+                  if typed.get("options") else "Send your answer as a message."]
+    return "\n".join(lines), keyboard(rows)
+
+
+def question_outcome(original: str, state: str, decided_by: str | None, reason: str | None = None) -> str:
+    if state == ApprovalState.EXPIRED:
+        return f"{original}\n\n⌛ Expired: nobody answered in time, so Codex went on without an answer."
+    if state == ApprovalState.WITHDRAWN:
+        why = f" ({reason})" if reason else ""
+        return f"{original}\n\n⏹ Withdrawn{why}: Codex no longer waits for this answer."
+    if state == ApprovalState.APPROVED:
+        return f"{original}\n\n✅ Answered by {decided_by or 'someone'}; Codex has the answer."
+    return f"{original}\n\n❌ Declined by {decided_by or 'someone'}: Codex got no answer."

@@ -8,21 +8,23 @@ task_id twice, it answers with what the first run became.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import html
 import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.bot import render
+from runtime.bot import formatting, render
 from runtime.bot.config import BotConfig
 from runtime.bot.context import Req, chat_id_of, chat_key
-from runtime.bot.delivery import MAX_TEXT, Delivery
+from runtime.bot.delivery import Delivery
 from runtime.bot.manager_client import ManagerClient, MaybeDelivered
 from runtime.aiotasks import Background
 from runtime.backoff import Backoff
 from runtime.logfmt import log
-from runtime.protocol import Api, ErrorKind, RelayError, new_id, parse_kind
+from runtime.protocol import Api, ErrorKind, RelayError, TaskAction, new_id, parse_kind
 from runtime.protocol.api import DEFAULT_RESULT_MODE, DEFAULT_VERBOSE
 from runtime.throttle import Throttle
 
@@ -42,6 +44,7 @@ class Turn:
     node_id: str
     trace_id: str
     message_id: int | None
+    action: TaskAction = TaskAction.TURN
     verbose: int = DEFAULT_VERBOSE          # the chat's settings when the turn started
     result_mode: str = DEFAULT_RESULT_MODE
     started: float = field(default_factory=time.monotonic)
@@ -61,15 +64,17 @@ class Turns:
         self.tasks = Background(logger)
         self._finished: OrderedDict[str, None] = OrderedDict()  # recent task_ids, so a late event is not shown twice
 
-    async def start(self, req: Req, node_id: str, text: str, chat: dict[str, Any]) -> None:
-        """Answer with the placeholder now; the turn itself runs in the background. `chat`: its settings."""
+    async def start(self, req: Req, node_id: str, text: str, chat: dict[str, Any],
+                    action: TaskAction = TaskAction.TURN) -> None:
+        """Answer with the placeholder now; the turn itself (or codex's review or compaction) runs in the background.
+        `chat`: its settings."""
         asked, task_id = time.monotonic(), new_id("task")
-        sent = await self.delivery.send(req.chat_id, render.placeholder(node_id), render.stop_button(task_id),
+        sent = await self.delivery.send(req.chat_id, render.placeholder(node_id, action), render.stop_button(task_id),
                                         trace_id=req.trace_id)
         turn = Turn(task_id, req.chat_id, req.user_id, node_id, req.trace_id, sent.message_id if sent else None,
-                    verbose=int(chat.get("verbose", DEFAULT_VERBOSE)),
+                    action, verbose=int(chat.get("verbose", DEFAULT_VERBOSE)),
                     result_mode=str(chat.get("result_mode") or DEFAULT_RESULT_MODE))
-        turn.shown = render.placeholder(node_id)
+        turn.shown = render.placeholder(node_id, action)
         # Sending the placeholder counts as its first write: its first edit comes progress_interval later.
         turn.edits = Throttle(self.config.progress_interval, lambda: self._edit_progress(turn), self.tasks,
                               f"progress:{task_id}", last=time.monotonic())
@@ -80,7 +85,8 @@ class Turns:
 
     async def _run(self, turn: Turn, text: str) -> None:
         deadline = turn.started + self.config.turn_timeout
-        body = {"chat_key": chat_key(turn.chat_id), "text": text, "node_id": turn.node_id, "task_id": turn.task_id}
+        body = {"chat_key": chat_key(turn.chat_id), "text": text, "node_id": turn.node_id, "task_id": turn.task_id,
+                "action": turn.action.value}
         lost, backoff = False, Backoff(RETRY_FIRST, 2.0, RETRY_CAP, jitter=0.2)
         while not turn.done:
             remaining = deadline - time.monotonic()
@@ -112,13 +118,16 @@ class Turns:
         if turn is None or turn.message_id is None or turn.edits is None:
             return
         turn.progress = event
-        turn.edits.poke()  # edited now, or once progress_interval has passed since the last edit, with the latest
+        # Edited now, or once progress_interval has passed since the last edit, with the latest: the last retry
+        # notice or step inside an interval is shown at its end, not lost.
+        turn.edits.poke()
 
     async def _edit_progress(self, turn: Turn) -> None:
         async with turn.lock:
             p = turn.progress
-            text = render.progress(turn.node_id, str(p.get("text") or ""), p.get("activity"), int(p.get("earlier") or 0),
-                                   turn.verbose)
+            text = (render.queued(turn.node_id) if p.get("queued") else
+                    render.progress(turn.node_id, str(p.get("text") or ""), p.get("activity"),
+                                    int(p.get("earlier") or 0), turn.verbose, p.get("notice")))
             if turn.done or text == turn.shown or turn.message_id is None:
                 return
             turn.shown = text
@@ -143,10 +152,11 @@ class Turns:
         if chat_id is None or task_id in self._finished:
             return
         self._remember(task_id)
-        parts = (answer(result) if result.get("ok") else
-                 [render.failure("Codex turn", str(result.get("error_kind") or "internal"), result.get("error"))])
-        for part in parts:
-            await self.delivery.send(chat_id, part)
+        if result.get("ok"):
+            await self._deliver(chat_id, task_id, None, answer(result, self.config.answer_max_parts), None)
+        else:
+            await self.delivery.send(chat_id, render.failure("Codex turn", str(result.get("error_kind") or "internal"),
+                                                             result.get("error")))
         log(logger, logging.INFO, "turn_final_orphan", chat_id=chat_id, task_id=task_id, ok=bool(result.get("ok")))
 
     def _remember(self, task_id: str) -> None:
@@ -155,14 +165,23 @@ class Turns:
             self._finished.popitem(last=False)
 
     async def finish(self, turn: Turn, result: dict[str, Any]) -> None:
-        await self._final(turn, answer(result), ok=True)
+        if turn.action == TaskAction.COMPACT:
+            out = formatting.Answer([formatting.plain_part(render.COMPACTED)])
+        elif turn.action == TaskAction.REVIEW:
+            out = answer({**result, "text": render.review(str(result.get("text") or ""))}, self.config.answer_max_parts)
+        else:
+            out = answer(result, self.config.answer_max_parts)
+        await self._final(turn, out, ok=True, in_place=bool(result.get("steered_into")))
 
     async def fail(self, turn: Turn, err: RelayError) -> None:
-        await self._final(turn, [render.failure("Codex turn", err.kind, err.error)], ok=False, error_kind=err.kind)
+        failed = formatting.Answer([formatting.plain_part(render.failure("Codex turn", err.kind, err.error))])
+        await self._final(turn, failed, ok=False, error_kind=err.kind)
 
-    async def _final(self, turn: Turn, parts: list[str], ok: bool, error_kind: str | None = None) -> None:
-        """Show the outcome exactly once. `replace` (and a stop, the user's own act) edits it into the placeholder
-        and sends the rest; `send` posts it anew, so Telegram notifies, and closes the placeholder as a record."""
+    async def _final(self, turn: Turn, answer: formatting.Answer, ok: bool, error_kind: str | None = None,
+                     in_place: bool = False) -> None:
+        """Show the outcome exactly once. `replace` (and a stop, the user's own act, or a note that the message
+        steered the running turn: `in_place`) edits it into the placeholder and sends the rest; `send` posts it
+        anew, so Telegram notifies, and closes the placeholder as a record."""
         async with turn.lock:
             if turn.done:
                 return
@@ -171,31 +190,42 @@ class Turns:
                 await turn.edits.close()
             self._remember(turn.task_id)  # before leaving `active`: its result event must not look orphaned
             self.active.pop(turn.task_id, None)
-            if turn.result_mode == "send" and turn.message_id is not None and error_kind != ErrorKind.CANCELLED:
-                await self._post(turn, parts, ok)
+            if (turn.result_mode == "send" and turn.message_id is not None and error_kind != ErrorKind.CANCELLED
+                    and not in_place):
+                await self._post(turn, answer, ok)
             else:
-                await self._replace(turn, parts)
+                await self._deliver(turn.chat_id, turn.task_id, turn.message_id, answer, turn.trace_id)
         log(logger, logging.INFO, "turn_final", chat_id=turn.chat_id, user_id=turn.user_id, node_id=turn.node_id,
             task_id=turn.task_id, trace_id=turn.trace_id, ok=ok, error_kind=error_kind,
             ms=round((time.monotonic() - turn.started) * 1000))
 
-    async def _replace(self, turn: Turn, parts: list[str]) -> None:
-        first, rest = parts[0], parts[1:]
-        if turn.message_id is None or not await self.delivery.edit(turn.chat_id, turn.message_id, first,
-                                                                   trace_id=turn.trace_id):
-            rest = parts
-        for part in rest:
-            await self.delivery.send(turn.chat_id, part, trace_id=turn.trace_id)
+    async def _deliver(self, chat_id: int, task_id: str, message_id: int | None, answer: formatting.Answer,
+                       trace_id: str | None) -> None:
+        """The first part edited into the placeholder (sent, without one), the rest sent; then the document."""
+        parts = answer.parts
+        if message_id is not None and await self.delivery.edit(chat_id, message_id, parts[0], trace_id=trace_id):
+            parts = parts[1:]
+        for part in parts:
+            await self.delivery.send(chat_id, part, trace_id=trace_id)
+        await self._document(chat_id, task_id, answer, trace_id)
 
-    async def _post(self, turn: Turn, parts: list[str], ok: bool) -> None:
+    async def _document(self, chat_id: int, task_id: str, answer: formatting.Answer, trace_id: str | None) -> None:
+        if answer.document is not None:
+            await self.delivery.document(chat_id, render.answer_document(task_id), answer.document,
+                                         render.answer_caption(len(answer.document.decode()), answer.total_parts),
+                                         trace_id=trace_id)
+
+    async def _post(self, turn: Turn, answer: formatting.Answer, ok: bool) -> None:
+        """/result send: every part as a new message, then the document, then the placeholder closed."""
         assert turn.message_id is not None
-        if await self.delivery.send(turn.chat_id, parts[0], trace_id=turn.trace_id) is None:
+        if await self.delivery.send(turn.chat_id, answer.parts[0], trace_id=turn.trace_id) is None:
             # Refused, or its fate unknown (rare: telegram_timeout is long): the placeholder carries it instead,
             # so an answer is never lost.
-            await self._replace(turn, parts)
+            await self._deliver(turn.chat_id, turn.task_id, turn.message_id, answer, turn.trace_id)
             return
-        for part in parts[1:]:
+        for part in answer.parts[1:]:
             await self.delivery.send(turn.chat_id, part, trace_id=turn.trace_id)
+        await self._document(turn.chat_id, turn.task_id, answer, turn.trace_id)
         p = turn.progress
         if turn.edits is not None:  # the answer went at once; the closing edit keeps Telegram's edit spacing
             await asyncio.sleep(turn.edits.due_in())
@@ -207,13 +237,18 @@ class Turns:
         await self.tasks.close()
 
 
-def answer(result: dict[str, Any]) -> list[str]:
-    """Codex's answer in Telegram-sized parts with the turn's token usage under it, then what the node refused
-    for the user during the turn."""
-    parts = render.chunks(str(result.get("text") or ""))
+def answer(result: dict[str, Any], max_parts: int) -> formatting.Answer:
+    """Codex's answer in Telegram-sized parts (or a document), the turn's token usage under it, then what the node
+    refused for the user in the turn."""
+    if result.get("steered_into"):
+        return formatting.Answer([formatting.plain_part(render.STEERED)])  # the running turn's answer answers it
+    out = formatting.answer(str(result.get("text") or ""), max_parts)
     if result.get("usage"):
-        line = render.usage(result["usage"])
-        parts[-1:] = [f"{parts[-1]}\n\n{line}"] if len(parts[-1]) + len(line) + 2 <= MAX_TEXT else [parts[-1], line]
+        line, last = render.usage(result["usage"]), out.parts[-1]
+        # Under the answer's last message when it fits there (Telegram counts the text after parsing), else alone.
+        tail = ([formatting.Part(f"{last.html}\n\n{html.escape(line, quote=False)}", f"{last.plain}\n\n{line}")]
+                if len(last.plain) + len(line) + 2 <= formatting.MAX_TEXT else [last, formatting.plain_part(line)])
+        out = dataclasses.replace(out, parts=[*out.parts[:-1], *tail])
     if notes := [str(n) for n in result.get("notes") or []]:
-        parts += render.chunks(render.notes(notes))
-    return parts
+        out = dataclasses.replace(out, parts=[*out.parts, formatting.plain_part(render.notes(notes)[:formatting.MAX_TEXT])])
+    return out

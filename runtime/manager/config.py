@@ -59,7 +59,9 @@ class ManagerConfig:
                                           "schedule", ge=0)] = 300.0
 
 
-SETTINGS = Loader(ManagerConfig, "manager", "Codex Relay manager: the hub every node and bot talks to.",
+SETTINGS = Loader(ManagerConfig, "manager", "Codex Relay manager: the hub every node and bot talks to. "
+                  "`codex-relay-manager doctor [settings]` checks its setup instead, one line per check; "
+                  "`codex-relay-manager backup PATH` copies its database.",
                   legacy_env_prefix="CODEX_RELAY_")
 
 

@@ -21,10 +21,11 @@ from runtime.aiotasks import cancel
 from runtime.manager.keys import MANAGER
 from runtime.manager.sender import Sender
 from runtime.manager.service import Manager
-from runtime.protocol import (MAX_BODY_BYTES, ROUTES, Api, ErrorKind, RelayError, Route, business_fail,
+from runtime.manager.store import ROUTE_FIELDS, THREAD_SETTINGS
+from runtime.protocol import (MAX_BODY_BYTES, ROUTES, Api, ErrorKind, RelayError, Route, TaskAction, business_fail,
                               control_fail, encode_bytes, new_id)
 from runtime.protocol import api
-from runtime.protocol.wire import Hello, RpcOutcome, field_error
+from runtime.protocol.wire import Hello, RpcOutcome, ThreadSettings, field_error
 
 logger = logging.getLogger("codex_manager.control")
 REPLAY_MAX = 10_000  # missed events sent to one reconnecting client; older ones are its loss, and logged
@@ -57,6 +58,7 @@ async def servers(mgr: Manager, q: api.ServersQuery, trace_id: str) -> dict[str,
         node["online"] = session is not None
         if session is not None:
             node["last_seen"] = session.last_seen
+            node["readiness"] = session.readiness
     next_after = nodes[-1]["node_id"] if nodes and len(nodes) == limit else None
     return ok(servers=nodes, online=sorted(mgr.hub.sessions), next_after=next_after)
 
@@ -68,25 +70,40 @@ async def status(mgr: Manager, body: api.NodeRef, trace_id: str) -> dict[str, An
         raise RelayError(ErrorKind.NOT_FOUND, f"unknown node {body.node_id!r}: see /api/servers")
     session = mgr.hub.online(body.node_id)
     open_tasks = await mgr.store.open_tasks(body.node_id)
+    live = {"cwd": session.cwd or None, "allowed_roots": list(session.allowed_roots)} if session else {}
     return ok(**{**node, "online": session is not None, "open_tasks": len(open_tasks),
-                 "last_seen": session.last_seen if session else node["last_seen"]})
+                 "last_seen": session.last_seen if session else node["last_seen"],
+                 "readiness": session.readiness if session else None, **live})
 
 
 @handles("POST", Api.DISPATCH)
 async def dispatch(mgr: Manager, body: api.DispatchBody, trace_id: str) -> dict[str, Any]:
     return await mgr.dispatch(body.node_id, body.prompt, body.timeout, trace_id, task_id=body.task_id,
-                              thread_id=body.thread_id, model=body.model)
+                              thread_id=body.thread_id, model=body.model, effort=body.effort)
 
 
 @handles("POST", Api.DISPATCH_TEXT)
 async def dispatch_text(mgr: Manager, body: api.DispatchTextBody, trace_id: str) -> dict[str, Any]:
-    chat = await mgr.store.chat(body.chat_key)
-    node_id = body.node_id or chat["node_id"]
+    node_id = body.node_id or (await mgr.store.chat(body.chat_key))["node_id"]
     if not node_id:
         raise RelayError(ErrorKind.INVALID_REQUEST,
                          "missing field `node_id`: pass it or select a node for this chat first")
+    # The chat's open tasks are read before its thread: a task that finishes in between has stored its thread.
+    still_open = await mgr.store.open_tasks(node_id, body.chat_key)
+    chat = await mgr.store.chat(body.chat_key)
+    binding = chat["bindings"].get(node_id) or {}
+    thread_id = binding.get("thread_id")
+    settings = ThreadSettings(**{k: binding[k] for k in THREAD_SETTINGS if k in binding}) if binding else None
+    # No thread yet, while the chat's earlier message is still open: that one is starting the thread to go on.
+    follows = still_open[-1]["task_id"] if thread_id is None and still_open else None
+    if body.action != TaskAction.TURN and thread_id is None and follows is None:
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"this chat has no Codex thread on {node_id} yet, so there is "
+                                                    f"nothing to {body.action.value}: send a message first")
+    steer = not chat["queue"] if body.steer is None else body.steer
     return await mgr.dispatch(node_id, body.text, body.timeout, trace_id, task_id=body.task_id,
-                              chat_key=body.chat_key, thread_id=chat["threads"].get(node_id), model=chat["model"])
+                              chat_key=body.chat_key, thread_id=thread_id, model=chat["model"],
+                              effort=chat["effort"], settings=settings, action=body.action, steer=steer,
+                              follows=follows)
 
 
 @handles("POST", Api.APPSERVER)
@@ -107,7 +124,8 @@ async def approvals(mgr: Manager, q: api.ApprovalsQuery, trace_id: str) -> dict[
 
 @handles("POST", Api.APPROVALS_DECIDE)
 async def decide(mgr: Manager, body: api.DecideBody, trace_id: str) -> dict[str, Any]:
-    return ok(**await mgr.decide(body.approval_id, body.decision, body.decided_by, body.chat_key, body.admin))
+    return ok(**await mgr.decide(body.approval_id, body.decision, body.decided_by, body.chat_key, body.admin,
+                                 body.answers))
 
 
 @handles("POST", Api.TOKENS)
@@ -134,10 +152,13 @@ async def chat(mgr: Manager, q: api.ChatRef, trace_id: str) -> dict[str, Any]:
 
 @handles("POST", Api.CHAT_SELECT)
 async def chat_select(mgr: Manager, body: api.ChatSelectBody, trace_id: str) -> dict[str, Any]:
-    names = ("node_id", "model", "thread_id", "verbose", "result_mode")
-    fields = {k: getattr(body, k) for k in names if getattr(body, k) is not msgspec.UNSET}
+    fields = {k: getattr(body, k) for k in (*ROUTE_FIELDS, "thread_id", *THREAD_SETTINGS)
+              if getattr(body, k) is not msgspec.UNSET}
     if not fields:
-        raise RelayError(ErrorKind.INVALID_REQUEST, f"pass at least one of {', '.join(f'`{n}`' for n in names)}")
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"pass at least one of {', '.join(ROUTE_FIELDS)}, thread_id")
+    if "thread_id" not in fields and any(k in fields for k in THREAD_SETTINGS):
+        raise RelayError(ErrorKind.INVALID_REQUEST, "`cwd`, `sandbox` and `approval_policy` are a thread's: pass "
+                                                    "them with the `thread_id` they belong to")
     await mgr.store.update_chat(body.chat_key, fields)
     return ok(**await mgr.store.chat(body.chat_key))
 

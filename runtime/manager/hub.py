@@ -14,7 +14,7 @@ from aiohttp import web
 
 from runtime.manager.sender import Sender
 from runtime.protocol import encode_bytes
-from runtime.protocol.wire import EventFrame, Frame, RpcOutcome
+from runtime.protocol.wire import EventFrame, Frame, Readiness, RpcOutcome
 
 
 @dataclass(slots=True)  # 10,000 of them in a fleet
@@ -29,6 +29,9 @@ class NodeSession:
     last_seen: float = field(default_factory=time.time)
     codex_rss_mb: float = 0.0  # as its last heartbeat said
     codex_recycles: int = 0
+    readiness: Readiness | None = None  # as it last reported; None from a node older than protocol 3
+    cwd: str = ""  # as it registered: its default working directory and the roots its threads may use
+    allowed_roots: tuple[str, ...] = ()
 
     @property
     def ws(self) -> web.WebSocketResponse:

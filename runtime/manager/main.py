@@ -6,13 +6,14 @@ import logging
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from runtime import __version__, eventloop, tls
 from runtime.logfmt import log
-from runtime.manager import backup
+from runtime.manager import backup, doctor
 from runtime.manager import config as config_mod
 from runtime.manager.config import ManagerConfig
 from runtime.manager.collector import Collector
@@ -21,7 +22,7 @@ from runtime.manager.guard import Connecting, GuardedSite
 from runtime.manager.keys import COLLECTOR, MANAGER
 from runtime.manager.node_ws import node_socket
 from runtime.manager.service import Manager
-from runtime.protocol import CLOSE_SHUTDOWN, MAX_BODY_BYTES, Api, RelayError
+from runtime.protocol import CLOSE_SHUTDOWN, MAX_BODY_BYTES, Api, ReadyState, RelayError
 from runtime.settings import load_or_exit
 
 logger = logging.getLogger("codex_manager")
@@ -50,6 +51,10 @@ async def metrics(request: web.Request) -> web.Response:
     lines.append("# TYPE relay_tasks gauge")
     lines += [f'relay_tasks{{state="{state}"}} {n}' for state, n in sorted(counts.items())]
     sessions = list(mgr.hub.sessions.values())
+    # Online nodes by readiness: one not logged in, or cut off from its model provider, fails every turn.
+    ready = Counter(s.readiness.state if s.readiness else ReadyState.UNKNOWN for s in sessions)
+    lines.append("# TYPE relay_nodes_ready gauge")
+    lines += [f'relay_nodes_ready{{state="{state.value}"}} {ready[state]}' for state in ReadyState]
     lines += ["# TYPE relay_codex_recycles gauge",
               f"relay_codex_recycles {sum(s.codex_recycles for s in sessions)}",
               "# TYPE relay_codex_rss_max_mb gauge",
@@ -118,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["backup"]:
         backup.main(args[1:])
+        return
+    if args[:1] == ["doctor"]:
+        doctor.main(args[1:])
         return
     config = load_or_exit(config_mod.load, args, logger)
     sys.exit(eventloop.run(serve(config), config.event_loop))

@@ -163,9 +163,13 @@ async def _register(mgr: Manager, ws: web.WebSocketResponse, sender: Sender, fra
         code = CLOSE_UNAUTHORIZED if err.kind == ErrorKind.UNAUTHORIZED else CLOSE_PROTOCOL
         await _refuse(mgr, ws, err, code)
         return None
+    if msg.check:
+        await _checked(mgr, ws, msg)
+        return None
 
     session = NodeSession(node_id=msg.node_id, session_id=new_id("sess"), token_id=row["token_id"], sender=sender,
-                          version=msg.version, protocol=msg.protocol)
+                          version=msg.version, protocol=msg.protocol, readiness=msg.readiness, cwd=msg.cwd,
+                          allowed_roots=tuple(msg.allowed_roots))
     old = mgr.hub.sessions.get(msg.node_id)
     mgr.hub.sessions[msg.node_id] = session
     if old is not None and old is not session:
@@ -182,7 +186,7 @@ async def _register(mgr: Manager, ws: web.WebSocketResponse, sender: Sender, fra
                                  heartbeat_interval=mgr.config.heartbeat_interval,
                                  offline_timeout=mgr.config.offline_timeout))
     log(logger, logging.INFO, "node_registered", node_id=msg.node_id, session_id=session.session_id,
-        token_id=row["token_id"], protocol=msg.protocol)
+        token_id=row["token_id"], protocol=msg.protocol, readiness=msg.readiness and msg.readiness.state.value)
     mgr.hub.publish(wire.NodeOnline(node_id=msg.node_id))
     await _sync_tasks(mgr, session)
     return session
@@ -196,6 +200,16 @@ async def _refuse(mgr: Manager, ws: web.WebSocketResponse, err: RelayError, code
         async with asyncio.timeout(mgr.config.close_timeout):
             await ws.send_frame(encode_bytes(wire.RegisterError(**err.fields())), WSMsgType.TEXT)
             await ws.close(code=code, message=err.kind.value.encode())
+
+
+async def _checked(mgr: Manager, ws: web.WebSocketResponse, msg: wire.Register) -> None:
+    """`codex-relay-node doctor`: the token and protocol pass; say so and close, leaving any live session alone."""
+    mgr.hub.counters["registrations_checked"] += 1
+    log(logger, logging.INFO, "register_checked", node_id=msg.node_id, protocol=msg.protocol)
+    with contextlib.suppress(TimeoutError, ConnectionError, RuntimeError):
+        async with asyncio.timeout(mgr.config.close_timeout):
+            await ws.send_frame(encode_bytes(wire.RegisterOk(node_id=msg.node_id, session_id="")), WSMsgType.TEXT)
+            await ws.close()
 
 
 async def _sync_tasks(mgr: Manager, session: NodeSession) -> None:
@@ -216,6 +230,15 @@ async def _heartbeat(mgr: Manager, session: NodeSession, msg: wire.Heartbeat) ->
     session.send(wire.HeartbeatAck(ts=time.time()))
 
 
+@on(wire.ReadinessReport)
+async def _readiness(mgr: Manager, session: NodeSession, msg: wire.ReadinessReport) -> None:
+    before = session.readiness.state if session.readiness else None
+    session.readiness = msg.readiness
+    if msg.readiness.state != before:
+        log(logger, logging.INFO, "node_readiness", node_id=session.node_id, state=msg.readiness.state.value,
+            problem=msg.readiness.problem)
+
+
 @on(wire.TaskAck)
 async def _task_ack(mgr: Manager, session: NodeSession, msg: wire.TaskAck) -> None:
     if await mgr.owned_task(session.node_id, msg.task_id) is not None:
@@ -228,7 +251,7 @@ async def _task_progress(mgr: Manager, session: NodeSession, msg: wire.TaskProgr
     if task is not None and task["state"] not in FINAL_STATES:
         mgr.hub.publish(wire.TaskProgressEvent(task_id=msg.task_id, node_id=session.node_id,
                                                chat_key=task["chat_key"], text=msg.text, activity=msg.activity,
-                                               earlier=msg.earlier))
+                                               earlier=msg.earlier, notice=msg.notice, queued=msg.queued))
 
 
 @on(wire.TaskResult)

@@ -19,8 +19,8 @@ from runtime.manager.hub import Hub, NodeSession
 from runtime.manager.sender import Limits
 from runtime.manager.throttle import AuthThrottle
 from runtime.manager.store import Store
-from runtime.protocol import (CLOSE_REVOKED, CLOSE_SILENT, FINAL_STATES, ApprovalState, Decision, ErrorKind, RelayError,
-                              TaskState, new_id)
+from runtime.protocol import (CLOSE_REVOKED, CLOSE_SILENT, FINAL_STATES, SESSION_PROTOCOL, ApprovalKind, ApprovalState,
+                              Decision, ErrorKind, RelayError, TaskAction, TaskState, new_id)
 from runtime.protocol import wire
 from runtime.protocol.wire import RpcOutcome, TaskOutcome
 
@@ -87,16 +87,22 @@ class Manager:
 
     # ---- tasks ------------------------------------------------------------------------------
     async def dispatch(self, node_id: str, prompt: str, timeout: float, trace_id: str,
-                       task_id: str | None = None, chat_key: str | None = None,
-                       thread_id: str | None = None, model: str | None = None) -> dict[str, Any]:
+                       task_id: str | None = None, chat_key: str | None = None, thread_id: str | None = None,
+                       model: str | None = None, effort: str | None = None,
+                       settings: wire.ThreadSettings | None = None, action: TaskAction = TaskAction.TURN,
+                       steer: bool = False, follows: str | None = None) -> dict[str, Any]:
         """Run one prompt on a node and wait for its one final result, or fail it as timed out."""
         if task_id is not None and (existing := await self.store.task(task_id)) is not None:
             return await self._await_existing(existing, timeout)
         session = self.hub.online(node_id)
         if session is None:
             raise RelayError(ErrorKind.NODE_OFFLINE, f"node {node_id!r} is offline: wait for it or pick another node")
+        if action != TaskAction.TURN and session.protocol < SESSION_PROTOCOL:
+            raise RelayError(ErrorKind.INVALID_REQUEST, f"node {node_id} runs an older Codex Relay (protocol "
+                             f"{session.protocol}), which cannot {action.value}: upgrade that node")
         assign = wire.TaskAssign(task_id=task_id or new_id("task"), trace_id=trace_id, node_id=node_id,
-                                 chat_key=chat_key, prompt=prompt, thread_id=thread_id, model=model, timeout=timeout)
+                                 chat_key=chat_key, prompt=prompt, thread_id=thread_id, model=model, effort=effort,
+                                 settings=settings, timeout=timeout, action=action, steer=steer, follows=follows)
         frame = wire.encode_frame(assign)  # refused here if it cannot reach the node in one frame
         if not await self.store.create_task(assign, deadline=time.time() + timeout):
             return await self._await_existing(await self.store.task(assign.task_id), timeout)
@@ -261,7 +267,7 @@ class Manager:
                                                      decided_by=decided_by, reason=reason))
 
     async def decide(self, approval_id: str, decision: Decision, decided_by: str, chat_key: str | None = None,
-                     admin: bool = False) -> dict[str, Any]:
+                     admin: bool = False, answers: dict[str, list[str]] | None = None) -> dict[str, Any]:
         approval = await self.store.approval(approval_id)
         if approval is None:
             raise RelayError(ErrorKind.NOT_FOUND, f"no approval {approval_id!r}: see /api/approvals")
@@ -271,6 +277,7 @@ class Manager:
                 decided_by=decided_by)
             raise RelayError(ErrorKind.FORBIDDEN, f"approval {approval_id} belongs to another chat: only that chat's "
                                                   "users or an admin may decide it")
+        _check_answers(approval, decision, answers)
         offered = approval.get("decisions")
         if offered is not None and decision.value not in offered:
             # What codex does with a decision it did not offer is undefined: refused here, nothing reaches it.
@@ -283,7 +290,7 @@ class Manager:
                                          f" by {current and current['decided_by']}")
         session = self.hub.online(approval["node_id"])
         delivered = session is not None and session.send(
-            wire.ApprovalDecision(approval_id=approval_id, decision=decision))
+            wire.ApprovalDecision(approval_id=approval_id, decision=decision, answers=answers))
         log(logger, logging.INFO, "approval_decided", approval_id=approval_id, decision=decision.value,
             decided_by=decided_by, node_id=approval["node_id"], task_id=approval.get("task_id"), delivered=delivered)
         await self.publish(wire.ApprovalResolved(approval_id=approval_id, state=state.value, decision=decision.value,
@@ -338,3 +345,19 @@ class Manager:
             if task["deadline"] < cutoff:
                 await self.accept_result(None, task["task_id"], wire.failed_task(RelayError(
                     ErrorKind.TIMEOUT, "no result arrived before the task's deadline plus the grace period")))
+
+
+def _check_answers(approval: dict[str, Any], decision: Decision, answers: dict[str, list[str]] | None) -> None:
+    """A question is accepted with an answer to each of its questions, or declined; an approval takes no answers."""
+    if approval.get("kind") != ApprovalKind.QUESTION:
+        if answers is not None:
+            raise RelayError(ErrorKind.INVALID_REQUEST, f"field `answers`: approval {approval['approval_id']} is a "
+                                                        f"{approval.get('kind')} approval, not a question")
+        return
+    if decision in (Decision.DECLINE, Decision.CANCEL):
+        return
+    ids = {str(q.get("id")) for q in approval.get("questions") or [] if isinstance(q, dict)}
+    if decision != Decision.ACCEPT or answers is None or set(answers) != ids or not all(answers.values()):
+        raise RelayError(ErrorKind.INVALID_REQUEST, f"field `answers`: question {approval['approval_id']} takes "
+                                                    f"decision accept with an answer to each of {sorted(ids)}, or "
+                                                    "decline")

@@ -68,17 +68,29 @@ MIGRATIONS: tuple[str, ...] = (
     DROP INDEX tasks_final_age;
     CREATE INDEX tasks_final_age ON tasks (updated_at) WHERE state IN ('cancelled', 'done', 'failed');
     """,
+    # Per chat: a reasoning effort beside the model; per chat and node: the settings its thread works with.
+    """
+    ALTER TABLE chat_routes ADD COLUMN effort TEXT;
+    ALTER TABLE threads ADD COLUMN cwd TEXT;
+    ALTER TABLE threads ADD COLUMN sandbox TEXT;
+    ALTER TABLE threads ADD COLUMN approval_policy TEXT;
+    """,
+    # Per chat: a message sent while a turn runs waits and runs next (1), or is added to that turn (0, the default).
+    """
+    ALTER TABLE chat_routes ADD COLUMN queue INTEGER NOT NULL DEFAULT 0;
+    """,
     # How a chat's turns are shown (/verbose, /result); NULL is the protocol's default.
     """
     ALTER TABLE chat_routes ADD COLUMN verbose INTEGER;
     ALTER TABLE chat_routes ADD COLUMN result_mode TEXT;
     """,
 )
-CHAT_COLUMNS = ("node_id", "model", "verbose", "result_mode")  # a chat's settings, one column each
-CHAT_DEFAULTS = {"node_id": None, "model": None, "verbose": DEFAULT_VERBOSE, "result_mode": DEFAULT_RESULT_MODE}
 # The final states as SQL, written exactly as the partial indexes above have them, so SQLite uses those indexes.
 FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 assert FINAL_SQL == "('cancelled', 'done', 'failed')", "a new final state needs a migration of the partial indexes"
+ROUTE_FIELDS = ("node_id", "model", "effort", "queue", "verbose", "result_mode")  # a chat's settings, a column each
+ROUTE_DEFAULTS = {"verbose": DEFAULT_VERBOSE, "result_mode": DEFAULT_RESULT_MODE}  # what a NULL column reads as
+THREAD_SETTINGS = ("cwd", "sandbox", "approval_policy")
 
 
 def hash_token(token: str) -> str:
@@ -246,18 +258,24 @@ class Store:
 
     # ---- chats and threads -----------------------------------------------------------------
     async def chat(self, chat_key: str) -> dict[str, Any]:
-        rows = await self.query(f"SELECT {', '.join(CHAT_COLUMNS)} FROM chat_routes WHERE chat_key = ?", (chat_key,))
-        route = {k: CHAT_DEFAULTS[k] if v is None else v for k, v in (rows[0] if rows else CHAT_DEFAULTS).items()}
-        threads = await self.query("SELECT node_id, thread_id FROM threads WHERE chat_key = ?", (chat_key,))
-        return {"chat_key": chat_key, **route, "threads": {t["node_id"]: t["thread_id"] for t in threads}}
+        rows = await self.query(f"SELECT {', '.join(ROUTE_FIELDS)} FROM chat_routes WHERE chat_key = ?", (chat_key,))
+        route = {k: ROUTE_DEFAULTS.get(k) if v is None else v for k, v in
+                 (rows[0] if rows else dict.fromkeys(ROUTE_FIELDS)).items()}
+        route["queue"] = bool(route["queue"])
+        threads = await self.query(f"SELECT node_id, thread_id, {', '.join(THREAD_SETTINGS)} FROM threads "
+                                   "WHERE chat_key = ?", (chat_key,))
+        bindings = {t.pop("node_id"): {k: v for k, v in t.items() if v is not None} for t in threads}
+        return {"chat_key": chat_key, **route, "threads": {n: b["thread_id"] for n, b in bindings.items()},
+                "bindings": bindings}
 
     async def update_chat(self, chat_key: str, fields: dict[str, Any]) -> None:
-        """Set the chat's node, model or display settings; `thread_id` (None = start fresh) applies to its node."""
+        """Set the chat's node, model, effort, queue mode and/or how its turns are shown; `thread_id` (None = start
+        fresh) binds a thread on its node, with the settings in `fields` (absent ones are the node's defaults)."""
         now = time.time()
         async with self.tx("update_chat") as db:
             await db.execute("INSERT INTO chat_routes (chat_key, updated_at) VALUES (?, ?) "
                              "ON CONFLICT (chat_key) DO NOTHING", (chat_key, now))
-            for column in CHAT_COLUMNS:
+            for column in ROUTE_FIELDS:
                 if column in fields:
                     await db.execute(f"UPDATE chat_routes SET {column} = ?, updated_at = ? WHERE chat_key = ?",
                                      (fields[column], now, chat_key))
@@ -266,17 +284,25 @@ class Store:
                 node_id = rows[0]["node_id"]
                 if node_id is None:
                     raise RelayError(ErrorKind.INVALID_REQUEST, "select a node before switching threads")
-                await self._set_thread(db, chat_key, node_id, fields["thread_id"], now)
+                await db.execute("DELETE FROM threads WHERE chat_key = ? AND node_id = ?", (chat_key, node_id))
+                if fields["thread_id"] is not None:
+                    await db.execute("INSERT INTO threads (chat_key, node_id, thread_id, updated_at, cwd, sandbox, "
+                                     "approval_policy) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     (chat_key, node_id, fields["thread_id"], now,
+                                      *(fields.get(k) for k in THREAD_SETTINGS)))
 
     @staticmethod
-    async def _set_thread(db: aiosqlite.Connection, chat_key: str, node_id: str,
-                          thread_id: str | None, now: float) -> None:
-        if thread_id is None:
-            await db.execute("DELETE FROM threads WHERE chat_key = ? AND node_id = ?", (chat_key, node_id))
-        else:
-            await db.execute("INSERT INTO threads VALUES (?, ?, ?, ?) ON CONFLICT (chat_key, node_id) "
-                             "DO UPDATE SET thread_id = excluded.thread_id, updated_at = excluded.updated_at",
-                             (chat_key, node_id, thread_id, now))
+    async def _bind_result(db: aiosqlite.Connection, task: dict[str, Any], thread_id: str, now: float) -> None:
+        """The thread a chat's turn ran on becomes the chat's, without undoing a choice made meanwhile: a new
+        thread binds only a chat that has none, a replacement (the node restarted a thread that had no turns)
+        only where its predecessor is still bound."""
+        if task["thread_id"] is None:
+            await db.execute("INSERT INTO threads (chat_key, node_id, thread_id, updated_at) VALUES (?, ?, ?, ?) "
+                             "ON CONFLICT (chat_key, node_id) DO NOTHING",
+                             (task["chat_key"], task["node_id"], thread_id, now))
+        elif thread_id != task["thread_id"]:
+            await db.execute("UPDATE threads SET thread_id = ?, updated_at = ? WHERE chat_key = ? AND node_id = ? "
+                             "AND thread_id = ?", (thread_id, now, task["chat_key"], task["node_id"], task["thread_id"]))
 
     # ---- tasks -----------------------------------------------------------------------------
     async def create_task(self, task: TaskAssign, deadline: float) -> bool:
@@ -328,7 +354,7 @@ class Store:
                              (state, now, json.dumps(result), result.get("error_kind"),
                               result.get("thread_id"), task_id))
             if task["chat_key"] and result.get("thread_id"):
-                await self._set_thread(db, task["chat_key"], task["node_id"], result["thread_id"], now)
+                await self._bind_result(db, task, result["thread_id"], now)
             # Nobody waits on them any more: withdrawn with the task, not expired (no timer ran out).
             withdrawn = await fetch(db, "SELECT approval_id FROM approvals WHERE task_id = ? AND state = ?",
                                     (task_id, ApprovalState.PENDING))
@@ -339,9 +365,11 @@ class Store:
                 "withdrawn_approvals": [r["approval_id"] for r in withdrawn]}
 
     async def open_tasks(self, node_id: str | None = None, chat_key: str | None = None) -> list[dict[str, Any]]:
+        """Tasks not yet final, oldest first."""
         sql = f"SELECT task_id, trace_id, node_id, chat_key, state, deadline FROM tasks WHERE state NOT IN {FINAL_SQL}"
         where = {k: v for k, v in (("node_id", node_id), ("chat_key", chat_key)) if v}
-        return await self.query(sql + "".join(f" AND {k} = ?" for k in where), tuple(where.values()))
+        return await self.query(sql + "".join(f" AND {k} = ?" for k in where) + " ORDER BY created_at",
+                                tuple(where.values()))
 
     # ---- numbered events --------------------------------------------------------------------
     async def add_event(self, event: EventFrame) -> bytes:

@@ -1,6 +1,7 @@
-"""What codex asks of the user mid-turn. An approval goes to the manager and waits for a decision, for its timer,
-or for codex to withdraw it (serverRequest/resolved, or its turn ended); every other request is refused at once
-(refusals.py), and the refusal is noted for the user.
+"""What codex asks of the user mid-turn. An approval, or a question (item/tool/requestUserInput), goes to the manager
+and waits for a decision (a question's: its answers), for its timer, or for codex to withdraw it
+(serverRequest/resolved, or its turn ended); every other request is refused at once (refusals.py), and the refusal
+is noted for the user.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from runtime.node.appserver import RpcError
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
 from runtime.node.refusals import NOT_FOUND, REFUSALS, UNAVAILABLE, refusal
-from runtime.protocol import Decision, new_id
+from runtime.protocol import SESSION_PROTOCOL, ApprovalKind, Decision, new_id
 from runtime.protocol import wire
 
 if TYPE_CHECKING:
@@ -24,7 +25,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("codex_node")
 
-APPROVAL_METHODS = {"item/commandExecution/requestApproval": "command", "item/fileChange/requestApproval": "file_change"}
+APPROVAL_METHODS = {"item/commandExecution/requestApproval": ApprovalKind.COMMAND,
+                    "item/fileChange/requestApproval": ApprovalKind.FILE_CHANGE,
+                    "item/tool/requestUserInput": ApprovalKind.QUESTION}
+Answer = tuple[str, dict[str, list[str]] | None]  # the decision, and a question's answers by question id
 
 
 @dataclass
@@ -34,7 +38,7 @@ class Pending:
     request_id: Any
     thread_id: str
     turn: Turn | None
-    answer: asyncio.Future[str | None]
+    answer: asyncio.Future[Answer | None]
     why: str = ""  # why it was withdrawn
 
 
@@ -60,21 +64,25 @@ class Approvals:
         """The answer codex gets; None when codex withdrew the request, so it gets none."""
         thread_id = str(params.get("threadId") or "")
         turn = self.turn_of(thread_id)
-        if method not in APPROVAL_METHODS:
+        kind = APPROVAL_METHODS.get(method)
+        # A question needs a chat to ask in, and a manager that relays questions (protocol 4); else it is refused.
+        if kind is None or kind == ApprovalKind.QUESTION and (
+                turn is None or turn.chat_key is None or self.link.manager_protocol < SESSION_PROTOCOL):
             return self._refuse(method, params, turn)
         pending = Pending(new_id("appr"), request_id, thread_id, turn, asyncio.get_running_loop().create_future())
         self.pending[pending.approval_id] = pending  # before any await: codex may withdraw it at once
         try:
             await self.link.send(wire.ApprovalRequest(
-                approval_id=pending.approval_id, kind=APPROVAL_METHODS[method],
+                approval_id=pending.approval_id, kind=kind.value,
                 task_id=turn.task_id if turn else None, trace_id=turn.trace_id if turn else None,
                 chat_key=turn.chat_key if turn else None, thread_id=thread_id or None,
                 command=params.get("command"), cwd=params.get("cwd"), reason=params.get("reason"),
-                changes=self._changes(params, turn), decisions=offered(params)))
+                changes=self._changes(params, turn), questions=params.get("questions"),
+                decisions=None if kind == ApprovalKind.QUESTION else offered(params)))
             try:
-                decision = await asyncio.wait_for(pending.answer, self.config.approval_timeout)
+                answer = await asyncio.wait_for(pending.answer, self.config.approval_timeout)
             except TimeoutError:
-                decision = Decision.DECLINE.value
+                answer = (Decision.DECLINE.value, None)
                 if turn is not None:
                     turn.approvals_expired += 1
                 log(logger, logging.WARNING, "approval_expired", node_id=self.config.node_id,
@@ -82,9 +90,14 @@ class Approvals:
                 await self.link.send(wire.ApprovalExpired(approval_id=pending.approval_id))
         finally:
             self.pending.pop(pending.approval_id, None)
-        if decision is None:
+        if answer is None:
             await self.link.send(wire.ApprovalWithdrawn(approval_id=pending.approval_id, reason=pending.why))
             return None
+        decision, answers = answer
+        if kind == ApprovalKind.QUESTION:
+            # Declined or expired: codex gets no answers, as its schema says an unanswered question reads.
+            given = answers if decision == Decision.ACCEPT and answers else {}
+            return {"answers": {qid: {"answers": list(texts)} for qid, texts in given.items()}}
         if decision == Decision.CANCEL and turn is not None:
             turn.stop_requested = True  # codex interrupts the turn: the user's own stop, not a failure
         return {"decision": decision}
@@ -92,7 +105,7 @@ class Approvals:
     async def on_decision(self, msg: wire.ApprovalDecision) -> None:
         pending = self.pending.get(msg.approval_id)
         if pending is not None and not pending.answer.done():
-            pending.answer.set_result(msg.decision.value)
+            pending.answer.set_result((msg.decision.value, msg.answers))
 
     def on_resolved(self, params: dict[str, Any]) -> None:
         """serverRequest/resolved: codex no longer waits for that request. After our own answer it is only an

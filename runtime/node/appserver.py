@@ -27,6 +27,10 @@ Notify = Callable[[str, dict[str, Any]], None]
 # (method, params, codex's request id) -> the JSON-RPC result; None when codex resolved the request itself
 # (serverRequest/resolved), so it gets no answer at all. RpcError answers with a JSON-RPC error.
 ServerRequest = Callable[[str, dict[str, Any], Any], Awaitable[dict[str, Any] | None]]
+# codex's feature that offers its request_user_input tool in Default mode, not only in Plan mode (which a client can
+# enter only through codex's experimental API). Set with -c, not --enable: a codex without it ignores the setting
+# with a warning, where --enable would refuse to start.
+USER_QUESTIONS = ("-c", "features.default_mode_request_user_input=true")
 STREAM_LIMIT = 16 << 20  # codex lines carry whole turns; the default 64 KiB readline limit is too small
 NO_PARAMS: Any = msgspec.UNSET  # a call sent without `params`: some codex methods take none
 
@@ -142,8 +146,9 @@ class AppServer:
         env = {k: v for k, v in os.environ.items() if k not in hidden}
         if self.config.codex_home:
             env["CODEX_HOME"] = self.config.codex_home
+        options = USER_QUESTIONS if self.config.user_questions else ()
         self.proc = proc = await asyncio.create_subprocess_exec(
-            self.config.codex_bin, "app-server", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            self.config.codex_bin, "app-server", *options, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, cwd=self.config.cwd, env=env, limit=STREAM_LIMIT)
         self.generation += 1
         self.tasks.spawn(self._read_stdout(proc), "appserver-stdout")

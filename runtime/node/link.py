@@ -33,12 +33,16 @@ DURABLE = (wire.ApprovalExpired, wire.ApprovalRequest, wire.ApprovalWithdrawn)
 
 class ManagerLink:
     def __init__(self, config: NodeConfig, version: str, handler: Handler,
-                 health: Callable[[], wire.Heartbeat] | None = None) -> None:
+                 health: Callable[[], wire.Heartbeat] | None = None,
+                 readiness: Callable[[], wire.Readiness] | None = None) -> None:
         self.config = config
         self.version = version
         self.handler = handler
         # What each heartbeat reports besides being alive (the codex child's memory and recycles).
         self.health = health or (lambda: wire.Heartbeat())
+        # Whether the node can run turns: in every register frame, and in a `readiness` frame when it changes.
+        self.readiness = readiness or (lambda: wire.Readiness())
+        self.manager_protocol = 0  # the registered manager's; 0 while not registered
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.registered = asyncio.Event()
         self.outbox: deque[bytes] = deque(maxlen=OUTBOX_MAX)  # approval frames while the link is down
@@ -113,12 +117,21 @@ class ManagerLink:
             return True
         finally:
             self.registered.clear()
+            self.manager_protocol = 0
             await self.ws.close()
             log(logger, logging.WARNING, "link_down", node_id=self.config.node_id, close_code=self.ws.close_code)
 
+    async def report_readiness(self, readiness: wire.Readiness) -> None:
+        """A change of readiness, to a manager that takes it; one registered later gets it in the register frame."""
+        if self.manager_protocol >= wire.READINESS_PROTOCOL:
+            await self.send(wire.ReadinessReport(readiness=readiness))
+
     async def _register(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        told = self.readiness()
         await ws.send_frame(encode_bytes(wire.Register(node_id=self.config.node_id, token=self.config.token,
-                                                       version=self.version, protocol=PROTOCOL_VERSION)),
+                                                       version=self.version, protocol=PROTOCOL_VERSION,
+                                                       readiness=told, cwd=self.config.cwd,
+                                                       allowed_roots=list(self.config.allowed_roots))),
                             aiohttp.WSMsgType.TEXT)
         msg: wire.ManagerFrame | None = None
         error = "no register_ok within 10s"
@@ -138,9 +151,12 @@ class ManagerLink:
             log(logger, logging.ERROR, "register_rejected", node_id=self.config.node_id, error_kind=kind, error=error)
             return False
         self._last_ack = time.monotonic()
+        self.manager_protocol = msg.protocol
         self.registered.set()
         log(logger, logging.INFO, "registered", node_id=self.config.node_id, session_id=msg.session_id,
             manager_protocol=msg.protocol, outbox=len(self.outbox))
+        if (now := self.readiness()) is not told:  # it changed while the register frame was on its way
+            await self.report_readiness(now)
         while self.outbox:
             await ws.send_frame(self.outbox[0], aiohttp.WSMsgType.TEXT)
             self.outbox.popleft()  # dropped only once the frame left, so a failure keeps it for next time

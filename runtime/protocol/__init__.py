@@ -15,16 +15,18 @@ import msgspec
 
 from runtime.protocol.api import (MAX_BODY_BYTES, ROUTES, Api, Body, BusinessFailure, ControlFailure, Reply, Route,
                                   openapi)
-from runtime.protocol.states import FINAL_STATES, ApprovalState, Decision, TaskState, final_state
+from runtime.protocol.states import (FINAL_STATES, ApprovalKind, ApprovalState, Decision, ReadyState, TaskAction, TaskState,
+                                     final_state)
 from runtime.protocol.kinds import ERROR_KINDS, ErrorKind, KindInfo, RelayError, kind_of, parse_kind, user_error_line
-from runtime.protocol.wire import (MAX_FRAME_BYTES, MIN_NODE_PROTOCOL, NODE_AUTH_HEADER, PROTOCOL_VERSION, Event,
-                                   Frame, Msg, bearer, bearer_token, decode_event, decode_manager_frame,
-                                   decode_node_frame, encode_bytes, failed)
+from runtime.protocol.wire import (MAX_FRAME_BYTES, MIN_NODE_PROTOCOL, NODE_AUTH_HEADER, PROTOCOL_VERSION,
+                                   READINESS_PROTOCOL, SESSION_PROTOCOL, Event, Frame, Msg, bearer, bearer_token,
+                                   decode_event, decode_manager_frame, decode_node_frame, encode_bytes, failed)
 
-__all__ = ["ERROR_KINDS", "FINAL_STATES", "MAX_BODY_BYTES", "MAX_FRAME_BYTES", "MIN_NODE_PROTOCOL", "NODE_AUTH_HEADER",
-           "PROTOCOL_VERSION", "ROUTES", "Api", "ApprovalState", "Body", "BusinessFailure", "ControlFailure",
-           "Decision", "ErrorKind", "Event", "Frame", "KindInfo", "Msg", "RelayError", "Reply", "Route", "TaskState",
-           "bearer", "bearer_token", "business_fail", "control_fail", "decode", "decode_event",
+__all__ = ["ERROR_KINDS", "FINAL_STATES", "MAX_BODY_BYTES", "MAX_FRAME_BYTES", "MIN_NODE_PROTOCOL",
+           "NODE_AUTH_HEADER", "PROTOCOL_VERSION", "READINESS_PROTOCOL", "ROUTES", "SESSION_PROTOCOL", "Api",
+           "ApprovalKind", "ApprovalState", "Body", "BusinessFailure", "ControlFailure", "Decision", "ErrorKind",
+           "Event", "Frame", "KindInfo", "Msg", "ReadyState", "RelayError", "Reply", "Route", "TaskAction",
+           "TaskState", "bearer", "bearer_token", "business_fail", "control_fail", "decode", "decode_event",
            "decode_manager_frame", "decode_node_frame", "encode", "encode_bytes", "failed", "final_state", "kind_of",
            "message", "new_id", "openapi", "parse_kind", "user_error_line"]
 

@@ -13,8 +13,9 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from runtime.protocol.kinds import ERROR_KINDS
-from runtime.protocol.states import ApprovalState, Decision
-from runtime.protocol.wire import Failure, PendingApproval, RpcOutcome, TaskOutcome
+from runtime.protocol.states import ApprovalState, Decision, TaskAction
+from runtime.protocol.wire import (ApprovalPolicy, Failure, PendingApproval, Readiness, RpcOutcome, SandboxMode,
+                                   TaskOutcome, ThreadSettings)
 
 
 class Api(StrEnum):
@@ -91,14 +92,20 @@ class DispatchBody(Body):
     task_id: Id | None = None
     thread_id: Id | None = None
     model: Id | None = None
+    effort: Id | None = None
 
 
 class DispatchTextBody(Body):
+    """`action` review or compact runs codex's own turn on the chat's thread (`text` is what the user typed, kept
+    with the task). `steer`: while a turn runs on the thread, true adds the text to it (turn/steer), false queues
+    it to run next; absent follows the chat's setting (`queue`, default steer)."""
     chat_key: Id
     text: Text
     node_id: Id | None = None
     timeout: Timeout = 300.0
     task_id: Id | None = None
+    action: TaskAction = TaskAction.TURN
+    steer: bool | None = None
 
 
 class AppserverBody(Body):
@@ -129,6 +136,8 @@ class DecideBody(Body):
     decided_by: Annotated[str, Meta(max_length=256)] = "api"
     chat_key: Id | None = None
     admin: bool = False
+    # A question (kind `question`) is answered with `accept` and an answer for each of its questions, by id.
+    answers: dict[str, list[Annotated[str, Meta(max_length=4000)]]] | None = None
 
 
 class TokenBody(Body):
@@ -145,11 +154,18 @@ class ChatRef(Body):
 
 
 class ChatSelectBody(Body):
-    """Absent leaves a field as it is; `thread_id: null` starts a new thread on the chat's node."""
+    """Absent leaves a field as it is. `thread_id` binds a thread on the chat's node (null: the next message starts
+    a new one) with the settings it works with; settings absent beside a thread_id are the node's defaults. `queue`
+    true makes a message sent while a turn runs wait and run next; false (the default) adds it to the running turn."""
     chat_key: Id
     node_id: Id | UnsetType = UNSET
     model: Id | None | UnsetType = UNSET
+    effort: Id | None | UnsetType = UNSET  # a reasoning effort model/list offers; null: the model's default
     thread_id: Id | None | UnsetType = UNSET
+    cwd: Annotated[str, Meta(min_length=1, max_length=4096)] | None | UnsetType = UNSET
+    sandbox: SandboxMode | None | UnsetType = UNSET
+    approval_policy: ApprovalPolicy | None | UnsetType = UNSET
+    queue: bool | UnsetType = UNSET
     verbose: Verbose | UnsetType = UNSET
     result_mode: ResultMode | UnsetType = UNSET
 
@@ -183,6 +199,8 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     last_seen: float
     online: bool
     stored_online: bool | None = None
+    # Whether the node can run turns, as it last reported (protocol 3); null while it is offline.
+    readiness: Readiness | None = None
 
 
 class ServersReply(Reply):
@@ -194,6 +212,9 @@ class ServersReply(Reply):
 class StatusReply(NodeInfo, kw_only=True):
     ok: bool = True
     open_tasks: int
+    # While the node is online: its default working directory and the roots a thread may work in.
+    cwd: str | None = None
+    allowed_roots: list[str] = msgspec.field(default_factory=list)
 
 
 class TaskReply(TaskOutcome, kw_only=True):
@@ -247,11 +268,19 @@ class RevokeReply(Reply):
     closed_sessions: list[str]
 
 
+class Binding(ThreadSettings, kw_only=True):
+    """A chat's thread on one node, and the settings it was started with."""
+    thread_id: str
+
+
 class ChatReply(Reply):
     chat_key: str
     node_id: str | None
     model: str | None
-    threads: dict[str, str]
+    effort: str | None
+    threads: dict[str, str]  # node_id -> the chat's thread there
+    bindings: dict[str, Binding]  # the same, with each thread's settings
+    queue: bool = False
     verbose: int = DEFAULT_VERBOSE
     result_mode: ResultMode = DEFAULT_RESULT_MODE
 
@@ -343,10 +372,10 @@ ROUTES: Final[tuple[Route, ...]] = (
           TokenCreated),
     Route("GET", Api.TOKENS, "Node tokens, without their secrets", NoBody, TokensReply),
     Route("POST", Api.TOKENS_REVOKE, "Revoke a token and close live sessions that use it", TokenRef, RevokeReply),
-    Route("GET", Api.CHAT, "A chat's selected node, model and threads, and how its turns are shown (?chat_key=)",
-          ChatRef, ChatReply),
-    Route("POST", Api.CHAT_SELECT, "Select a chat's node, model or thread (thread_id null starts a new one), or set "
-          "how its turns are shown (verbose, result_mode)", ChatSelectBody, ChatReply),
+    Route("GET", Api.CHAT, "A chat's selected node, model, effort and threads, and how its turns are shown "
+          "(?chat_key=)", ChatRef, ChatReply),
+    Route("POST", Api.CHAT_SELECT, "Select a chat's node, model, effort or thread and its settings (thread_id null "
+          "starts a new one), or set how its turns are shown (verbose, result_mode)", ChatSelectBody, ChatReply),
     Route("GET", Api.TASKS, "Tasks not yet final, or one task with ?task_id=", TasksQuery, TasksReply),
     Route("POST", Api.TASKS_STOP, "Stop a running turn (task_id) or a chat's running turns (chat_key): codex is "
           "interrupted and each task ends cancelled", StopBody, StopReply),

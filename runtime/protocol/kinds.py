@@ -13,12 +13,17 @@ class ErrorKind(StrEnum):
     UPSTREAM_DISCONNECT = "upstream_disconnect"
     APPROVAL_TIMEOUT = "approval_timeout"
     UPSTREAM_ERROR = "upstream_error"
+    # The node is not ready for turns (runtime.protocol.wire.Readiness): refused at once, before codex is asked.
+    NOT_LOGGED_IN = "not_logged_in"
+    PROVIDER_UNREACHABLE = "provider_unreachable"
+    UPSTREAM_UNAUTHORIZED = "upstream_unauthorized"
     APPSERVER_ERROR = "appserver_error"
     APPSERVER_CRASH = "appserver_crash"
     # Not a failure: the user stopped the turn (/stop, the Stop button, Cancel on an approval). A task that
     # ends this way is in its own final state, `cancelled`, and is counted apart from failures.
     CANCELLED = "cancelled"
     NODE_OFFLINE = "node_offline"
+    PATH_NOT_ALLOWED = "path_not_allowed"
     # Seen only by the bot (and other control clients): the manager itself cannot be reached.
     MANAGER_UNAVAILABLE = "manager_unavailable"
     INVALID_REQUEST = "invalid_request"
@@ -59,10 +64,21 @@ ERROR_KINDS: Final[Mapping[ErrorKind, KindInfo]] = _table(
              "Send the request again and answer the approval prompt sooner."),
     KindInfo(K.UPSTREAM_ERROR, True, "The model upstream answered with an error. Retry later; "
              "if it persists, check the provider's status and the node's model config."),
+    KindInfo(K.NOT_LOGGED_IN, False, "Codex on that node is not logged in, so it cannot run turns. On that machine, "
+             "as the user the node runs as and with the node's CODEX_HOME, run `codex login` (or pipe an API key to "
+             "`codex login --with-api-key`), then send it again."),
+    KindInfo(K.PROVIDER_UNREACHABLE, True, "The node cannot reach its model provider. Check that machine's network, "
+             "its proxy settings (HTTPS_PROXY) and the provider's base_url in its Codex config, then retry."),
+    KindInfo(K.UPSTREAM_UNAUTHORIZED, False, "The model provider refused the node's credentials. On that machine, run "
+             "`codex login` again (as the user the node runs as, with its CODEX_HOME) or fix the provider's API key, "
+             "then send it again."),
     KindInfo(K.APPSERVER_ERROR, False, "Codex app-server rejected the call. Check the method name and params."),
     KindInfo(K.APPSERVER_CRASH, True, "The Codex app-server on the node exited; the node restarted it. Retry."),
     KindInfo(K.CANCELLED, False, "You stopped this turn. Send a new message to go on; the thread keeps what "
              "was done so far."),
+    KindInfo(K.PATH_NOT_ALLOWED, False, "That working directory cannot be used on this node: it must be an "
+             "existing directory inside the node's allowed roots. Pick one inside them, or ask the node's operator "
+             "to add a root (allowed_roots)."),
     KindInfo(K.NODE_OFFLINE, True, "The node is offline. Wait for it to reconnect, or pick another node with /node."),
     KindInfo(K.MANAGER_UNAVAILABLE, True, "manager unavailable: the Codex Relay manager cannot be reached right "
              "now. The bot keeps retrying by itself; send your request again in a minute."),

@@ -14,12 +14,19 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from runtime.protocol.kinds import ErrorKind, RelayError
-from runtime.protocol.states import Decision
+from runtime.protocol.states import Decision, ReadyState, TaskAction
 
-PROTOCOL_VERSION: Final = 3
+# 3 adds a node's readiness (in its register frame, and the `readiness` frame whenever it changes), and the node's
+# token on its WebSocket upgrade request (NODE_AUTH_HEADER). 4 adds the chat's session: steering a running turn,
+# task actions (review, compact), and codex's questions to the user (an approval of kind `question`).
+PROTOCOL_VERSION: Final = 4
 # The oldest node protocol this manager still serves: 1 differs only in the register frame's `protocol` default,
-# 2 in that its node sends its token in the register frame only, not also on the upgrade request (NODE_AUTH_HEADER).
+# 2 in sending no readiness (such a node's readiness is `unknown`) and its token in the register frame only.
 MIN_NODE_PROTOCOL: Final = 1
+# The first protocol whose nodes send `readiness` frames, and whose managers take them.
+READINESS_PROTOCOL: Final = 3
+# The first protocol whose nodes steer turns and run task actions, and whose managers relay codex's questions.
+SESSION_PROTOCOL: Final = 4
 # Frames above this are refused by both ends: a turn's text is small, a bigger frame is abuse.
 MAX_FRAME_BYTES: Final = 1 << 20
 # A node (protocol 3) sends `Bearer <node token>` here on its WebSocket upgrade request. A socket whose request
@@ -52,6 +59,7 @@ class Msg(StrEnum):
     REGISTER_OK = "register_ok"
     REGISTER_ERROR = "register_error"
     HEARTBEAT = "heartbeat"
+    READINESS = "readiness"
     HEARTBEAT_ACK = "heartbeat_ack"
     TASK_ASSIGN = "task_assign"
     TASK_ACK = "task_ack"
@@ -118,6 +126,9 @@ class TaskOutcome(Failure, kw_only=True):
     # refused), for the user to read with the answer.
     notes: list[str] | None = None
     usage: TokenUsage | None = None  # absent when codex reported none (the turn never reached the model)
+    # The prompt joined the chat's running turn (turn/steer) instead of running on its own: that task's answer is
+    # the answer to both, and this task ends done with no text of its own.
+    steered_into: str | None = None
 
 
 StepStatus = Literal["running", "done", "failed", "declined"]
@@ -147,6 +158,20 @@ def failed_task(err: RelayError, **fields: Any) -> TaskOutcome:
     return TaskOutcome(ok=False, **fields, **err.fields())
 
 
+class Readiness(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Whether a node can run turns, as its last check found: codex's login (`account/read`), whether its model
+    provider answers, and codex's version. A state other than ready is the ErrorKind its turns fail with."""
+    state: ReadyState = ReadyState.UNKNOWN
+    codex_version: str = ""
+    account: str | None = None  # codex's account type ("apiKey", "chatgpt"), None when it has none
+    requires_openai_auth: bool = False
+    provider: str = ""  # the model provider's id in codex's config
+    provider_url: str = ""  # its base URL, which the node probes
+    provider_reachable: bool | None = None
+    problem: str | None = None  # what the check found wrong; the fix is the kind's text (kinds.py)
+    checked_at: float = 0.0
+
+
 # ---- node -> manager -------------------------------------------------------------------------------
 
 class Register(Frame, tag=Msg.REGISTER.value, kw_only=True):
@@ -154,6 +179,17 @@ class Register(Frame, tag=Msg.REGISTER.value, kw_only=True):
     token: str = ""
     version: str = ""
     protocol: int = 1
+    readiness: Readiness | None = None  # protocol 3
+    # `codex-relay-node doctor`: the manager checks the token and answers, and registers nothing.
+    check: bool = False
+    # Where the node's threads may work (real paths), so a chat can offer them; the node enforces them itself.
+    cwd: str = ""
+    allowed_roots: list[str] = msgspec.field(default_factory=list)
+
+
+class ReadinessReport(Frame, tag=Msg.READINESS.value, kw_only=True):
+    """The node's readiness changed since it registered (protocol 3)."""
+    readiness: Readiness
 
 
 class Heartbeat(Frame, tag=Msg.HEARTBEAT.value, kw_only=True):
@@ -175,6 +211,10 @@ class TaskProgress(Frame, tag=Msg.TASK_PROGRESS.value, kw_only=True):
     text: str = ""
     activity: list[Activity] = msgspec.field(default_factory=list)
     earlier: int = 0
+    # codex's latest retry notice in this turn, e.g. "reconnecting 2/5: unexpected status 503 ..."
+    notice: str | None = None
+    # The task waits for the turn running on its thread to end, and runs right after it (the chat queues).
+    queued: bool = False
 
 
 class TaskResult(Frame, tag=Msg.TASK_RESULT.value, kw_only=True):
@@ -194,9 +234,9 @@ class AppserverResponse(Frame, tag=Msg.APPSERVER_RESPONSE.value, kw_only=True):
 
 
 class ApprovalFields(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """What codex asks to be approved, and for which task and chat."""
+    """What codex asks to be approved (or asks the user), and for which task and chat."""
     approval_id: Id
-    kind: str  # "command" or "file_change"
+    kind: str  # an ApprovalKind: "command", "file_change", or "question" (item/tool/requestUserInput; protocol 4)
     task_id: str | None = None
     trace_id: str | None = None
     chat_key: str | None = None
@@ -208,6 +248,8 @@ class ApprovalFields(msgspec.Struct, omit_defaults=True, kw_only=True):
     changes: Any = None
     # The decisions codex offers (its availableDecisions, those a user can give); absent: any Decision.
     decisions: list[Decision] | None = None
+    # kind `question`: codex's questions as its schema gives them (id, header, question, options, isOther, isSecret)
+    questions: Any = None
 
 
 class ApprovalRequest(ApprovalFields, Frame, tag=Msg.APPROVAL_REQUEST.value, kw_only=True):
@@ -247,6 +289,21 @@ class HeartbeatAck(Frame, tag=Msg.HEARTBEAT_ACK.value, kw_only=True):
     ts: float = 0.0
 
 
+# Codex's thread settings a chat may choose (`thread/start`'s `sandbox` and `approvalPolicy`).
+SandboxMode = Literal["read-only", "workspace-write", "danger-full-access"]
+ApprovalPolicy = Literal["untrusted", "on-request", "never"]
+SANDBOX_MODES: Final[tuple[SandboxMode, ...]] = ("read-only", "workspace-write", "danger-full-access")
+APPROVAL_POLICIES: Final[tuple[ApprovalPolicy, ...]] = ("untrusted", "on-request", "never")
+
+
+class ThreadSettings(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Where and how a chat's thread works, as /thread start or fork chose it; None is the node's default.
+    The node passes them again on `thread/resume`: codex restores a thread's cwd, but not its sandbox."""
+    cwd: str | None = None
+    sandbox: SandboxMode | None = None
+    approval_policy: ApprovalPolicy | None = None
+
+
 class TaskAssign(Frame, tag=Msg.TASK_ASSIGN.value, kw_only=True):
     task_id: Id
     prompt: str
@@ -256,6 +313,14 @@ class TaskAssign(Frame, tag=Msg.TASK_ASSIGN.value, kw_only=True):
     chat_key: str | None = None
     thread_id: str | None = None
     model: str | None = None
+    effort: str | None = None  # a reasoning effort model/list offers for the model (turn/start's `effort`)
+    settings: ThreadSettings | None = None
+    # Protocol 4; a node of an earlier release ignores them (it queues, and the manager sends it no action).
+    action: TaskAction = TaskAction.TURN
+    steer: bool = False  # a turn running on the thread takes the prompt (turn/steer); else it runs after that turn
+    # The chat's task sent to this node before this one, still open then: this one runs on that task's thread when
+    # the manager knew none yet (the first turn of a chat is still starting its thread).
+    follows: str | None = None
 
 
 class TaskCancel(Frame, tag=Msg.TASK_CANCEL.value, kw_only=True):
@@ -283,14 +348,15 @@ class AppserverRequest(Frame, tag=Msg.APPSERVER_REQUEST.value, kw_only=True):
 class ApprovalDecision(Frame, tag=Msg.APPROVAL_DECISION.value, kw_only=True):
     approval_id: Id
     decision: Decision
+    answers: dict[str, list[str]] | None = None  # a question's answers, by question id (decision accept)
 
 
 class ErrorReply(Failure, Frame, tag=Msg.ERROR.value, kw_only=True):
     """Either side's answer to a frame it could not take; the session stays up."""
 
 
-NodeFrame = (Register | Heartbeat | TaskAck | TaskProgress | TaskResult | TaskStateReport | AppserverResponse
-             | ApprovalRequest | ApprovalExpired | ApprovalWithdrawn | ErrorReply)
+NodeFrame = (Register | Heartbeat | ReadinessReport | TaskAck | TaskProgress | TaskResult | TaskStateReport
+             | AppserverResponse | ApprovalRequest | ApprovalExpired | ApprovalWithdrawn | ErrorReply)
 ManagerFrame = (RegisterOk | RegisterError | HeartbeatAck | TaskAssign | TaskCancel | TaskSync | AppserverRequest
                 | ApprovalDecision | ErrorReply)
 
@@ -330,6 +396,8 @@ class TaskProgressEvent(EventFrame, tag=Event.TASK_PROGRESS.value, kw_only=True)
     text: str = ""
     activity: list[Activity] = msgspec.field(default_factory=list)
     earlier: int = 0
+    notice: str | None = None
+    queued: bool = False
 
 
 class TaskResultEvent(EventFrame, tag=Event.TASK_RESULT.value, kw_only=True):

@@ -120,13 +120,14 @@ async def test_node_that_stops_reading(stack: Stack, peer: Callable[..., Scripte
     revoked_result = await stack.call(Api.TOKENS_REVOKE, {"token_id": await token_id_of(stack, revoked.node_id)},
                                       timeout=CLOSE_TIMEOUT + 2)
     assert revoked_result["closed_sessions"] == [revoked.node_id]
-    assert time.monotonic() - revoke_started < CLOSE_TIMEOUT + 1.0
+    assert time.monotonic() - revoke_started < CLOSE_TIMEOUT + 2.0
 
     # Every dispatch to them fails within its own timeout, on the control plane's terms.
     for status, env in await asyncio.gather(*calls):
         assert status == 200 and env["ok"] and env["result"]["ok"] is False, env
         assert env["result"]["error_kind"] in ("timeout", "node_offline"), env
-    assert time.monotonic() - started < timeout + 1.5
+    # The margin covers sending 16 MB of bodies on a loaded 2-core machine; the defect held them for 12 s and more.
+    assert time.monotonic() - started < timeout + 3.0
     line = await manager.wait_log("peer_dropped", timeout=SEND_TIMEOUT + 2, seen=seen)
     assert log_fields(line)["peer"] == "node" and log_fields(line)["reason"] in ("send_budget", "send_timeout"), line
     assert await dropped(stack) > dropped_before
@@ -143,7 +144,7 @@ async def test_node_that_stops_reading(stack: Stack, peer: Callable[..., Scripte
     assert proc is not None
     stopping = time.monotonic()
     await asyncio.to_thread(manager.terminate, 15.0)
-    assert time.monotonic() - stopping < 4.0 and proc.returncode == 0, (time.monotonic() - stopping, proc.returncode)
+    assert time.monotonic() - stopping < 6.0 and proc.returncode == 0, (time.monotonic() - stopping, proc.returncode)
     await asyncio.gather(*calls, return_exceptions=True)
     await stack.start_manager()
 

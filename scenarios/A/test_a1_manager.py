@@ -20,6 +20,7 @@ from runtime.protocol import (
     MAX_FRAME_BYTES,
     MIN_NODE_PROTOCOL,
     PROTOCOL_VERSION,
+    READINESS_PROTOCOL,
     Api,
     Msg,
     message,
@@ -379,13 +380,20 @@ async def test_mixed_protocol_versions(stack: Stack, peer: Callable[..., Scripte
         node = peer()
         token = (await stack.call(Api.TOKENS, {"node_id": node.node_id}))["token"]
         await node.connect()
+        said = {"state": "not_logged_in", "problem": "scripted"} if version >= READINESS_PROTOCOL else None
         await node.send(message(Msg.REGISTER, node_id=node.node_id, token=token, version="scripted",
-                                protocol=version))
+                                protocol=version, readiness=said))
         answer = await node.expect(Msg.REGISTER_OK, Msg.REGISTER_ERROR)
         if accepted:
             assert answer["type"] == Msg.REGISTER_OK, (version, answer)
             await node.send(message(Msg.HEARTBEAT, node_id=node.node_id))
             await node.expect(Msg.HEARTBEAT_ACK)  # the session works
+            # Readiness comes with register and with each change (protocol 3); an older node's is null (unknown).
+            shown = (await stack.call(Api.STATUS, {"node_id": node.node_id}))["readiness"]
+            assert shown == said, (version, shown)
+            if said is not None:
+                await node.send(message(Msg.READINESS, readiness={"state": "ready"}))
+                await stack.wait_readiness(node.node_id, "ready", timeout=5)
         else:
             assert answer["type"] == Msg.REGISTER_ERROR, (version, answer)
             named = f"protocol {version}, this manager {MIN_NODE_PROTOCOL}..{PROTOCOL_VERSION}"

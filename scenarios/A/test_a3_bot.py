@@ -348,8 +348,15 @@ def probes(label: str) -> list[tuple[str, str]]:
     if label.startswith("button "):
         prefix = label.removeprefix("button ").strip("`")
         arg = {"node:": NODE, "model:": "gpt-5.5", "thread:": "new", "ap:": f"{new_id('appr')}:a",
-               "stop:": new_id("task")}[prefix]
+               "stop:": new_id("task"), "eff:": "high", "tstart:": "x", "tread:": new_id("thr"),
+               "tfork:": new_id("thr"), "tarch:": new_id("thr"), "tunarch:": new_id("thr"),
+               "tw:": "gone:node:0", "qa:": f"{new_id('appr')}:0:0"}[prefix]
         return [("press", prefix + arg)]
+    if label.startswith("choice "):
+        # A choice inside a command's flow, which needs a node and a wizard: P1-03 (scenarios/C/test_p1_threads.py)
+        # walks it, a user is not offered danger-full-access and an admin is (a wizard's buttons carry an index into
+        # what it offered, so a user cannot name it).
+        return []
     if label == "text":
         return [("say", f"hello {new_id('s01')}")]
     assert label == "other", f"a permission row the scenario cannot send: {label}"

@@ -160,7 +160,7 @@ async def test_approval_prompts_show_what_codex_asks(stack: Stack, tg: FakeTeleg
     [doc] = [m for m in await user.messages() if m.get("document") and m["message_id"] < prompt["message_id"]
              and aid in m["text"]]
     assert doc["document"]["file_name"] == f"{aid}.diff", doc
-    diff = doc["document"]["text"].splitlines()
+    diff = (await tg.file(doc["document"]["file_id"])).decode().splitlines()
     assert diff[0] == f"*** add: {PATCH_FILE}" and diff[1:] == [f"+patched by mock, line {i}" for i in range(1, 301)]
     assert f"diff: 301 lines, in the document {aid}.diff above" in prompt["text"] and "line 300" not in prompt["text"]
     await user.alert(await user.tap(prompt["message_id"], button(prompt, "Decline")))
