@@ -61,6 +61,12 @@ def test_progress_fits_one_message() -> None:
         text = render.progress("n1", "z" * 10_000, long, 3, verbose)
         assert len(text) <= render.MAX_PROGRESS and text.endswith("⏳ still working on n1…"), verbose
     assert render.progress("n1", "", [], 0, 1) == render.placeholder("n1")
+    # codex's retry notice with the steps: above the working line, which is never cut off.
+    notice = "reconnecting 2/5: unexpected status 503"
+    for verbose in (0, 1, 2):
+        text = render.progress("n1", "z" * 10_000, long, 3, verbose, notice)
+        assert len(text) <= render.MAX_PROGRESS and text.endswith(f"🔄 {notice}\n\n⏳ still working on n1…"), verbose
+    assert render.progress("n1", "", [], 0, 1, notice) == f"🔄 {notice}\n\n⏳ still working on n1…"
 
 
 def test_offered_decisions() -> None:
@@ -72,3 +78,16 @@ def test_offered_decisions() -> None:
                                     "command": "echo hi", "decisions": ["accept", "cancel"]})
     assert markup is not None and [b.text for row in markup.inline_keyboard for b in row] == \
         ["✅ Approve", "⏹ Decline and stop the turn"]
+
+
+def test_usage_under_the_formatted_answer() -> None:
+    """The usage line joins the answer's last message when it fits there, else follows it; notes come after."""
+    from runtime.bot import formatting, turns
+    usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+    line = render.usage(usage)
+    short = turns.answer({"text": "**done** & dusted", "usage": usage, "notes": ["refused x"]}, 8)
+    assert [p.plain for p in short.parts] == [f"done & dusted\n\n{line}", "ℹ️ refused x"]
+    assert short.parts[0].html == f"<b>done</b> &amp; dusted\n\n{line}"
+    full = turns.answer({"text": "y" * formatting.MAX_TEXT, "usage": usage}, 8)
+    assert [p.plain for p in full.parts] == ["y" * formatting.MAX_TEXT, line]
+    assert turns.answer({"text": "x"}, 8).parts[-1].plain == "x"  # no usage reported: no line
