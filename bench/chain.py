@@ -34,6 +34,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--turns", type=int, default=100, help="measured turns")
     p.add_argument("--warmup", type=int, default=3, help="unmeasured turns first (the first starts the thread)")
     p.add_argument("--timeout", type=float, default=60.0, help="give up on a turn after this many seconds")
+    p.add_argument("--result", choices=("send", "replace"), default="send",
+                   help="the chat's /result: the answer as a new message, or edited into the placeholder")
 
 
 async def _results(s: Stack, http: aiohttp.ClientSession, key: str, into: asyncio.Queue[dict[str, Any]]) -> None:
@@ -65,7 +67,7 @@ async def run(a: argparse.Namespace) -> list[Figure]:
         tg = await s.start_bot()
         user = tg.user(Stack.USER)
         key = chat_key(user.chat_id)
-        await s.call(Api.CHAT_SELECT, {"chat_key": key, "node_id": NODE})
+        await s.call(Api.CHAT_SELECT, {"chat_key": key, "node_id": NODE, "result_mode": a.result})
         results: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {s.control_token}"}) as http:
             watcher = asyncio.create_task(_results(s, http, key, results))

@@ -108,6 +108,14 @@ class TelegramUser:
         return await self.until_shown(lambda m: expect in m["text"] and "⏳" not in m["text"], timeout)
 
 
+USAGE_MARK = "\n\n🔢 "  # the turn's token usage line the bot puts under an answer (P1-13)
+
+
+def without_usage(text: str) -> str:
+    """An answer's own text: without the token usage line under it."""
+    return text.partition(USAGE_MARK)[0]
+
+
 def button(message: dict[str, Any], label: str) -> str:
     """The callback data of the button whose label ends with `label`."""
     return next(b["callback_data"] for row in message["reply_markup"]["inline_keyboard"] for b in row

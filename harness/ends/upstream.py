@@ -38,11 +38,12 @@ PLACE = {"cwd": re.compile(r"<cwd>([^<]*)</cwd>"), "sandbox": re.compile(r"`sand
 ECHO_CMD = "echo relay-approved"
 JSON_CT = "application/json"
 BEHAVIORS = frozenset(
-    ("reply", "history", "whoami", "approve", "patch", "elicit", "drop", "eof", "hang", "http500", "http", "failed",
-     "slow", "markdown", "long_markdown", "ask", "review", "compact", "images")
+    ("reply", "history", "whoami", "approve", "patch", "elicit", "work", "drop", "eof", "hang", "http500", "http",
+     "failed", "slow", "markdown", "long_markdown", "ask", "review", "compact", "images")
 )
-# Behaviours whose first answer is a tool call; the model answers the tool's output with a message.
-TOOL_CALLS = ("approve", "patch", "elicit", "ask", "review")
+# Behaviours whose first answer is a tool call; the model answers the tool's output with a message (`work`: after
+# its second tool).
+TOOL_CALLS = ("approve", "patch", "elicit", "ask", "review", "work")
 # The user messages codex 0.171 writes itself for review/start and thread/compact/start: they carry no marker, so
 # the mock knows them by their opening words, and answers as the model is asked to.
 CODEX_PROMPTS = {"Review the current code changes": "review",
@@ -67,7 +68,13 @@ SLOW_MAX_S = 120.0
 # `elicit`: read a resource of the node's MCP server (harness/ends/mcp_asker.py), which asks the user a question.
 MCP_READ: Json = {"server": "relay_asker", "uri": "relay://question"}
 LONG_MAX = 1_000_000  # characters of a long_markdown answer
-PATCH = "*** Begin Patch\n*** Add File: relay_patch.txt\n+patched by mock\n*** End Patch\n"
+# `patch=N`: apply_patch adding this file, of N lines (1 by default).
+PATCH_FILE = "relay_patch.txt"
+# `work=S`: a turn that runs a command, then adds a file (no approval where the sandbox lets codex write), then answers
+# after S seconds.
+WORK_CMD = "echo relay-work-output"
+NUMERIC = {"slow": r"\d+(\.\d*)?", "work": r"\d+(\.\d*)?", "patch": r"[1-9]\d{0,4}"}  # behaviours with a number
+INCOMPLETE = ("drop", "eof", "hang", "failed")  # behaviours whose response never reaches response.completed
 # `ask`: codex's request_user_input tool, as a model calls it (1 to 3 questions, each with options); ask=2 asks two.
 QUESTIONS: list[Json] = [
     {"id": "env", "header": "Environment", "question": "Which environment should I deploy to?",
@@ -77,7 +84,17 @@ QUESTIONS: list[Json] = [
      "options": [{"label": "nothing", "description": "No note."}]},
 ]
 REVIEW_CMD = "git status --porcelain"
-USAGE: Json = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+
+
+def patch(path: str, lines: int) -> str:
+    """apply_patch's input adding `path` with `lines` lines."""
+    body = "".join(f"+patched by mock, line {i + 1}\n" for i in range(lines)) if lines > 1 else "+patched by mock\n"
+    return f"*** Begin Patch\n*** Add File: {path}\n{body}*** End Patch\n"
+
+
+def tokens(chars: int) -> int:
+    """A rough token count (4 characters each), as the real API's would be: nonzero, and growing with the text."""
+    return chars // 4 + 1
 
 
 @dataclass
@@ -88,10 +105,13 @@ class MockUpstream:
     by_behavior: Counter[str] = field(default_factory=Counter)
     requests: int = 0
     mode: tuple[str, str | None] | None = None
+    # The `usage` each prompt's responses reported, summed: what codex must tell the user the turn cost.
+    usage: dict[str, Counter[str]] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.serves.clear()
         self.by_behavior.clear()
+        self.usage.clear()
         self.requests = 0
 
     def snapshot(self) -> Json:
@@ -101,7 +121,24 @@ class MockUpstream:
             "requests": self.requests,
             "by_behavior": dict(self.by_behavior),
             "mode": mode,
+            "usage": {key: dict(c) for key, c in self.usage.items()},
         }
+
+    def charge(self, key: str, request_chars: int, output: Json, followup: bool, tally: bool) -> Json:
+        """The Responses API's `usage` for one response, tallied per prompt. The input is the whole request (its
+        instructions, tools and history); a follow-up shares its turn's prefix, which the API serves from cache."""
+        counts = self.usage.setdefault(key, Counter())
+        input_tokens = tokens(request_chars)
+        cached = min(counts["last_input"], input_tokens) if followup else 0
+        output_tokens = tokens(len(json.dumps(output)))
+        usage = {"input_tokens": input_tokens, "input_tokens_details": {"cached_tokens": cached},
+                 "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": input_tokens + output_tokens}
+        if tally:
+            counts.update(input_tokens=input_tokens, cached_input_tokens=cached, output_tokens=output_tokens,
+                          total_tokens=input_tokens + output_tokens, responses=1)
+            counts["last_input"] = input_tokens
+        return usage
 
 
 STATE_KEY = web.AppKey("state", MockUpstream)
@@ -112,6 +149,11 @@ def prompt_key(raw: str) -> str:
     return " ".join(MARKER.sub(" ", raw).split())
 
 
+def work_file(prompt: str) -> str:
+    """The file a `work` turn adds: one per prompt, so turns on one node's workspace do not collide."""
+    return f"relay_work_{hashlib.sha256(prompt_key(prompt).encode()).hexdigest()[:8]}.txt"
+
+
 def _fmt_marker(name: str, arg: str | None) -> str:
     return name if arg is None else f"{name}={arg}"
 
@@ -120,8 +162,10 @@ def _parse_behavior(spec: str) -> tuple[str, str | None]:
     name, _, arg = spec.partition("=")
     if name not in BEHAVIORS:
         raise ValueError(f"unknown mock behaviour {name!r}")
-    if name == "slow" and not re.fullmatch(r"\d+(\.\d*)?", arg):
+    if name == "slow" and not re.fullmatch(NUMERIC["slow"], arg):
         raise ValueError(f"slow needs seconds, got {arg!r}")
+    if name in ("work", "patch") and arg and not re.fullmatch(NUMERIC[name], arg):
+        raise ValueError(f"{name} takes {'seconds' if name == 'work' else 'a number of lines'}, got {arg!r}")
     if name == "http" and not (arg.isdigit() and int(arg) in HTTP_ERRORS):
         raise ValueError(f"http needs one of the statuses {sorted(HTTP_ERRORS)}, got {arg!r}")
     if name == "long_markdown" and not (arg.isdigit() and 0 < int(arg) <= LONG_MAX):
@@ -197,7 +241,24 @@ def _message(mid: str, text: str | None) -> Json:
     return {"type": "message", "id": mid, "role": "assistant", "status": status, "content": content}
 
 
-def _tool_call(name: str, arg: str | None, call_id: str) -> Json:
+def _outputs_in_turn(items: list[Any]) -> int:
+    """Tool outputs since the turn's prompt: how far a multi-step behaviour (`work`) has got."""
+    start = max((i for i, it in enumerate(items) if _is_real_user(it)), default=-1)
+    return sum(1 for it in items[start + 1:] if isinstance(it, dict) and it.get("type") in OUTPUT_TYPES)
+
+
+def _tool_call(name: str, call_id: str, key: str, arg: str | None = None, step: int = 0) -> Json | None:
+    """The tool call a behaviour makes at `step` (tool outputs so far in the turn); None: it answers now."""
+    if name == "work":
+        if step == 0:
+            return {"type": "function_call", "call_id": call_id, "name": "exec_command",
+                    "arguments": json.dumps({"cmd": WORK_CMD})}
+        if step == 1:
+            return {"type": "custom_tool_call", "call_id": call_id, "name": "apply_patch",
+                    "input": patch(work_file(key), 1)}
+        return None
+    if step:
+        return None
     if name == "ask":
         asked = QUESTIONS[: 2 if arg == "2" else 1]
         return {"type": "function_call", "call_id": call_id, "name": "request_user_input",
@@ -205,8 +266,9 @@ def _tool_call(name: str, arg: str | None, call_id: str) -> Json:
     if name == "review":  # a reviewer looks at what changed first
         return {"type": "function_call", "call_id": call_id, "name": "exec_command",
                 "arguments": json.dumps({"cmd": REVIEW_CMD})}
-    if name == "patch":
-        return {"type": "custom_tool_call", "call_id": call_id, "name": "apply_patch", "input": PATCH}
+    if name == "patch":  # `patch=N`: a file of N lines, for a diff too long to show inline
+        return {"type": "custom_tool_call", "call_id": call_id, "name": "apply_patch",
+                "input": patch(PATCH_FILE, int(arg or 1))}
     if name == "elicit":
         return {"type": "function_call", "call_id": call_id, "name": "read_mcp_resource", "arguments": json.dumps(MCP_READ)}
     args = json.dumps({"cmd": ECHO_CMD, **ESCALATE})
@@ -272,6 +334,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     if not isinstance(items, list) or not items:
         return _error(400, "input must be a non-empty list", "invalid_request_error")
     state.requests += 1
+    request_chars = len(await request.read())  # the body _json_body read, kept by aiohttp
     n, last = state.requests, items[-1]
     followup = isinstance(last, dict) and last.get("type") in OUTPUT_TYPES
     # A new turn ends with the prompt itself; a follow-up takes its marker from the turn's prompt.
@@ -285,11 +348,15 @@ async def responses(request: web.Request) -> web.StreamResponse:
     except ValueError as exc:
         _log(op="reject", n=n, error=str(exc))
         return _error(400, str(exc), "invalid_request_error")
+    call = _tool_call(name, f"call_{n}", key, arg, _outputs_in_turn(items)) if name in TOOL_CALLS else None
     if followup and name == "review":
         text, name = _review(_tool_output(last), items), "reply"
     elif followup:
         text = f"tool said: {_tool_output(last)}"
-        name = "reply" if name in (*TOOL_CALLS, "history", "whoami") else name
+        if call is None and name == "work":  # its tools ran: the answer, after `work=S` seconds
+            name, arg = "slow", arg or "0"
+        elif call is None and name in (*TOOL_CALLS, "history", "whoami"):
+            name, arg = "reply", None
     elif name == "history":
         text = f"history: {sum(map(_is_real_user, items))} user messages"
     elif name == "whoami":
@@ -314,17 +381,20 @@ async def responses(request: web.Request) -> web.StreamResponse:
         message, kind, code = HTTP_ERRORS[int(arg or 0)]
         return web.json_response({"error": {"message": message, "type": kind, "code": code, "param": None}},
                                  status=int(arg or 0))
+    # Tallied only for a response that reaches response.completed: codex hears of no other's usage.
+    usage = state.charge(key, request_chars, call or {"text": text}, followup, tally=name not in INCOMPLETE)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     try:
-        await _stream(request, resp, name, arg, text, n)
+        await _stream(request, resp, name, arg, text, n, call, usage)
     except ConnectionError:
         _log(op="client_gone", n=n)
     return resp
 
 
 async def _stream(
-    request: web.Request, resp: web.StreamResponse, name: str, arg: str | None, text: str, n: int
+    request: web.Request, resp: web.StreamResponse, name: str, arg: str | None, text: str, n: int,
+    call: Json | None, usage: Json,
 ) -> None:
     rid, mid = f"resp_{n}", f"msg_{n}"
     await resp.write(_sse("response.created", response={"id": rid}))
@@ -335,11 +405,9 @@ async def _stream(
         error = {"code": "server_error", "message": "mock upstream reported response.failed"}
         await resp.write(_sse("response.failed", response={"id": rid, "status": "failed", "error": error}))
         return
-    if name in TOOL_CALLS:
-        await resp.write(
-            _sse("response.output_item.done", output_index=0, item=_tool_call(name, arg, f"call_{n}"))
-        )
-        await resp.write(_sse("response.completed", response={"id": rid, "usage": USAGE}))
+    if call is not None:
+        await resp.write(_sse("response.output_item.done", output_index=0, item=call))
+        await resp.write(_sse("response.completed", response={"id": rid, "usage": usage}))
         return
     if name == "slow" and not await _wait_or_gone(request, min(float(arg or 0), SLOW_MAX_S)):
         return
@@ -357,7 +425,7 @@ async def _stream(
             return
     await resp.write(_sse("response.output_item.done", output_index=0, item=_message(mid, text)))
     if name != "eof":
-        await resp.write(_sse("response.completed", response={"id": rid, "usage": USAGE}))
+        await resp.write(_sse("response.completed", response={"id": rid, "usage": usage}))
 
 
 async def responses_with_key(request: web.Request) -> web.StreamResponse:

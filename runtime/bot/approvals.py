@@ -70,7 +70,11 @@ class Approvals:
             chat = chat_id_of(approval.get("chat_key"))
             targets = [chat] if chat is not None else sorted(await self.access.admin_ids(trace_id))
             entry.text, markup = entry.render()
+            document = render.approval_document(approval)  # a diff too long for the prompt: a file above it
             for target in targets:
+                if document is not None:
+                    await self.delivery.document(target, *document, caption=f"The diff codex asks to apply "
+                                                 f"(approval {aid})", trace_id=approval.get("trace_id"))
                 sent = await self.delivery.send(target, entry.text, markup, trace_id=approval.get("trace_id"))
                 if sent is not None:
                     entry.messages.append((target, sent.message_id))
@@ -107,6 +111,8 @@ class Approvals:
         except RelayError as err:
             log(logger, logging.INFO, "approval_decide_refused", approval_id=approval_id, chat_id=req.chat_id,
                 user_id=req.user_id, trace_id=req.trace_id, error_kind=err.kind)
+            if err.kind == ErrorKind.INVALID_REQUEST:  # a decision codex did not offer: nothing was sent to it
+                raise Reply(render.not_offered(err.error)) from None
             if err.kind != ErrorKind.CONFLICT:
                 raise
             await self.resync(req.trace_id, only=approval_id)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.bot import permissions, render
+from runtime.bot import permissions, prefs, render
 from runtime.bot.context import Relay, Reply, Req
 from runtime.bot.permissions import Rule
 from runtime.bot.render import USAGE, Cb
@@ -263,7 +263,7 @@ async def _on_thread(relay: Relay, req: Req, action: TaskAction) -> None:
     node_id, chat = await relay.selected_node(req)
     if not (chat.get("threads") or {}).get(node_id):
         raise Reply(render.no_thread(node_id, action))
-    await relay.turns.start(req, node_id, f"/{action.value}", action)
+    await relay.turns.start(req, node_id, f"/{action.value}", chat, action)
 
 
 @command("review")
@@ -274,6 +274,13 @@ async def review(relay: Relay, req: Req, args: str) -> None:
 @command("compact")
 async def compact(relay: Relay, req: Req, args: str) -> None:
     await _on_thread(relay, req, TaskAction.COMPACT)
+
+
+# ---- how the chat's turns are shown, and its node's usage limits (prefs.py) ----------------------------
+
+command("verbose")(prefs.verbose)
+command("result")(prefs.result)
+command("usage")(prefs.usage)
 
 
 # ---- config --------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ class BotConfig:
     # Generous, because a timed-out send is never repeated.
     telegram_timeout: Annotated[float, setting("seconds for one Bot API call", gt=0)] = 20.0
     poll_timeout: Annotated[float, setting("seconds of one getUpdates long poll", ge=0)] = 20.0
-    progress_interval: Annotated[float, setting("seconds between progress edits of one message", gt=0)] = 3.0
+    progress_interval: Annotated[float, setting("seconds between progress edits of one message; Telegram allows about "
+                                                "one edit per second per chat", ge=1.0)] = 3.0
     user_rate_limit: Annotated[int, setting("messages and button presses one Telegram user may send per "
                                             "user_rate_window; past it they are told once when to try again, "
                                             "and skipped until then; 0 turns the limit off", ge=0)] = 20

@@ -121,11 +121,11 @@ async def take_media(relay: Relay, req: Req, message: Message, bot: Bot) -> None
     """A document or photo from the user: saved in the thread's uploads folder on the chat's node. A photo (or an
     image sent as a file) goes to codex as `localImage` input with the caption as the prompt; a document's caption
     goes to codex naming the saved file."""
-    node_id, _ = await relay.selected_node(req)
+    node_id, chat = await relay.selected_node(req)
     limit = relay.config.file_max_bytes
     caption = (message.caption or "").strip()
     if message.voice is not None:
-        await _voice(relay, req, message, bot, node_id)
+        await _voice(relay, req, message, bot, node_id, chat)
         return
     if message.photo:
         photo = message.photo[-1]  # Telegram lists the sizes smallest first
@@ -150,15 +150,16 @@ async def take_media(relay: Relay, req: Req, message: Message, bot: Bot) -> None
         raise _too_large(what, len(data), limit)
     saved = await _put(relay, req, name, data)
     if image:
-        await relay.turns.start(req, node_id, caption or DEFAULT_IMAGE_PROMPT, images=[str(saved["path"])])
+        await relay.turns.start(req, node_id, caption or DEFAULT_IMAGE_PROMPT, chat, images=[str(saved["path"])])
         return
     await relay.say(req, f"Saved {saved['name']} ({saved['size']} bytes) as {saved['path']} on {node_id}."
                     + ("" if caption else " Mention it in a message to have Codex use it."))
     if caption:
-        await relay.turns.start(req, node_id, f"{caption}\n\n(I uploaded a file; it is saved at {saved['path']}.)")
+        await relay.turns.start(req, node_id, f"{caption}\n\n(I uploaded a file; it is saved at {saved['path']}.)",
+                                chat)
 
 
-async def _voice(relay: Relay, req: Req, message: Message, bot: Bot, node_id: str) -> None:
+async def _voice(relay: Relay, req: Req, message: Message, bot: Bot, node_id: str, chat: dict[str, Any]) -> None:
     """A voice note: transcribed on the chat's node (its model provider's speech to text), the transcript shown,
     then run as the prompt."""
     assert message.voice is not None
@@ -175,4 +176,4 @@ async def _voice(relay: Relay, req: Req, message: Message, bot: Bot, node_id: st
     if not text:
         raise Reply("I could not make out any words in that voice note. Try again, or type it.")
     await relay.say(req, f"🎙 {text}")
-    await relay.turns.start(req, node_id, text)
+    await relay.turns.start(req, node_id, text, chat)

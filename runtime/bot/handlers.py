@@ -125,8 +125,8 @@ async def _text(relay: Relay, update: Update, context: ContextTypes.DEFAULT_TYPE
         if (open_question := relay.approvals.typed_answer_for(req.chat_id)) is not None:
             await relay.say(req, await relay.approvals.answer(req, *open_question, text or ""))
             return
-        node_id, _ = await relay.selected_node(req)
-        await relay.turns.start(req, node_id, text or "")
+        node_id, chat = await relay.selected_node(req)
+        await relay.turns.start(req, node_id, text or "", chat)
     await _guarded(relay, update, "text", permissions.TEXT, "Sending to Codex", work)
 
 

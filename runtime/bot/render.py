@@ -30,7 +30,9 @@ class Cb(StrEnum):
     QUESTION = "qa"  # qa:<approval_id>:<question index>:<option index>
 
 
-DECISION_CODES = {Decision.ACCEPT: "a", Decision.ACCEPT_FOR_SESSION: "s", Decision.DECLINE: "d"}
+DECISION_CODES = {Decision.ACCEPT: "a", Decision.ACCEPT_FOR_SESSION: "s", Decision.DECLINE: "d", Decision.CANCEL: "c"}
+DECISION_LABELS = {Decision.ACCEPT: "✅ Approve", Decision.ACCEPT_FOR_SESSION: "✅ Approve for session",
+                   Decision.DECLINE: "❌ Decline", Decision.CANCEL: "⏹ Decline and stop the turn"}
 
 
 def callback(prefix: Cb, *args: str) -> str:
@@ -63,6 +65,9 @@ HELP = """Codex Relay: drive Codex on your machines from here.
 /compact: Codex summarizes the thread's history, to free its context
 /file get <path>: a file from the thread's working directory, as a document
 /diff: the working directory's changes (git diff) as a .patch document
+/verbose 0|1|2: how much the progress message shows (1: also commands, files and tool calls; 2: also their output)
+/result send|replace: post the final answer as a new message (notifies), or edit the progress message into it
+/usage: the usage limits of Codex's login on the chat's node
 /approve <approval_id> [session]: approve a pending request
 /decline <approval_id>: decline a pending request
 /config_value_write {"key_path": "...", "value": ...}: write a Codex config value on the node (admins)
@@ -84,6 +89,10 @@ USAGE = {
     "decline": "Usage: /decline <approval_id>\nDeclines a pending request; Codex is told and carries on without it.",
     "config_value_write": 'Usage: /config_value_write {"key_path": "model", "value": "gpt-5.5"}\n'
                           "Writes one value into the selected node's Codex config.",
+    "verbose": "Usage: /verbose 0|1|2\n0: the agent's text; 1: also the commands, files and tool calls; 2: also "
+               "their output, diffs and arguments.",
+    "result": "Usage: /result send|replace\nsend: the final answer comes as a new message, so Telegram notifies; "
+              "replace: the progress message is edited into it.",
     "queue": "Usage: /queue on|off\non: a message sent while a turn runs waits, and runs right after it.\n"
              "off (the default): it is added to the running turn, which takes it into account (steering).",
 }
@@ -224,20 +233,49 @@ def users(rows: list[dict[str, Any]], admins: frozenset[int], allowed: frozenset
     return "\n".join(lines)
 
 
+INLINE_DIFF = 1500  # characters of diff shown in an approval prompt itself; a longer diff comes as a document
+
+
+def diff_text(changes: list[dict[str, Any]]) -> str:
+    """A file change's diffs as one patch-like text: codex gives an added or deleted file's content, and an
+    updated file's unified diff."""
+    out = []
+    for c in changes:
+        kind, diff = str(c.get("kind") or "update"), str(c.get("diff") or "")
+        out.append(f"*** {kind}: {c.get('path')}")
+        if kind in ("add", "delete"):
+            mark = "+" if kind == "add" else "-"
+            diff = "".join(f"{mark}{line}" for line in diff.splitlines(keepends=True))
+        out.append(diff.rstrip("\n"))
+    return "\n".join(out)
+
+
+def approval_document(a: dict[str, Any]) -> tuple[str, bytes] | None:
+    """A file change whose diff is too long for the prompt: the whole diff as a document (name, content)."""
+    diff = diff_text(a.get("changes") or [])
+    return (f"{a['approval_id']}.diff", diff.encode()) if len(diff) > INLINE_DIFF else None
+
+
 def approval(a: dict[str, Any]) -> tuple[str, InlineKeyboardMarkup | None]:
-    what = a.get("command")
-    if isinstance(what, list):
-        what = " ".join(map(str, what))
-    if not what:
-        what = "a file change" if a.get("kind") == "file_change" else "(none given)"
-    lines = [f"Approval needed on {a.get('node_id')} ({a.get('kind') or 'command'})", f"command: {what}"]
+    """The prompt: what codex wants to do, and one button per decision codex offers."""
+    lines = [f"Approval needed on {a.get('node_id')} ({a.get('kind') or 'command'})"]
+    changes = a.get("changes") or []
+    if a.get("kind") == "file_change":
+        lines.append("files:" if changes else "files: (codex did not say which)")
+        lines += [f"• {c.get('path')} ({c.get('kind') or 'update'})" for c in changes]
+    else:
+        what = a.get("command")
+        lines.append(f"command: {' '.join(map(str, what)) if isinstance(what, list) else what or '(none given)'}")
     lines += [f"{k}: {a[k]}" for k in ("cwd", "reason") if a.get(k)]
+    if changes:
+        diff = diff_text(changes)
+        lines.append(f"diff:\n{diff}" if len(diff) <= INLINE_DIFF
+                     else f"diff: {len(diff.splitlines())} lines, in the document {a['approval_id']}.diff above")
     lines.append(f"id: {a['approval_id']}")
     aid = a["approval_id"]
-    return "\n".join(lines), keyboard([[("✅ Approve", callback(Cb.APPROVE, aid, DECISION_CODES[Decision.ACCEPT])),
-                                        ("❌ Decline", callback(Cb.APPROVE, aid, DECISION_CODES[Decision.DECLINE]))],
-                                       [("✅ Approve for session",
-                                         callback(Cb.APPROVE, aid, DECISION_CODES[Decision.ACCEPT_FOR_SESSION]))]])
+    offered = list(Decision) if a.get("decisions") is None else [Decision(d) for d in a["decisions"]]
+    buttons = [(DECISION_LABELS[d], callback(Cb.APPROVE, aid, DECISION_CODES[d])) for d in offered]
+    return "\n".join(lines), keyboard([buttons[:2], buttons[2:]])
 
 
 def approval_outcome(original: str, state: str, decided_by: str | None, reason: str | None = None,
@@ -251,6 +289,10 @@ def approval_outcome(original: str, state: str, decided_by: str | None, reason: 
         return f"{original}\n\n⏹ Withdrawn{why}: Codex no longer needs this decision; nothing was approved."
     verb = "✅ Approved" if state == ApprovalState.APPROVED else "❌ Declined"
     return f"{original}\n\n{verb} by {decided_by or 'someone'}."
+
+
+def not_offered(error: str) -> str:
+    return f"Not sent: {error}. Use one of the buttons on the prompt."
 
 
 def already_decided(approval_id: str, error: str | None) -> str:
@@ -313,16 +355,116 @@ def notes(lines: list[str]) -> str:
     return "\n".join(f"ℹ️ {line}" for line in lines)
 
 
-def progress(node_id: str, text: str, notice: str | None = None, limit: int = 4096) -> str:
-    """The answer so far (its newest end if it is long, so the "still working" line is never cut off) and codex's
-    latest retry notice ("reconnecting 2/5: ..."), under the working mark."""
-    tail = "\n\n".join([*([f"🔄 {notice}"] if notice else []), f"⏳ still working on {node_id}…"])
-    body = text.strip()
-    if not body and not notice:
+# ---- the progress message: what codex is doing, at the chat's /verbose --------------------------------------
+
+STEP_ICONS = {"command": "$", "files": "✏️", "tool": "🔧"}
+STEP_MARKS = {"running": "…", "done": "✓", "failed": "✗", "declined": "(declined)"}
+DETAILED_STEPS = 3     # at /verbose 2, the latest steps show their output, diff or arguments
+MAX_PROGRESS = 4000    # the whole message, under Telegram's 4096
+
+
+def steps(activity: list[dict[str, Any]], earlier: int, verbose: int) -> str:
+    """The turn's steps, one line each (from /verbose 1); the latest with their details at /verbose 2."""
+    if verbose < 1 or not activity:
+        return ""
+    lines = [f"… and {earlier} earlier steps"] if earlier else []
+    for i, a in enumerate(activity):
+        lines.append(f"{STEP_ICONS.get(str(a.get('kind')), '•')} {a.get('title')} "
+                     f"{STEP_MARKS.get(str(a.get('status') or 'running'), '')}".rstrip())
+        if verbose >= 2 and a.get("detail") and i >= len(activity) - DETAILED_STEPS:
+            lines += [f"    {line}" for line in str(a["detail"]).splitlines()]
+    return "\n".join(lines)
+
+
+def progress(node_id: str, text: str, activity: list[dict[str, Any]] | None = None, earlier: int = 0,
+             verbose: int = 0, notice: str | None = None) -> str:
+    """The agent's latest text (its tail, if long) above the steps, then codex's latest retry notice
+    ("reconnecting 2/5: ...") and that the turn still runs: the footer is never cut off."""
+    footer = "\n\n".join([*([f"🔄 {notice}"] if notice else []), f"⏳ still working on {node_id}…"])
+    shown = steps(activity or [], earlier, verbose)
+    if not text.strip() and not shown and not notice:
         return placeholder(node_id)
-    if len(body) + len(tail) + 2 > limit:
-        body = "…" + body[len(body) - (limit - len(tail) - 3):]
-    return f"{body}\n\n{tail}" if body else tail
+    room = MAX_PROGRESS - len(shown) - len(footer) - 4  # the two blank lines between the three parts
+    if room < 200:  # the steps alone would fill the message: they give way, from the oldest
+        room = 200
+        shown = "…" + shown[-(MAX_PROGRESS - len(footer) - 4 - room - 1):]
+    text = text.strip()
+    if len(text) > room:
+        text = "…" + text[-(room - 1):]
+    return "\n\n".join(part for part in (text, shown, footer) if part)
+
+
+def finished(node_id: str, activity: list[dict[str, Any]], earlier: int, verbose: int, ok: bool) -> str:
+    """The progress message once the outcome was posted below it (/result send): the steps stay as a record."""
+    end = f"✅ Done on {node_id}; the answer is below." if ok else f"❌ The turn on {node_id} failed; see below."
+    shown = steps(activity, earlier, min(verbose, 1))
+    return f"{shown[-(MAX_PROGRESS - len(end) - 3):]}\n\n{end}" if shown else end
+
+
+def usage(u: dict[str, Any]) -> str:
+    """A turn's token usage, for the end of its answer."""
+    parts = [f"in {u.get('input_tokens', 0):,}"]
+    if u.get("cached_input_tokens"):
+        parts[0] += f" ({u['cached_input_tokens']:,} cached)"
+    parts.append(f"out {u.get('output_tokens', 0):,}")
+    if u.get("reasoning_output_tokens"):
+        parts[1] += f" ({u['reasoning_output_tokens']:,} reasoning)"
+    line = f"🔢 {u.get('total_tokens', 0):,} tokens: {', '.join(parts)}"
+    if u.get("context_window") and u.get("context_tokens") is not None:
+        line += (f"; context {u['context_tokens']:,} of {u['context_window']:,} "
+                 f"({100 * u['context_tokens'] / u['context_window']:.0f}%)")
+    return line
+
+
+VERBOSE_LEVELS = {0: "the agent's text only", 1: "the agent's text, with the commands it runs, the files it changes "
+                  "and its tool calls", 2: "all of that, with their output, diffs and arguments"}
+RESULT_MODES = {"send": "posted as a new message, so Telegram notifies you", "replace": "edited into the progress "
+                "message (no notification)"}
+
+
+def verbose_now(level: int, changed: bool = False) -> str:
+    head = f"Verbosity {'set to' if changed else 'for this chat:'} {level}: the progress message shows "
+    return head + VERBOSE_LEVELS[level] + "." + ("" if changed else "\n" + USAGE["verbose"].split("\n", 1)[0])
+
+
+def result_now(mode: str, changed: bool = False) -> str:
+    head = f"Result mode {'set to' if changed else 'for this chat:'} {mode}: the final answer is "
+    return head + RESULT_MODES[mode] + "." + ("" if changed else "\n" + USAGE["result"].split("\n", 1)[0])
+
+
+def _window(name: str, w: dict[str, Any] | None) -> str | None:
+    if not w:
+        return None
+    mins = w.get("windowDurationMins")
+    span = f" per {mins // 60} h" if mins and mins % 60 == 0 else f" per {mins} min" if mins else ""
+    resets = f", resets {ago_until(w['resetsAt'])}" if w.get("resetsAt") else ""
+    return f"• {name}{span}: {w.get('usedPercent', 0)}% used{resets}"
+
+
+def ago_until(ts: float) -> str:
+    secs = max(0, int(ts - time.time()))
+    return f"in {secs // 60} min" if secs < 7200 else f"in {secs // 3600} h"
+
+
+def rate_limits(node_id: str, answer: dict[str, Any]) -> str:
+    """account/rateLimits/read: the login's limit windows, or that it reports none."""
+    snap = answer.get("rateLimits") or {}
+    lines = [w for w in (_window("primary limit", snap.get("primary")), _window("secondary limit",
+                                                                               snap.get("secondary"))) if w]
+    credits = snap.get("credits") or {}
+    if credits.get("unlimited"):
+        lines.append("• credits: unlimited")
+    elif credits.get("hasCredits"):
+        lines.append(f"• credits: {credits.get('balance') or 'some left'}")
+    if not lines:
+        return f"Codex on {node_id} reports no usage limits for its login."
+    plan = f" (plan: {snap['planType']})" if snap.get("planType") else ""
+    return "\n".join([f"Usage limits of Codex's login on {node_id}{plan}:", *lines])
+
+
+def no_limits(node_id: str, why: str) -> str:
+    return (f"This login has no usage limits to show: Codex on {node_id} is not signed in with a ChatGPT account "
+            f"(it uses an API key or its own model provider), and only those have plan limits. Codex said: {why}")
 
 
 def answer_document(task_id: str) -> str:

@@ -1,4 +1,5 @@
-"""Plain text as a Codex turn: a placeholder at once, throttled progress edits, then the one final answer.
+"""Plain text as a Codex turn: a placeholder at once, throttled progress edits (the agent's text and, by the chat's
+/verbose, its commands, files and tool calls), then the one final answer: posted anew or edited in (/result).
 
 The bot picks the task_id, so progress and result events can be matched to the placeholder, and a dispatch
 whose answer was lost (manager restart mid-turn) can be asked again safely: the manager never runs a
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import html
 import logging
 import time
 from collections import OrderedDict
@@ -23,6 +25,8 @@ from runtime.aiotasks import Background
 from runtime.backoff import Backoff
 from runtime.logfmt import log
 from runtime.protocol import Api, ErrorKind, RelayError, TaskAction, new_id, parse_kind
+from runtime.protocol.api import DEFAULT_RESULT_MODE, DEFAULT_VERBOSE
+from runtime.throttle import Throttle
 
 logger = logging.getLogger("codex_bot.turns")
 
@@ -41,13 +45,14 @@ class Turn:
     trace_id: str
     message_id: int | None
     action: TaskAction = TaskAction.TURN
+    verbose: int = DEFAULT_VERBOSE          # the chat's settings when the turn started
+    result_mode: str = DEFAULT_RESULT_MODE
     started: float = field(default_factory=time.monotonic)
-    last_edit: float = field(default_factory=time.monotonic)
     shown: str = ""
-    latest: str = ""  # the newest progress, shown once the throttle allows
-    flushing: bool = False  # an edit of `latest` is scheduled for the end of the throttle's interval
     done: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    progress: dict[str, Any] = field(default_factory=dict)  # the latest progress event: text, activity, earlier
+    edits: Throttle | None = None                           # paces the progress edits (progress_interval)
 
 
 class Turns:
@@ -59,15 +64,20 @@ class Turns:
         self.tasks = Background(logger)
         self._finished: OrderedDict[str, None] = OrderedDict()  # recent task_ids, so a late event is not shown twice
 
-    async def start(self, req: Req, node_id: str, text: str, action: TaskAction = TaskAction.TURN,
-                    images: list[str] | None = None) -> None:
-        """Answer with the placeholder now; the turn itself (or codex's review or compaction) runs in the background."""
+    async def start(self, req: Req, node_id: str, text: str, chat: dict[str, Any],
+                    action: TaskAction = TaskAction.TURN, images: list[str] | None = None) -> None:
+        """Answer with the placeholder now; the turn itself (or codex's review or compaction) runs in the background.
+        `chat`: its settings."""
         asked, task_id = time.monotonic(), new_id("task")
         sent = await self.delivery.send(req.chat_id, render.placeholder(node_id, action), render.stop_button(task_id),
                                         trace_id=req.trace_id)
         turn = Turn(task_id, req.chat_id, req.user_id, node_id, req.trace_id, sent.message_id if sent else None,
-                    action)
+                    action, verbose=int(chat.get("verbose", DEFAULT_VERBOSE)),
+                    result_mode=str(chat.get("result_mode") or DEFAULT_RESULT_MODE))
         turn.shown = render.placeholder(node_id, action)
+        # Sending the placeholder counts as its first write: its first edit comes progress_interval later.
+        turn.edits = Throttle(self.config.progress_interval, lambda: self._edit_progress(turn), self.tasks,
+                              f"progress:{task_id}", last=time.monotonic())
         self.active[turn.task_id] = turn
         log(logger, logging.INFO, "turn_started", chat_id=req.chat_id, user_id=req.user_id, node_id=node_id,
             task_id=turn.task_id, trace_id=req.trace_id, placeholder_ms=round((turn.started - asked) * 1000))
@@ -107,32 +117,25 @@ class Turns:
 
     async def on_progress(self, event: dict[str, Any]) -> None:
         turn = self.active.get(str(event.get("task_id")))
-        if turn is None or turn.message_id is None:
+        if turn is None or turn.message_id is None or turn.edits is None:
             return
-        turn.latest = (render.queued(turn.node_id) if event.get("queued") else
-                       render.progress(turn.node_id, str(event.get("text") or ""), event.get("notice")))
-        await self._show_progress(turn)
+        turn.progress = event
+        # Edited now, or once progress_interval has passed since the last edit, with the latest: the last retry
+        # notice or step inside an interval is shown at its end, not lost.
+        turn.edits.poke()
 
-    async def _show_progress(self, turn: Turn) -> None:
-        """Throttled: progress inside the interval is shown at its end, so the last retry notice is not lost."""
+    async def _edit_progress(self, turn: Turn) -> None:
         async with turn.lock:
-            if turn.done or turn.message_id is None or turn.latest == turn.shown:
+            p = turn.progress
+            text = (render.queued(turn.node_id) if p.get("queued") else
+                    render.progress(turn.node_id, str(p.get("text") or ""), p.get("activity"),
+                                    int(p.get("earlier") or 0), turn.verbose, p.get("notice")))
+            if turn.done or text == turn.shown or turn.message_id is None:
                 return
-            wait = self.config.progress_interval - (time.monotonic() - turn.last_edit)
-            if wait > 0:
-                if not turn.flushing:
-                    turn.flushing = True
-                    self.tasks.spawn(self._show_later(turn, wait), f"progress:{turn.task_id}")
-                return
-            turn.last_edit, turn.shown = time.monotonic(), turn.latest
+            turn.shown = text
             # The Stop button stays while the turn runs: an edit without it would take it away.
-            await self.delivery.edit(turn.chat_id, turn.message_id, turn.latest, render.stop_button(turn.task_id),
+            await self.delivery.edit(turn.chat_id, turn.message_id, text, render.stop_button(turn.task_id),
                                      trace_id=turn.trace_id)
-
-    async def _show_later(self, turn: Turn, wait: float) -> None:
-        await asyncio.sleep(wait)
-        turn.flushing = False
-        await self._show_progress(turn)
 
     async def on_result(self, event: dict[str, Any]) -> None:
         """A result event: the same answer the dispatch call gives, and the only one after a lost call."""
@@ -170,21 +173,30 @@ class Turns:
             out = answer({**result, "text": render.review(str(result.get("text") or ""))}, self.config.answer_max_parts)
         else:
             out = answer(result, self.config.answer_max_parts)
-        await self._final(turn, out, ok=True)
+        await self._final(turn, out, ok=True, in_place=bool(result.get("steered_into")))
 
     async def fail(self, turn: Turn, err: RelayError) -> None:
         failed = formatting.Answer([formatting.plain_part(render.failure("Codex turn", err.kind, err.error))])
         await self._final(turn, failed, ok=False, error_kind=err.kind)
 
-    async def _final(self, turn: Turn, answer: formatting.Answer, ok: bool, error_kind: str | None = None) -> None:
-        """Show the outcome exactly once: edited into the placeholder, the rest (or all, without one) sent."""
+    async def _final(self, turn: Turn, answer: formatting.Answer, ok: bool, error_kind: str | None = None,
+                     in_place: bool = False) -> None:
+        """Show the outcome exactly once. `replace` (and a stop, the user's own act, or a note that the message
+        steered the running turn: `in_place`) edits it into the placeholder and sends the rest; `send` posts it
+        anew, so Telegram notifies, and closes the placeholder as a record."""
         async with turn.lock:
             if turn.done:
                 return
             turn.done = True
+            if turn.edits is not None:
+                await turn.edits.close()
             self._remember(turn.task_id)  # before leaving `active`: its result event must not look orphaned
             self.active.pop(turn.task_id, None)
-            await self._deliver(turn.chat_id, turn.task_id, turn.message_id, answer, turn.trace_id)
+            if (turn.result_mode == "send" and turn.message_id is not None and error_kind != ErrorKind.CANCELLED
+                    and not in_place):
+                await self._post(turn, answer, ok)
+            else:
+                await self._deliver(turn.chat_id, turn.task_id, turn.message_id, answer, turn.trace_id)
         log(logger, logging.INFO, "turn_final", chat_id=turn.chat_id, user_id=turn.user_id, node_id=turn.node_id,
             task_id=turn.task_id, trace_id=turn.trace_id, ok=ok, error_kind=error_kind,
             ms=round((time.monotonic() - turn.started) * 1000))
@@ -197,20 +209,48 @@ class Turns:
             parts = parts[1:]
         for part in parts:
             await self.delivery.send(chat_id, part, trace_id=trace_id)
+        await self._document(chat_id, task_id, answer, trace_id)
+
+    async def _document(self, chat_id: int, task_id: str, answer: formatting.Answer, trace_id: str | None) -> None:
         if answer.document is not None:
             await self.delivery.document(chat_id, render.answer_document(task_id), answer.document,
                                          render.answer_caption(len(answer.document.decode()), answer.total_parts),
                                          trace_id=trace_id)
+
+    async def _post(self, turn: Turn, answer: formatting.Answer, ok: bool) -> None:
+        """/result send: every part as a new message, then the document, then the placeholder closed."""
+        assert turn.message_id is not None
+        if await self.delivery.send(turn.chat_id, answer.parts[0], trace_id=turn.trace_id) is None:
+            # Refused, or its fate unknown (rare: telegram_timeout is long): the placeholder carries it instead,
+            # so an answer is never lost.
+            await self._deliver(turn.chat_id, turn.task_id, turn.message_id, answer, turn.trace_id)
+            return
+        for part in answer.parts[1:]:
+            await self.delivery.send(turn.chat_id, part, trace_id=turn.trace_id)
+        await self._document(turn.chat_id, turn.task_id, answer, turn.trace_id)
+        p = turn.progress
+        if turn.edits is not None:  # the answer went at once; the closing edit keeps Telegram's edit spacing
+            await asyncio.sleep(turn.edits.due_in())
+        await self.delivery.edit(turn.chat_id, turn.message_id, render.finished(
+            turn.node_id, list(p.get("activity") or []), int(p.get("earlier") or 0), turn.verbose, ok),
+            trace_id=turn.trace_id)
 
     async def close(self) -> None:
         await self.tasks.close()
 
 
 def answer(result: dict[str, Any], max_parts: int) -> formatting.Answer:
-    """Codex's answer in Telegram-sized parts (or a document), then what the node refused for the user in the turn."""
+    """Codex's answer in Telegram-sized parts (or a document), the turn's token usage under it, then what the node
+    refused for the user in the turn."""
     if result.get("steered_into"):
         return formatting.Answer([formatting.plain_part(render.STEERED)])  # the running turn's answer answers it
     out = formatting.answer(str(result.get("text") or ""), max_parts)
+    if result.get("usage"):
+        line, last = render.usage(result["usage"]), out.parts[-1]
+        # Under the answer's last message when it fits there (Telegram counts the text after parsing), else alone.
+        tail = ([formatting.Part(f"{last.html}\n\n{html.escape(line, quote=False)}", f"{last.plain}\n\n{line}")]
+                if len(last.plain) + len(line) + 2 <= formatting.MAX_TEXT else [last, formatting.plain_part(line)])
+        out = dataclasses.replace(out, parts=[*out.parts[:-1], *tail])
     if notes := [str(n) for n in result.get("notes") or []]:
         out = dataclasses.replace(out, parts=[*out.parts, formatting.plain_part(render.notes(notes)[:formatting.MAX_TEXT])])
     return out

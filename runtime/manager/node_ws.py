@@ -250,8 +250,8 @@ async def _task_progress(mgr: Manager, session: NodeSession, msg: wire.TaskProgr
     task = await mgr.owned_task(session.node_id, msg.task_id)
     if task is not None and task["state"] not in FINAL_STATES:
         mgr.hub.publish(wire.TaskProgressEvent(task_id=msg.task_id, node_id=session.node_id,
-                                               chat_key=task["chat_key"], text=msg.text, notice=msg.notice,
-                                               queued=msg.queued))
+                                               chat_key=task["chat_key"], text=msg.text, activity=msg.activity,
+                                               earlier=msg.earlier, notice=msg.notice, queued=msg.queued))
 
 
 @on(wire.TaskResult)

@@ -309,6 +309,11 @@ class Manager:
             raise RelayError(ErrorKind.FORBIDDEN, f"approval {approval_id} belongs to another chat: only that chat's "
                                                   "users or an admin may decide it")
         _check_answers(approval, decision, answers)
+        offered = approval.get("decisions")
+        if offered is not None and decision.value not in offered:
+            # What codex does with a decision it did not offer is undefined: refused here, nothing reaches it.
+            raise RelayError(ErrorKind.INVALID_REQUEST, f"codex does not offer `{decision.value}` for approval "
+                                                        f"{approval_id}; it offers: {', '.join(offered)}")
         state = DECISION_STATE[decision]
         if not await self.store.decide_approval(approval_id, state, decision.value, decided_by):
             current = await self.store.approval(approval_id)

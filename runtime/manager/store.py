@@ -21,6 +21,7 @@ from runtime.logfmt import log
 from runtime.manager.nodeview import COLUMNS as NODE_COLUMNS, NodeView
 from runtime.protocol import (FINAL_STATES, ApprovalState, ErrorKind, RelayError, TaskState, encode, encode_bytes,
                               final_state, new_id)
+from runtime.protocol.api import DEFAULT_RESULT_MODE, DEFAULT_VERBOSE
 from runtime.protocol.wire import ApprovalRequest, EventFrame, TaskAssign
 
 logger = logging.getLogger("codex_manager.store")
@@ -78,11 +79,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE chat_routes ADD COLUMN queue INTEGER NOT NULL DEFAULT 0;
     """,
+    # How a chat's turns are shown (/verbose, /result); NULL is the protocol's default.
+    """
+    ALTER TABLE chat_routes ADD COLUMN verbose INTEGER;
+    ALTER TABLE chat_routes ADD COLUMN result_mode TEXT;
+    """,
 )
 # The final states as SQL, written exactly as the partial indexes above have them, so SQLite uses those indexes.
 FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(FINAL_STATES)) + ")"
 assert FINAL_SQL == "('cancelled', 'done', 'failed')", "a new final state needs a migration of the partial indexes"
-ROUTE_FIELDS = ("node_id", "model", "effort", "queue")
+ROUTE_FIELDS = ("node_id", "model", "effort", "queue", "verbose", "result_mode")  # a chat's settings, a column each
+ROUTE_DEFAULTS = {"verbose": DEFAULT_VERBOSE, "result_mode": DEFAULT_RESULT_MODE}  # what a NULL column reads as
 THREAD_SETTINGS = ("cwd", "sandbox", "approval_policy")
 
 
@@ -252,7 +259,8 @@ class Store:
     # ---- chats and threads -----------------------------------------------------------------
     async def chat(self, chat_key: str) -> dict[str, Any]:
         rows = await self.query(f"SELECT {', '.join(ROUTE_FIELDS)} FROM chat_routes WHERE chat_key = ?", (chat_key,))
-        route = rows[0] if rows else dict.fromkeys(ROUTE_FIELDS)
+        route = {k: ROUTE_DEFAULTS.get(k) if v is None else v for k, v in
+                 (rows[0] if rows else dict.fromkeys(ROUTE_FIELDS)).items()}
         route["queue"] = bool(route["queue"])
         threads = await self.query(f"SELECT node_id, thread_id, {', '.join(THREAD_SETTINGS)} FROM threads "
                                    "WHERE chat_key = ?", (chat_key,))
@@ -261,8 +269,8 @@ class Store:
                 "bindings": bindings}
 
     async def update_chat(self, chat_key: str, fields: dict[str, Any]) -> None:
-        """Set the chat's node, model, effort and/or queue mode; `thread_id` (None = start fresh) binds a thread on
-        its node, with the settings in `fields` (absent ones are the node's defaults)."""
+        """Set the chat's node, model, effort, queue mode and/or how its turns are shown; `thread_id` (None = start
+        fresh) binds a thread on its node, with the settings in `fields` (absent ones are the node's defaults)."""
         now = time.time()
         async with self.tx("update_chat") as db:
             await db.execute("INSERT INTO chat_routes (chat_key, updated_at) VALUES (?, ?) "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runtime.logfmt import log
+from runtime.node.activity import file_changes
 from runtime.node.appserver import RpcError
 from runtime.node.config import NodeConfig
 from runtime.node.link import ManagerLink
@@ -41,6 +42,17 @@ class Pending:
     why: str = ""  # why it was withdrawn
 
 
+def offered(params: dict[str, Any]) -> list[Decision]:
+    """The decisions codex offers for this request, in Decision's order. Its availableDecisions may also hold
+    amendments (a rule persisted on the node), which are not offered in chat. A file-change approval carries no
+    list: its response takes every Decision."""
+    available = params.get("availableDecisions")
+    if not isinstance(available, list):
+        return list(Decision)
+    names = {d if isinstance(d, str) else next(iter(d), "") for d in available if isinstance(d, str | dict)}
+    return [d for d in Decision if d.value in names]
+
+
 class Approvals:
     def __init__(self, config: NodeConfig, link: ManagerLink, turn_of: Callable[[str], Turn | None]) -> None:
         self.config = config
@@ -65,7 +77,8 @@ class Approvals:
                 task_id=turn.task_id if turn else None, trace_id=turn.trace_id if turn else None,
                 chat_key=turn.chat_key if turn else None, thread_id=thread_id or None,
                 command=params.get("command"), cwd=params.get("cwd"), reason=params.get("reason"),
-                changes=params.get("changes"), questions=params.get("questions")))
+                changes=self._changes(params, turn), questions=params.get("questions"),
+                decisions=None if kind == ApprovalKind.QUESTION else offered(params)))
             try:
                 answer = await asyncio.wait_for(pending.answer, self.config.approval_timeout)
             except TimeoutError:
@@ -113,6 +126,12 @@ class Approvals:
         pending.answer.set_result(None)
         log(logger, logging.INFO, "approval_withdrawn", node_id=self.config.node_id, approval_id=pending.approval_id,
             task_id=pending.turn.task_id if pending.turn else None, reason=why)
+
+    @staticmethod
+    def _changes(params: dict[str, Any], turn: Turn | None) -> list[dict[str, str]] | None:
+        """A file change's files and diffs: codex sent them just before asking, as its fileChange item."""
+        item = turn.steps.items.get(str(params.get("itemId"))) if turn is not None else None
+        return file_changes(item, turn.steps.cwd) if item is not None and turn is not None else None
 
     def _refuse(self, method: str, params: dict[str, Any], turn: Turn | None) -> dict[str, Any]:
         """At once, in the shape codex's schema gives the response, and noted for the user with the answer."""

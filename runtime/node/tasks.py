@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.logfmt import log
+from runtime.node.activity import Steps, add_usage
 from runtime.node.appserver import AppServer
 from runtime.node.approvals import Approvals
 from runtime.node.config import NodeConfig
@@ -23,7 +24,8 @@ from runtime.node.link import ManagerLink
 from runtime.node.readiness import Monitor
 from runtime.protocol import ErrorKind, RelayError, TaskAction, TaskState, final_state
 from runtime.protocol import wire
-from runtime.protocol.wire import TaskOutcome, failed_task
+from runtime.protocol.wire import TaskOutcome, TokenUsage, failed_task
+from runtime.throttle import Throttle
 
 logger = logging.getLogger("codex_node")
 
@@ -57,7 +59,9 @@ class Turn:
     generation: int = 0          # the codex child that runs it: only that one can interrupt it
     starting: bool = False       # turn/start was sent: from here on, a stop goes through codex
     stop_requested: bool = False  # the user stopped it: an interrupted end is `cancelled`, not a failure
-    last_progress: float = 0.0
+    steps: Steps = field(default_factory=Steps)   # its commands, file changes and tool calls, for the progress
+    usage: TokenUsage | None = None
+    progress: Throttle | None = None              # paces its progress frames (progress_interval)
     notice: str | None = None  # codex's latest retry notice, as the user reads it
     waiting_since: float | None = None  # since when codex waits for the network to reach the provider
     done: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -234,7 +238,9 @@ class Runner:
     # ---- running a turn ----------------------------------------------------------------------
     async def _run(self, task: Task, msg: wire.TaskAssign) -> None:
         started = time.monotonic()
-        turn = task.turn = Turn(task.task_id, msg.trace_id, msg.chat_key)
+        turn = task.turn = Turn(task.task_id, msg.trace_id, msg.chat_key, steps=Steps(self.config.cwd))
+        turn.progress = Throttle(self.config.progress_interval, lambda: self._send_progress(turn), self.link.tasks,
+                                 f"progress-{task.task_id}")
         try:
             result = await asyncio.wait_for(self._turn(task, turn, msg), msg.timeout)
         except TimeoutError:
@@ -244,6 +250,8 @@ class Runner:
         except RelayError as err:
             result = failed_task(err)
         finally:
+            if turn.progress is not None:
+                await turn.progress.close()  # the result carries the rest
             if turn.turn_id is not None and not turn.done.done():
                 await self._interrupt(turn)
             turn.begun.set()
@@ -254,6 +262,8 @@ class Runner:
                                   else f"the turn ended ({result.error_kind or 'done'}) before anyone decided")
         if turn.notes:
             result.notes = turn.notes
+        if turn.usage is not None:
+            result.usage = turn.usage
         result.duration_ms = round((time.monotonic() - started) * 1000, 1)
         self._finish(task, result)
         self._log_final(task, turn.trace_id, result.thread_id or msg.thread_id, turn.turn_id)
@@ -520,11 +530,7 @@ class Runner:
             turn.waiting_since = None  # codex got through again
         if method == "item/agentMessage/delta":
             turn.text += params.get("delta", "")
-            now = time.monotonic()
-            if now - turn.last_progress >= self.config.progress_interval:
-                turn.last_progress = now
-                self.link.tasks.spawn(self.link.send(wire.TaskProgress(task_id=turn.task_id, chat_key=turn.chat_key,
-                                                                       text=turn.text)), "progress")
+            self._progressed(turn)
         elif method == "item/completed" and (params.get("item") or {}).get("type") == "agentMessage":
             turn.messages.append(params["item"].get("text", ""))
             turn.text = ""
@@ -535,6 +541,11 @@ class Runner:
             if turn.turn_id is None:  # a compaction's turn is named only here
                 turn.turn_id = turn.active_id
                 turn.begun.set()
+        elif method in ("item/started", "item/completed"):
+            if turn.steps.on_item(params.get("item") or {}):
+                self._progressed(turn)
+        elif method == "thread/tokenUsage/updated":
+            turn.usage = add_usage(turn.usage, params)
         elif method == "error":
             turn.errors.append(params)
             self._codex_error(turn, params)
@@ -554,11 +565,24 @@ class Runner:
         turn.notice = retry_notice(message, details)
         if WAITING_FOR_NETWORK in message and turn.waiting_since is None:
             turn.waiting_since = time.monotonic()
-        self.link.tasks.spawn(self.link.send(wire.TaskProgress(task_id=turn.task_id, chat_key=turn.chat_key,
-                                                               text=turn.text, notice=turn.notice)), "progress")
+        self.link.tasks.spawn(self._send_progress(turn, turn.notice), "progress")
 
     async def on_server_request(self, method: str, params: dict[str, Any], request_id: Any) -> dict[str, Any] | None:
         return await self.approvals.on_request(method, params, request_id)
+
+    # ---- progress ------------------------------------------------------------------------------
+    @staticmethod
+    def _progressed(turn: Turn) -> None:
+        if turn.progress is not None:
+            turn.progress.poke()
+
+    async def _send_progress(self, turn: Turn, notice: str | None = None) -> None:
+        """The turn as it stands: the agent's latest text (the one streaming, else the last finished) and steps;
+        with codex's retry notice when one is why it goes (the next frame, codex having got through, has none)."""
+        text = turn.text or (turn.messages[-1] if turn.messages else "")
+        await self.link.send(wire.TaskProgress(task_id=turn.task_id, chat_key=turn.chat_key, text=text,
+                                               activity=turn.steps.latest(), earlier=turn.steps.earlier,
+                                               notice=notice))
 
 
 def _final_text(turn: Turn, done: dict[str, Any]) -> str:

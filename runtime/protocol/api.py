@@ -53,6 +53,15 @@ Text = Annotated[str, Meta(min_length=1)]
 Timeout = Annotated[float, Meta(gt=0, le=MAX_TIMEOUT, description="seconds; must be positive")]
 PageLimit = Annotated[int, Meta(ge=1, le=100_000)]
 UserId = Annotated[int, Meta(ge=1, le=2**53, description="a Telegram user id")]
+# A chat's /verbose: what its progress message shows. 0 the agent's text, 1 also the commands, files and tool calls,
+# 2 also their output, diffs and arguments.
+Verbose = Annotated[int, Meta(ge=0, le=2, description="0 the agent's text, 1 + commands, files and tool calls, "
+                                                       "2 + their output and details")]
+DEFAULT_VERBOSE: Final = 1
+# A chat's /result: `send` posts the final answer as a new message (Telegram notifies), `replace` edits the
+# progress message into it.
+ResultMode = Literal["send", "replace"]
+DEFAULT_RESULT_MODE: Final = "send"
 
 
 class Body(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
@@ -192,6 +201,8 @@ class ChatSelectBody(Body):
     sandbox: SandboxMode | None | UnsetType = UNSET
     approval_policy: ApprovalPolicy | None | UnsetType = UNSET
     queue: bool | UnsetType = UNSET
+    verbose: Verbose | UnsetType = UNSET
+    result_mode: ResultMode | UnsetType = UNSET
 
 
 class TasksQuery(Body):
@@ -305,6 +316,8 @@ class ChatReply(Reply):
     threads: dict[str, str]  # node_id -> the chat's thread there
     bindings: dict[str, Binding]  # the same, with each thread's settings
     queue: bool = False
+    verbose: int = DEFAULT_VERBOSE
+    result_mode: ResultMode = DEFAULT_RESULT_MODE
 
 
 class TaskRow(msgspec.Struct, kw_only=True):
@@ -404,9 +417,10 @@ ROUTES: Final[tuple[Route, ...]] = (
           TokenCreated),
     Route("GET", Api.TOKENS, "Node tokens, without their secrets", NoBody, TokensReply),
     Route("POST", Api.TOKENS_REVOKE, "Revoke a token and close live sessions that use it", TokenRef, RevokeReply),
-    Route("GET", Api.CHAT, "A chat's selected node, model, effort and threads (?chat_key=)", ChatRef, ChatReply),
+    Route("GET", Api.CHAT, "A chat's selected node, model, effort and threads, and how its turns are shown "
+          "(?chat_key=)", ChatRef, ChatReply),
     Route("POST", Api.CHAT_SELECT, "Select a chat's node, model, effort or thread and its settings (thread_id null "
-          "starts a new one)", ChatSelectBody, ChatReply),
+          "starts a new one), or set how its turns are shown (verbose, result_mode)", ChatSelectBody, ChatReply),
     Route("GET", Api.TASKS, "Tasks not yet final, or one task with ?task_id=", TasksQuery, TasksReply),
     Route("POST", Api.TASKS_STOP, "Stop a running turn (task_id) or a chat's running turns (chat_key): codex is "
           "interrupted and each task ends cancelled", StopBody, StopReply),

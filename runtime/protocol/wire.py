@@ -112,6 +112,18 @@ class Failure(msgspec.Struct, omit_defaults=True, kw_only=True):
     retriable: bool | None = None
 
 
+class TokenUsage(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A turn's tokens, summed over its model requests (the `last` of codex's thread/tokenUsage/updated), and how
+    full the thread's context is: the latest request's `context_tokens` of the model's `context_window`."""
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_output_tokens: int = 0
+    total_tokens: int = 0
+    context_tokens: int | None = None
+    context_window: int | None = None
+
+
 class TaskOutcome(Failure, kw_only=True):
     """A task's one final result: the answer's text and where it ran, or the failure."""
     ok: bool
@@ -122,9 +134,22 @@ class TaskOutcome(Failure, kw_only=True):
     # What the node answered codex on the user's behalf during the turn (a request it cannot relay yet, and
     # refused), for the user to read with the answer.
     notes: list[str] | None = None
+    usage: TokenUsage | None = None  # absent when codex reported none (the turn never reached the model)
     # The prompt joined the chat's running turn (turn/steer) instead of running on its own: that task's answer is
     # the answer to both, and this task ends done with no text of its own.
     steered_into: str | None = None
+
+
+StepStatus = Literal["running", "done", "failed", "declined"]
+
+
+class Activity(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One step of a running turn, from codex's item/started and item/completed: a command, a file change or a
+    tool call. The bot shows `title` from /verbose 1 on, and `detail` (output, diff, arguments) at /verbose 2."""
+    kind: Literal["command", "files", "tool"]
+    title: str
+    status: StepStatus = "running"
+    detail: str = ""
 
 
 class RpcOutcome(Failure, kw_only=True):
@@ -201,9 +226,12 @@ class TaskAck(Frame, tag=Msg.TASK_ACK.value, kw_only=True):
 
 
 class TaskProgress(Frame, tag=Msg.TASK_PROGRESS.value, kw_only=True):
+    """The turn so far: the agent's text, and its latest steps (older ones are counted in `earlier`)."""
     task_id: Id
     chat_key: str | None = None
     text: str = ""
+    activity: list[Activity] = msgspec.field(default_factory=list)
+    earlier: int = 0
     # codex's latest retry notice in this turn, e.g. "reconnecting 2/5: unexpected status 503 ..."
     notice: str | None = None
     # The task waits for the turn running on its thread to end, and runs right after it (the chat queues).
@@ -242,7 +270,10 @@ class ApprovalFields(msgspec.Struct, omit_defaults=True, kw_only=True):
     command: Any = None
     cwd: str | None = None
     reason: str | None = None
+    # A file change's files: [{"path", "kind", "diff"}], as codex's fileChange item had them before it asked.
     changes: Any = None
+    # The decisions codex offers (its availableDecisions, those a user can give); absent: any Decision.
+    decisions: list[Decision] | None = None
     # kind `question`: codex's questions as its schema gives them (id, header, question, options, isOther, isSecret)
     questions: Any = None
 
@@ -415,6 +446,8 @@ class TaskProgressEvent(EventFrame, tag=Event.TASK_PROGRESS.value, kw_only=True)
     node_id: str
     chat_key: str | None = None
     text: str = ""
+    activity: list[Activity] = msgspec.field(default_factory=list)
+    earlier: int = 0
     notice: str | None = None
     queued: bool = False
 

@@ -123,7 +123,8 @@ async def _decide_when_asked(stack: Stack, task_id: str, decision: str) -> dict:
     async for _ in Backoff(0.05, factor=1).tries(10):
         for approval in (await stack.call(Api.APPROVALS, {"state": "pending"}))["approvals"]:
             if approval.get("task_id") == task_id:
-                assert approval["command"] and approval["cwd"]
+                # What is asked: a command where it runs, or a file change's files.
+                assert approval["command"] and approval["cwd"] if approval["kind"] == "command" else approval["changes"]
                 return await stack.call(Api.APPROVALS_DECIDE, {"approval_id": approval["approval_id"],
                                                                "decision": decision, "decided_by": "b1"})
     raise AssertionError(f"no approval for {task_id}")
@@ -131,10 +132,11 @@ async def _decide_when_asked(stack: Stack, task_id: str, decision: str) -> dict:
 
 @pytest.mark.case("B1-07")
 async def test_approval_end_to_end(stack: Stack, node: str) -> None:
-    """approve runs the command and decline tells the model; both close the loop"""
-    for decision, expect in (("accept", "relay-approved"), ("decline", "rejected")):
+    """approve runs the command and decline tells the model; both close the loop. The decline is of a file change:
+    codex 0.171 offers `decline` there, and not for an escalated command (P1-08)."""
+    for decision, marker, expect in (("accept", "approve", "relay-approved"), ("decline", "patch", "rejected")):
         task_id = new_id("task")
-        turn = asyncio.create_task(dispatch(stack, node, f"{decision} [[mock:approve]] {task_id}", task_id=task_id))
+        turn = asyncio.create_task(dispatch(stack, node, f"{decision} [[mock:{marker}]] {task_id}", task_id=task_id))
         decided = await _decide_when_asked(stack, task_id, decision)
         assert decided["delivered"]
         result = await turn

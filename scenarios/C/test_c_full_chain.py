@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from harness.ends.telegram import FakeTelegram, TelegramUser, button
+from harness.ends.upstream import PATCH_FILE
 from harness.stack import paths
 from harness.stack.stack import Stack
 from runtime.protocol import Api, new_id
@@ -97,13 +98,17 @@ async def test_approve_button_runs_command(stack: Stack, tg: FakeTelegram) -> No
 
 @pytest.mark.case("C-06")
 async def test_decline_button_tells_model(stack: Stack, tg: FakeTelegram) -> None:
-    """approval requested -> Decline -> the model is told; the reply reflects it"""
+    """approval requested -> Decline -> the model is told; the reply reflects it. The request is a file change:
+    codex 0.171 offers `decline` for those (no availableDecisions, so every decision its response takes), while for
+    a command it offers only accept, an execpolicy amendment and cancel (P1-08)."""
     user = await fresh_chat(tg)
-    since = await user.say("please run it [[mock:approve]]")
-    prompt = await approval_prompt(user, since)
+    await user.say("please write it [[mock:patch]]")
+    prompt = await user.until_shown(lambda m: "Approval needed" in m["text"] and m.get("reply_markup"))
+    assert f"• {PATCH_FILE} (add)" in prompt["text"], prompt
     await user.alert(await user.tap(prompt["message_id"], button(prompt, "Decline")))
     answer = await user.until_shown(lambda m: "tool said:" in m["text"] and "⏳" not in m["text"])
-    assert "rejected" in answer["text"] and "exited with code 0" not in answer["text"]
+    assert "rejected" in answer["text"], answer
+    assert not (stack.root / "nodes" / NODE / "cwd" / PATCH_FILE).exists(), "a declined patch was applied"
     assert "Declined by" in (await user.shown(prompt["message_id"]))["text"]
 
 
@@ -180,10 +185,13 @@ async def test_bot_killed_while_turns_finish(stack: Stack, tg: FakeTelegram) -> 
         await tg.wait_call("getUpdates", None, polls, 30)
         await turn(user, f"{run} ping", f"mock reply: {run} ping")  # the bot is back and caught up
 
+    def is_answer(m: dict[str, Any]) -> bool:  # the answer, with the turn's token usage under it (P1-13)
+        return bool(m["text"].partition("\n\n🔢")[0] == answer)
+
     await restart_bot()
-    await user.until_shown(lambda m: m["text"] == answer, 30)
+    await user.until_shown(is_answer, 30)
     await restart_bot()  # its place in the events was kept: nothing shown before comes again
-    shown = [m for m in await user.messages() if m.get("from_bot") and m["text"] == answer]
+    shown = [m for m in await user.messages() if m.get("from_bot") and is_answer(m)]
     assert len(shown) == 1, f"the answer was shown {len(shown)} times: {shown}"
 
 

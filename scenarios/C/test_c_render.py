@@ -24,12 +24,14 @@ _chats = itertools.count(720_001)
 
 
 async def fresh_chat(tg: FakeTelegram) -> TelegramUser:
-    """A new chat of the admin's, with NODE picked through /node and its button, as a user would."""
+    """A new chat of the admin's, with NODE picked through /node and its button, as a user would; with /result
+    replace, so the answer's first part is edited into the placeholder (/result send, the default, is P1-12's)."""
     user = tg.user(Stack.ADMIN, next(_chats))
     listing = await user.sent(await user.say("/node"))
     [choice] = [b["callback_data"] for row in listing["reply_markup"]["inline_keyboard"] for b in row
                 if b["callback_data"].endswith(f":{NODE}")]
     assert "selected" in (await user.alert(await user.tap(listing["message_id"], choice)))["text"]
+    assert (await user.reply(await user.say("/result replace")))["text"].startswith("Result mode set to replace")
     return user
 
 
@@ -75,8 +77,12 @@ def visible_lines(markdown: str) -> list[str]:
     return out
 
 
+USAGE_LINE = "🔢 "  # the turn's token usage under the answer (P1-13): not the answer's own text
+
+
 def lines_of(parts: list[dict[str, Any]]) -> list[str]:
-    return [line.rstrip() for p in parts for line in p["text"].split("\n") if line.strip()]
+    return [line.rstrip() for p in parts for line in p["text"].split("\n")
+            if line.strip() and not line.startswith(USAGE_LINE)]
 
 
 def block_ends(markdown: str) -> set[str]:
@@ -189,7 +195,8 @@ async def test_answer_past_max_parts_is_a_document(stack: Stack, tg: FakeTelegra
     prompt = f"{key} [[mock:long_markdown=28000]]"  # 28,422 characters: 8 messages
     markdown = long_markdown(28_000, prompt_key(prompt))
     _, messages = await ask(user, prompt, lambda m: m.get("document") is not None)
-    first, doc = messages
+    # The usage line (P1-13) goes under the first part, or alone after it when that part is full.
+    first, doc = [m for m in messages if not m["text"].startswith(USAGE_LINE)]
     assert first["text"].startswith(f"Long answer for {key}") and first["entities"], first
     head = lines_of([first])
     assert head == visible_lines(markdown)[:len(head)] and len(first["text"]) <= LIMIT

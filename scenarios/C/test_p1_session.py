@@ -134,7 +134,8 @@ async def test_unsupported_request_is_refused(stack: Stack, tg: FakeTelegram) ->
     shape of that request's response; the user reads what was refused; the turn finishes"""
     user = await fresh_chat(tg)
     prompt = f"{new_id('p111')} asks the user"
-    answer = await user.turn(f"{prompt} [[mock:elicit]]", "tool said:")
+    placeholder = await user.sent(await user.say(f"{prompt} [[mock:elicit]]"))
+    answer = await user.until_shown(lambda m: "tool said:" in m["text"] and "⏳" not in m["text"])
     # The MCP server got the decline, and the model read it back in the tool's output.
     # The answer is Markdown, so the JSON's escaped quotes (\\") read as plain quotes in Telegram (P2-01).
     assert 'the user answered: {"action": "decline"}' in answer["text"], answer
@@ -144,6 +145,6 @@ async def test_unsupported_request_is_refused(stack: Stack, tg: FakeTelegram) ->
     [reply] = answers(stack, request)
     assert reply["msg"] == {"id": request["msg"]["id"], "result": {"action": "decline", "content": None}}, reply
     assert reply["t"] - request["t"] < 0.5, f"refused after {reply['t'] - request['t']:.2f}s, not at once"
-    task_id = button(answer["original"], "Stop").partition(":")[2]  # the placeholder's button named its task
+    task_id = button(placeholder, "Stop").partition(":")[2]  # the placeholder's button named its task
     task = (await stack.call(Api.TASKS, {"task_id": task_id}))["task"]
     assert task["state"] == "done" and task["result"]["notes"] == [note["text"].removeprefix("ℹ️ ")], task

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from harness.ends.telegram import FakeTelegram, TelegramUser, button
+from harness.ends.telegram import FakeTelegram, TelegramUser, button, without_usage
 from harness.ends.upstream import prompt_key
 from harness.stack.stack import Stack
 from runtime.backoff import Backoff
@@ -26,8 +26,11 @@ _chats = itertools.count(730_001)
 
 
 async def fresh_chat(tg: FakeTelegram) -> TelegramUser:
+    """A chat on NODE with /result replace: these cases read each turn's outcome in its placeholder (/result send,
+    the default, posts it below instead: P1-12)."""
     user = tg.user(Stack.ADMIN, next(_chats))
     await user.pick_node(NODE)
+    assert (await user.reply(await user.say("/result replace")))["text"].startswith("Result mode set to replace")
     return user
 
 
@@ -57,9 +60,11 @@ def task_of(placeholder: dict[str, Any]) -> str:
 
 
 async def final(user: TelegramUser, placeholder: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-    """The placeholder once its turn has finished (no longer working, no Stop button)."""
-    return await user.until_shown(lambda m: m["message_id"] == placeholder["message_id"] and "⏳" not in m["text"]
+    """The placeholder once its turn has finished (no longer working, no Stop button); its text is the answer's own,
+    without the token usage line under it (P1-13)."""
+    done = await user.until_shown(lambda m: m["message_id"] == placeholder["message_id"] and "⏳" not in m["text"]
                                   and not m.get("reply_markup"), timeout)
+    return {**done, "text": without_usage(done["text"])}
 
 
 async def task(stack: Stack, task_id: str) -> dict[str, Any]:

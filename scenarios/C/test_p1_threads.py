@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from harness.ends.telegram import FakeTelegram, TelegramUser
+from harness.ends.telegram import FakeTelegram, TelegramUser, without_usage
 from harness.stack.stack import Stack
 from runtime.protocol import Api, new_id
 
@@ -21,6 +21,8 @@ _chats = itertools.count(720_001)
 async def chat_on_node(tg: FakeTelegram, user_id: int = Stack.ADMIN) -> TelegramUser:
     user = tg.user(user_id, next(_chats))
     assert (await user.reply(await user.say(f"/node {NODE}")))["text"] == f"Node {NODE} selected for this chat."
+    # These cases read a turn's answer in its placeholder (/result send, the default, posts it below: P1-12).
+    assert (await user.reply(await user.say("/result replace")))["text"].startswith("Result mode set to replace")
     return user
 
 
@@ -48,7 +50,7 @@ async def turn(user: TelegramUser, text: str, expect: str) -> str:
     assert placeholder["text"].startswith("⏳"), placeholder
     final = await user.until_shown(lambda m: m["message_id"] == placeholder["message_id"] and "⏳" not in m["text"])
     assert expect in final["text"], final
-    return str(final["text"])
+    return without_usage(final["text"])
 
 
 async def whoami(user: TelegramUser) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from harness.ends.telegram import FakeTelegram, TelegramUser
+from harness.ends.telegram import FakeTelegram, TelegramUser, without_usage
 from harness.stack import paths, ports
 from harness.stack.procs import log_fields
 from harness.stack.stack import Stack, launch, write_codex_home
@@ -41,6 +41,12 @@ async def ask(user: TelegramUser, text: str) -> str:
     return str((await user.reply(await user.say(text)))["text"])
 
 
+async def replace_mode(user: TelegramUser) -> None:
+    """/result replace: these cases read a turn's outcome in its placeholder (/result send, the default, posts it
+    below instead: P1-12)."""
+    assert (await ask(user, "/result replace")).startswith("Result mode set to replace")
+
+
 async def prompt_outcome(user: TelegramUser, text: str, timeout: float = 60.0) -> tuple[dict[str, Any], float]:
     """Send a prompt; its placeholder once it shows the final outcome (with every edit it went through), and the
     seconds that took."""
@@ -49,7 +55,7 @@ async def prompt_outcome(user: TelegramUser, text: str, timeout: float = 60.0) -
     assert placeholder["text"].startswith("⏳"), placeholder
     final = await user.until_shown(lambda m: m["message_id"] == placeholder["message_id"] and "⏳" not in m["text"],
                                    timeout)
-    return final, time.monotonic() - started
+    return {**final, "text": without_usage(final["text"])}, time.monotonic() - started
 
 
 def notices(message: dict[str, Any]) -> list[str]:
@@ -74,6 +80,7 @@ async def test_not_logged_in(stack: Stack, tg: FakeTelegram) -> None:
 
     user = chat(tg)
     await user.pick_node(node_id)
+    await replace_mode(user)
     assert f"• {node_id}: online, not ready: codex is not logged in" in await ask(user, "/node")
     status = await ask(user, "/status")
     assert "ready: no, codex is not logged in" in status and "fix: " in status and "`codex login`" in status, status
@@ -106,6 +113,7 @@ async def test_provider_refuses_or_is_unreachable(stack: Stack, tg: FakeTelegram
     proc = await stack.add_node(node_id, provider=RETRYING, provider_wait=2)
     user = chat(tg)
     await user.pick_node(node_id)
+    await replace_mode(user)
     for status, kind, retried in ((503, "upstream_error, retriable=yes", True), (401, "upstream_unauthorized, "
                                   "retriable=no", True), (429, "upstream_error, retriable=yes", False)):
         final, seconds = await prompt_outcome(user, f"u02 provider answers {status} [[mock:http={status}]]")
