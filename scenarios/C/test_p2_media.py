@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from harness.ends.telegram import FakeTelegram, TelegramUser
+from harness.ends.telegram import FakeTelegram, TelegramUser, without_usage
 from harness.stack.stack import Stack
 from runtime.protocol import Api, new_id
 from runtime.protocol.wire import FILE_CHUNK_BYTES, MAX_FILE_BYTES
@@ -32,8 +32,11 @@ _chats = itertools.count(730_001)
 
 
 async def chat_on_node(tg: FakeTelegram) -> TelegramUser:
+    """A chat on NODE with /result replace: these cases read each turn's outcome in its placeholder (/result send,
+    the default, posts it below instead: P1-12)."""
     user = tg.user(Stack.ADMIN, next(_chats))
     assert (await user.reply(await user.say(f"/node {NODE}")))["text"] == f"Node {NODE} selected for this chat."
+    assert (await user.reply(await user.say("/result replace")))["text"].startswith("Result mode set to replace")
     return user
 
 
@@ -72,7 +75,7 @@ async def final_answer(user: TelegramUser, since: int, timeout: float = 60.0) ->
     assert placeholder["text"].startswith("⏳"), placeholder
     done = await user.until_shown(lambda m: m["message_id"] == placeholder["message_id"] and "⏳" not in m["text"],
                                   timeout)
-    return str(done["text"])
+    return without_usage(str(done["text"])).rstrip()  # the answer's own text, without the token usage under it
 
 
 @pytest.mark.case("P2-05")
@@ -295,7 +298,7 @@ async def test_voice(stack: Stack, tg: FakeTelegram) -> None:
     words = f"list the files here {new_id('v')}"
     since = await user.upload("voice", words.encode(), duration=3)
     assert (await user.reply(since))["text"] == f"🎙 {words}"
-    await user.until_shown(lambda m: m["text"] == f"mock reply: {words}", 60)  # codex ran the transcript
+    await user.until_shown(lambda m: without_usage(m["text"]).rstrip() == f"mock reply: {words}", 60)  # codex ran it
     assert (await stack.upstream("GET", "/_mock/stats"))["by_behavior"]["transcription"] == before + 1
     served = [line for line in stack.procs["upstream"].log_lines("transcription") if STT_MODEL in line]
     assert served, "the node did not ask the provider with its transcribe_model"
