@@ -26,7 +26,7 @@ DETECT_TIMEOUT_S = 20.0  # how long a half-open link may stay unnoticed before t
 @dataclass(frozen=True)
 class Kind:
     name: str
-    target: Literal["manager", "upstream", "node"]  # "node": one node, drawn from the schedule's seed
+    target: Literal["manager", "upstream", "bot", "node"]  # "node": one node, drawn from the schedule's seed
     color: str                                        # its shade in the latency figure
     scope: Scope
     draw: Callable[[random.Random], dict[str, Any]]  # the kind's parameters, from the schedule's seed
@@ -40,7 +40,7 @@ def _no_params(rng: random.Random) -> dict[str, Any]:
     return {}
 
 
-def fault(name: str, target: Literal["manager", "upstream", "node"], color: str,
+def fault(name: str, target: Literal["manager", "upstream", "bot", "node"], color: str,
           draw: Callable[[random.Random], dict[str, Any]] = _no_params,
           after: Callable[[Stack], Awaitable[None]] | None = None) -> Callable[[Scope], Scope]:
     def register(scope: Scope) -> Scope:
@@ -64,6 +64,35 @@ async def manager_kill(stack: Stack, target: str, params: dict[str, Any]) -> Asy
 @asynccontextmanager
 async def node_kill(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
     async with signals.killed(stack.procs[target], stack.faults) as w:
+        yield w
+
+
+DRAIN_DEFAULT_S = 60.0  # the node's own drain_timeout default (runtime/node/config.py), unless the stack set one
+EXIT_MARGIN_S = 15.0    # past the drain: interrupting the rest and writing their results
+
+
+@fault("node_sigterm", "node", "darkorange")
+@asynccontextmanager
+async def node_sigterm(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+    """A graceful stop (R-02): the node takes no new work, drains its turns, exits; it is started again after."""
+    drain = float(stack.node_settings[target].get("drain_timeout", DRAIN_DEFAULT_S))
+    async with signals.terminated(stack.procs[target], stack.faults, drain + EXIT_MARGIN_S) as w:
+        yield w
+
+
+async def _bot_back(stack: Stack) -> None:
+    bot = stack.procs["bot"]
+    await bot.wait_log("bot_ready", timeout=30, seen=bot.starts - 1)  # one bot_ready per start
+
+
+@fault("bot_kill", "bot", "crimson", after=_bot_back)
+@asynccontextmanager
+async def bot_kill(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
+    """SIGKILL the bot while turns run; restarted, it must catch up on what finished meanwhile, once (R-04)."""
+    if "bot" not in stack.procs:
+        yield None  # no bot in this stack: nothing to fault
+        return
+    async with signals.killed(stack.procs["bot"], stack.faults) as w:
         yield w
 
 
@@ -150,7 +179,7 @@ def _hostility(rng: random.Random) -> dict[str, Any]:
     return {"idle_sockets": 16, "ping_interval_s": 0.5}
 
 
-@fault("hostile_peer", "manager", "tab:black", draw=_hostility)
+@fault("hostile_peer", "manager", "black", draw=_hostility)
 @asynccontextmanager
 async def hostile_peer(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
     """A scripted hostile peer on the manager's own ports for the window; the real nodes must not notice."""
