@@ -254,13 +254,15 @@ def test_turns_through_the_bot_are_checked_in_their_chat(tmp_path: Path, g: gate
     ev.chats["900006"] = ["Codex turn failed: kind=node_offline, retriable=yes: the node is offline"]
     ev.tasks["task_c6"].update(state="failed", error_kind="node_offline")  # a failure shown once: sound
     ops[6].outcome, ops[6].error_kind = "fail", "node_offline"
-    ops[7].outcome = "unknown"                                     # the bot died before the message: never taken,
-    ev.chats["900007"], ev.chat_tasks["900007"] = [], []           # nothing to account for but an unknown
+    ops[7].outcome, ops[7].detail = "unknown", checkers.CHAT_UNANSWERED  # the bot died holding the message:
+    ev.chats["900007"], ev.chat_tasks["900007"] = [], []           # no turn, an unknown, counted as unanswered
     del ev.serves["chat c7"]
+    ev.chats["900000"].insert(0, "⏳ Working on it on n1…")       # answered after a bot restart: a stale
+                                                                   # placeholder beside it, not a second outcome
     evidence.save(ev, tmp_path / "evidence.json")                  # as `harness check` reads it again
     once = checkers.exactly_once(ops, evidence.load(tmp_path / "evidence.json"))
     assert (once.duplicates, once.lost, once.inconsistent, once.unrecorded) == (2, 2, 1, 0), once.examples
-    assert once.unknown == {"absent": 1}
+    assert once.unknown == {"absent": 1} and (once.unanswered, once.stale_placeholders) == (1, 1)
     assert not judge(g, ops, [], ev)["lost == 0"].passed
 
 

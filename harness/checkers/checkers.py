@@ -19,6 +19,7 @@ from harness.history.history import Fault, Op
 
 FINAL = ("done", "failed")
 CHAT_OPS = ("chat", "chat_probe")  # turns sent through Telegram and the bot (harness/load/steady.py)
+CHAT_UNANSWERED = "the chat showed no outcome in time"  # the detail of a chat op whose message got no answer
 EXAMPLES = 10  # violations listed by id; the counts hold the rest
 DROP_SLACK_S = 1.0  # a result in flight when the manager's own timeout fired is a race, not a drop
 
@@ -139,6 +140,11 @@ class ExactlyOnce:
     unrecorded: int = 0        # the model was asked, yet the manager has no such task
     inconsistent: int = 0      # the client's answer and the DB disagree, or done without a model call
     dropped: int = 0           # a node finished it ok, yet the manager later failed it: the result never arrived
+    # Turns through the bot, for information: a message sent that the chat never answered at all, nor the manager
+    # stored (the bot died holding it; Telegram had handed it over), and placeholders left ⏳ beside the outcome
+    # (a bot restarted mid-turn sends the answer anew; the old process's placeholder is nobody's to edit).
+    unanswered: int = 0
+    stale_placeholders: int = 0
     unknown: dict[str, int] = field(default_factory=dict)  # unknown ops by what the DB says they became
     examples: list[str] = field(default_factory=list)
 
@@ -205,9 +211,14 @@ def _chat_once(op: Op, ev: Evidence, r: ExactlyOnce, bad: Callable[[str, Op, str
     state = rows[0][1]["state"] if rows else "absent"
     if op.outcome == "unknown":
         unknown[state] += 1
-    if not task_ids and served == 0 and seen.finals == 0 and seen.working == 0 and op.outcome != "unknown":
-        return  # failed before reaching the bot (the node could not be selected): no turn, nothing to account for
+    if not task_ids and served == 0 and seen.finals == 0 and seen.working == 0:
+        if op.detail == CHAT_UNANSWERED:
+            r.unanswered += 1
+        if op.outcome != "unknown":
+            return  # failed before reaching the bot (the node could not be selected): no turn, nothing to account for
     r.tasks += 1
+    if seen.finals and seen.working:
+        r.stale_placeholders += 1
     if served > 1 or len(task_ids) > 1 or finals > 1 or seen.finals > 1:
         bad("duplicates", op, f"model asked {served}x, {len(task_ids)} turns started by the bot, a task finalised "
                               f"{finals}x, {seen.finals} outcomes shown in chat {key}")
@@ -458,7 +469,9 @@ def report(s: Summary) -> str:
         lines.append(f"exactly-once: {eo.tasks} tasks, {eo.acknowledged} acknowledged, {eo.final} final; "
                      f"duplicates found {eo.duplicates}, unrecorded {eo.unrecorded}, lost {eo.lost}, "
                      f"dropped results {eo.dropped}, inconsistent {eo.inconsistent}; "
-                     f"unknown resolved as {eo.unknown or 'none'}")
+                     f"unknown resolved as {eo.unknown or 'none'}"
+                     + (f"; through the bot: {eo.unanswered} messages never answered, {eo.stale_placeholders} "
+                        "placeholders left beside their outcome" if eo.unanswered or eo.stale_placeholders else ""))
         lines += [f"  {e}" for e in eo.examples]
     lines.append("resource trends (slope per hour, after warm-up, per process life; codex children for "
                  "information, judged by their peak):")

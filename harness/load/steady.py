@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 
 from harness.checkers import shown
+from harness.checkers.checkers import CHAT_UNANSWERED
 from harness.ends.telegram import FakeTelegram
 from harness.ends.upstream import prompt_key
 from harness.history.history import History, Op
@@ -151,7 +152,7 @@ class Operations:
                 return
             call = await self.telegram.wait_call(None, op.chat_id, since, min(left, 5.0), required=False)
             since = int(call.get("seq", since))
-        op.detail = "the chat showed no outcome in time"
+        op.detail = CHAT_UNANSWERED
 
     async def _approve(self, task_id: str, timeout: float) -> None:
         """Approve the turn's command as a user would: once it shows up among the pending approvals."""

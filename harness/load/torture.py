@@ -52,6 +52,7 @@ def figures(g: gates.Gates, run: SoakRun) -> dict[str, Any]:
         "duplicates": eo.duplicates + eo.unrecorded if eo else None, "lost": eo.lost if eo else None,
         "dropped": eo.dropped if eo else None, "inconsistent": eo.inconsistent if eo else None,
         "unknown_resolved": eo.unknown if eo else None, "examples": eo.examples if eo else [],
+        "unanswered": eo.unanswered if eo else None, "stale_placeholders": eo.stale_placeholders if eo else None,
         "still_open": run.still_open,
         "criteria": [dataclasses.asdict(c) for c in criteria],
         "passed": all(c.passed for c in criteria) and not run.stopped_early and not run.still_open,
@@ -80,7 +81,7 @@ def totals(runs: list[dict[str, Any]], kinds: list[str], min_faults: int) -> dic
         "ops": sum(r["ops"] for r in runs), "ok": sum(r["ok"] for r in runs),
         "chat_ops": sum(r["chat_ops"] for r in runs), "tasks": sum(r["tasks"] or 0 for r in runs),
         **{k: sum(r[k] or 0 for r in runs) for k in ("duplicates", "lost", "dropped", "inconsistent",
-                                                       "never_recovered")},
+                                                       "never_recovered", "unanswered", "stale_placeholders")},
         "rto_p95_s_worst_run": max((r["rto_p95_s"] for r in runs if r["rto_p95_s"] is not None), default=None),
         "rto_max_s": max(rtos, default=None),
         "rate_worst_run": min((r["rate"] for r in runs if r["rate"] is not None), default=None),
@@ -103,7 +104,9 @@ def markdown(t: dict[str, Any], runs: list[dict[str, Any]], command: str) -> str
              f"{t['runs']} runs (seeds {', '.join(map(str, t['seeds']))}), **{t['faults']} faults** "
              f"(at least {t['min_faults']}), {t['ops']} ops ({t['chat_ops']} through the bot), {t['tasks']} turns checked.",
              "", f"duplicates {t['duplicates']}, lost {t['lost']}, dropped {t['dropped']}, "
-             f"inconsistent {t['inconsistent']}, never recovered {t['never_recovered']}; RTO p95 (worst run) "
+             f"inconsistent {t['inconsistent']}, never recovered {t['never_recovered']}; through the bot "
+             f"{t['unanswered']} messages never answered, {t['stale_placeholders']} placeholders left beside their "
+             f"answer; RTO p95 (worst run) "
              f"{sec(t['rto_p95_s_worst_run'])}, max {sec(t['rto_max_s'])}; success outside faults (worst run) "
              f"{pct(t['rate_worst_run'])}, overall {pct(t['rate_all'])}.", "",
              "| kind | faults |", "|---|---|"]
