@@ -156,7 +156,7 @@ def exactly_once(ops: list[Op], ev: Evidence) -> ExactlyOnce:
     def bad(what: str, op: Op, why: str) -> None:
         setattr(r, what, getattr(r, what) + 1)
         if len(r.examples) < EXAMPLES:
-            r.examples.append(f"{what}: {op.op} {op.task_id} on {op.node}: {why}")
+            r.examples.append(f"{what}: {op.op} {op.task_id or op.op_id} on {op.node}: {why}")
 
     for op in ops:
         if op.op in CHAT_OPS and op.chat_id is not None:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from harness.faults import backlog, hostile, signals
 from harness.faults.sqlite_lock import db_locked
 from harness.faults.window import FaultWindow
+from harness.stack.procs import Proc, log_fields
+from runtime.backoff import Backoff
 
 if TYPE_CHECKING:
     from harness.faults.toxics import Toxics
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 Scope = Callable[["Stack", str, dict[str, Any]], AbstractAsyncContextManager[FaultWindow | None]]
 LATENCIES_MS = (300, 1000, 2000)
 DETECT_TIMEOUT_S = 20.0  # how long a half-open link may stay unnoticed before the fault gives up waiting
+TURN_WAIT_S = 10.0       # how long bot_kill waits for a turn through the bot to be running
+TURN_POLL_S = 0.02       # how often it looks: chat turns last a few hundred ms
 
 
 @dataclass(frozen=True)
@@ -85,14 +89,37 @@ async def _bot_back(stack: Stack) -> None:
     await bot.wait_log("bot_ready", timeout=30, seen=bot.starts - 1)  # one bot_ready per start
 
 
-@fault("bot_kill", "bot", "crimson", after=_bot_back)
+def bot_turns_running(bot: Proc) -> int:
+    """Turns the bot's current process started and has not finished, read from its log since its last start."""
+    life = bot.log_text().rsplit("\n# harness: start", 1)[-1]
+    started, ended = set(), set()
+    for line in life.split("\n"):
+        fields = log_fields(line)
+        if fields.get("op") == "turn_started":
+            started.add(fields.get("task_id"))
+        elif fields.get("op") == "turn_final":
+            ended.add(fields.get("task_id"))
+    return len(started - ended)
+
+
+def _turn_wait(rng: random.Random) -> dict[str, Any]:
+    return {"wait_for_turn_s": TURN_WAIT_S}
+
+
+@fault("bot_kill", "bot", "crimson", draw=_turn_wait, after=_bot_back)
 @asynccontextmanager
 async def bot_kill(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
-    """SIGKILL the bot while turns run; restarted, it must catch up on what finished meanwhile, once (R-04)."""
+    """SIGKILL the bot while a turn through it runs (R-04's case): the turn finishes while the bot is down, and the
+    restarted bot must show its answer once. It waits for such a turn up to wait_for_turn_s, then kills anyway."""
     if "bot" not in stack.procs:
         yield None  # no bot in this stack: nothing to fault
         return
-    async with signals.killed(stack.procs["bot"], stack.faults) as w:
+    bot, running = stack.procs["bot"], 0
+    async for _ in Backoff(TURN_POLL_S, factor=1).tries(params["wait_for_turn_s"]):
+        if (running := bot_turns_running(bot)) > 0:
+            break
+    async with signals.killed(bot, stack.faults) as w:
+        w.params["turns_running"] = running
         yield w
 
 
@@ -161,18 +188,32 @@ async def node_slow_consumer(stack: Stack, target: str, params: dict[str, Any]) 
 @asynccontextmanager
 async def half_open(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
     """Data held both ways on node<->manager, the connection open: only the node's manager_silence and the
-    manager's offline_timeout can end it, so the window lasts until both have (or DETECT_TIMEOUT_S passed)."""
+    manager's offline_timeout can end it, so the window lasts until both have given up on the link (or
+    DETECT_TIMEOUT_S passed). The node gives up by its own silence check (`manager_silent`), or sees the socket
+    close (`link_down`) when the manager's close gets through first: Toxiproxy holds data, not a close."""
     assert stack.toxics is not None
     link, node = stack.manager_link(target), stack.procs[target]
-    silent_before = len(node.log_lines("manager_silent"))
+    before = {op: len(node.log_lines(op)) for op in GAVE_UP}
     async with stack.toxics.hold(link) as w, stack.toxics.hold(link, stream="upstream"):
         yield w
         try:
-            await node.wait_log("manager_silent", timeout=DETECT_TIMEOUT_S, seen=silent_before)
+            w.params["node_gave_up"] = await _first_new_line(node, before, DETECT_TIMEOUT_S)
             await stack.wait_online(target, online=False, timeout=DETECT_TIMEOUT_S)
             w.params["detected_after_s"] = round(time.time() - w.start, 2)
         except (TimeoutError, RuntimeError) as exc:
             w.params["undetected"] = str(exc)
+
+
+GAVE_UP = ("manager_silent", "link_down")  # a node's log ops that say it has given up on its link
+
+
+async def _first_new_line(proc: Proc, before: dict[str, int], timeout: float) -> str:
+    """Which of `before`'s ops the process logged first past the counts given; raises at the timeout."""
+    async for _ in Backoff(0.05, factor=1).tries(timeout):
+        for op, seen in before.items():
+            if len(proc.log_lines(op)) > seen:
+                return op
+    raise TimeoutError(f"{proc.name} logged none of {', '.join(before)} within {timeout:g}s; see {proc.log_path}")
 
 
 def _hostility(rng: random.Random) -> dict[str, Any]:

@@ -26,6 +26,11 @@ from harness.stack.stack import Stack
 SECTION = "torture"
 
 
+# What a fault's window notes when the stack did not take it as it should: a node that did not stop on SIGTERM, or
+# left its codex child behind, a half-open link nobody noticed. Any of them fails the run.
+DEFECTS = ("not_exited", "left_behind", "undetected")
+
+
 def figures(g: gates.Gates, run: SoakRun) -> dict[str, Any]:
     """One run's figures, as torture.json keeps them and the totals add them up."""
     s, eo = run.summary, run.summary.exactly_once
@@ -34,14 +39,13 @@ def figures(g: gates.Gates, run: SoakRun) -> dict[str, Any]:
     played = {f.fault: 0 for f in run.faults}
     for f in run.faults:
         played[f.fault] += 1
-    return {
+    out: dict[str, Any] = {
         "seed": run.settings.seed, "folder": run.out_dir.name, "duration_s": run.settings.duration_s,
         "stopped_early": run.stopped_early, "faults": len(run.faults), "faults_by_kind": dict(sorted(played.items())),
         "planned": len(run.plan), "skipped": run.skipped,
         "kinds_missing": sorted(set(run.settings.kinds) - set(played)),
-        "fault_notes": [{"fault": f.fault, "target": f.target, **{k: v for k, v in f.params.items()
-                                                                  if k in ("not_exited", "left_behind", "undetected")}}
-                        for f in run.faults if {"not_exited", "left_behind", "undetected"} & f.params.keys()],
+        "fault_defects": [{"fault": f.fault, "target": f.target, **{k: f.params[k] for k in DEFECTS if k in f.params}}
+                          for f in run.faults if set(DEFECTS) & f.params.keys()],
         "ops": s.all.ops, "ok": s.all.ok, "fail": s.all.fail, "unknown": s.all.unknown,
         "rate_all": s.all.rate, "steady_ops": s.steady.ops, "rate": s.steady.rate,
         "chat_ops": sum(1 for o in run.ops if o.op == "chat"),
@@ -55,8 +59,10 @@ def figures(g: gates.Gates, run: SoakRun) -> dict[str, Any]:
         "unanswered": eo.unanswered if eo else None, "stale_placeholders": eo.stale_placeholders if eo else None,
         "still_open": run.still_open,
         "criteria": [dataclasses.asdict(c) for c in criteria],
-        "passed": all(c.passed for c in criteria) and not run.stopped_early and not run.still_open,
     }
+    out["passed"] = (all(c.passed for c in criteria) and not run.stopped_early and not run.still_open
+                     and not out["fault_defects"])
+    return out
 
 
 def _rto_by_kind(run: SoakRun) -> dict[str, float | None]:
@@ -121,6 +127,7 @@ def markdown(t: dict[str, Any], runs: list[dict[str, Any]], command: str) -> str
     for r in runs:
         lines += [f"- seed {r['seed']}: {c['name']}: {c['detail']}" for c in r["criteria"] if not c["passed"]]
         lines += [f"- seed {r['seed']}: {e}" for e in r["examples"]]
+        lines += [f"- seed {r['seed']}: {d}" for d in r["fault_defects"]]
     return "\n".join(lines) + "\n"
 
 
