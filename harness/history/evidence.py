@@ -65,16 +65,18 @@ async def gather(stack: Stack, client: Client, ops: list[Op]) -> Evidence:
 
 
 async def _chats(stack: Stack, chat_ids: list[int]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Each chat op's chat as its user sees it (the bot's messages, latest text), and the task ids the bot logged
-    starting there (`op=turn_started`), across every bot process of the run: its log is appended across restarts."""
+    """Each chat op's chat as its user sees it (the bot's messages, latest text), and the distinct task ids the bot
+    logged starting there (`op=turn_started`, or `op=turn_resumed` by a restarted bot that took over the turn),
+    across every bot process of the run: its log is appended across restarts."""
     if not chat_ids or stack.telegram is None:
         return {}, {}
     wanted = {str(c) for c in chat_ids}
     tasks: dict[str, list[str]] = {}
-    for line in stack.procs["bot"].log_lines("turn_started"):
+    for line in stack.procs["bot"].log_lines():
         fields = log_fields(line)
-        if fields.get("chat_id") in wanted and fields.get("task_id"):
-            tasks.setdefault(fields["chat_id"], []).append(fields["task_id"])
+        if fields.get("op") in ("turn_started", "turn_resumed") and fields.get("chat_id") in wanted \
+                and (task_id := fields.get("task_id")) and task_id not in tasks.get(fields["chat_id"], []):
+            tasks.setdefault(fields["chat_id"], []).append(task_id)
     sem = asyncio.Semaphore(LOOKUPS_IN_FLIGHT)
 
     async def shown(chat_id: int) -> tuple[str, list[str]]:
