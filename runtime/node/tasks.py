@@ -24,6 +24,7 @@ logger = logging.getLogger("codex_node")
 # Finished tasks remembered for replays (task_sync after a reconnect, a repeated assign); the manager's DB
 # is the lasting record, so a small window suffices, and keeps the node's memory flat.
 KNOWN_MAX = 1_000
+INTERRUPT_WAIT_S = 2.0  # an interrupted turn/completed follows turn/interrupt within ~20 ms (codex-offline.md)
 APPROVAL_METHODS = {"item/commandExecution/requestApproval": "command", "item/fileChange/requestApproval": "file_change"}
 
 
@@ -169,9 +170,6 @@ class Runner:
             result = failed_task(task.stopped or RelayError(ErrorKind.TIMEOUT, "cancelled by the manager after its timeout"))
         except RelayError as err:
             result = failed_task(err)
-        finally:
-            if turn.turn_id is not None and not turn.done.done():
-                await self._interrupt(msg.thread_id or "", turn)
         result.duration_ms = round((time.monotonic() - started) * 1000, 1)
         self._finish(task, result)
         log(logger, logging.INFO, "task_final", node_id=self.config.node_id, task_id=task.task_id,
@@ -230,6 +228,11 @@ class Runner:
                 turn.turn_id = started["turn"]["id"]
                 done = await self._until_done(turn, generation)
             finally:
+                # A turn cut short (the manager's timeout, a drain) is interrupted, and its interrupted completion
+                # awaited, while this thread's lock is still held: the next turn on the thread must not start
+                # before it has ended, or that completion would be taken for the next turn's.
+                if turn.turn_id is not None and not turn.done.done():
+                    await self._interrupt(thread_id, turn)
                 self.turns.pop(thread_id, None)
         if done.get("status") == "completed":
             if turn.approvals_expired:
@@ -249,9 +252,11 @@ class Runner:
                                                                 "the node restarted it") from None
 
     async def _interrupt(self, thread_id: str, turn: Turn) -> None:
+        """Stop the turn, and wait (bounded) for codex to say it ended: an interrupted turn/completed follows."""
         try:
             await self.app.request("turn/interrupt", {"threadId": thread_id, "turnId": turn.turn_id}, 2)
-        except RelayError:
+            await asyncio.wait_for(asyncio.shield(turn.done), INTERRUPT_WAIT_S)
+        except (RelayError, TimeoutError):
             pass  # the child is gone or the turn already ended: nothing left to stop
 
     # ---- from the app-server -----------------------------------------------------------------
@@ -272,7 +277,10 @@ class Runner:
         elif method == "error":
             turn.errors.append(params)
         elif method == "turn/completed" and not turn.done.done():
-            turn.done.set_result(params.get("turn") or {})
+            ended = params.get("turn") or {}
+            if turn.turn_id is not None and ended.get("id") not in (None, turn.turn_id):
+                return  # another turn's end on this thread (one cut short before this one started): not ours
+            turn.done.set_result(ended)
 
     async def on_server_request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method not in APPROVAL_METHODS:
