@@ -25,6 +25,7 @@ LATENCIES_MS = (300, 1000, 2000)
 DETECT_TIMEOUT_S = 20.0  # how long a half-open link may stay unnoticed before the fault gives up waiting
 TURN_WAIT_S = 10.0       # how long bot_kill waits for a turn through the bot to be running
 TURN_POLL_S = 0.02       # how often it looks: chat turns last a few hundred ms
+BOT_KILLS = (1, 1, 2, 3)  # kills in a row of one bot_kill, drawn by the seed: mostly one, sometimes a crash loop
 
 
 @dataclass(frozen=True)
@@ -102,23 +103,39 @@ def bot_turns_running(bot: Proc) -> int:
     return len(started - ended)
 
 
-def _turn_wait(rng: random.Random) -> dict[str, Any]:
-    return {"wait_for_turn_s": TURN_WAIT_S}
+def _crash_loop(rng: random.Random) -> dict[str, Any]:
+    return {"kills": rng.choice(BOT_KILLS), "wait_for_turn_s": TURN_WAIT_S}
 
 
-@fault("bot_kill", "bot", "crimson", draw=_turn_wait, after=_bot_back)
+async def _until_turn_running(bot: Proc, wait_s: float) -> int:
+    """Wait (bounded) until the bot has a turn running; how many it has."""
+    running = 0
+    async for _ in Backoff(TURN_POLL_S, factor=1).tries(wait_s):
+        if (running := bot_turns_running(bot)) > 0:
+            break
+    return running
+
+
+@fault("bot_kill", "bot", "crimson", draw=_crash_loop, after=_bot_back)
 @asynccontextmanager
 async def bot_kill(stack: Stack, target: str, params: dict[str, Any]) -> AsyncIterator[FaultWindow | None]:
     """SIGKILL the bot while a turn through it runs (R-04's case): the turn finishes while the bot is down, and the
-    restarted bot must show its answer once. It waits for such a turn up to wait_for_turn_s, then kills anyway."""
+    restarted bot must show its outcome once. Each kill waits for such a turn, up to wait_for_turn_s. With kills > 1
+    it is a crash loop, as a supervisor's restarts make one: each restarted bot is killed again as soon as it has a
+    turn running, while it is still catching up on the events its predecessor left."""
     if "bot" not in stack.procs:
         yield None  # no bot in this stack: nothing to fault
         return
-    bot, running = stack.procs["bot"], 0
-    async for _ in Backoff(TURN_POLL_S, factor=1).tries(params["wait_for_turn_s"]):
-        if (running := bot_turns_running(bot)) > 0:
-            break
+    bot = stack.procs["bot"]
+    running = [await _until_turn_running(bot, params["wait_for_turn_s"])]
     async with signals.killed(bot, stack.faults) as w:
+        for _ in range(params["kills"] - 1):
+            bot.start()
+            try:
+                await _bot_back(stack)
+                running.append(await _until_turn_running(bot, params["wait_for_turn_s"]))
+            finally:
+                bot.kill()  # down again either way: the scope's end starts the one bot there must be
         w.params["turns_running"] = running
         yield w
 
