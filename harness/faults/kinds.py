@@ -91,12 +91,13 @@ async def _bot_back(stack: Stack) -> None:
 
 
 def bot_turns_running(bot: Proc) -> int:
-    """Turns the bot's current process started and has not finished, read from its log since its last start."""
+    """Turns the bot's current process started (or resumed from its predecessor's journal) and has not finished,
+    read from its log since its last start."""
     life = bot.log_text().rsplit("\n# harness: start", 1)[-1]
     started, ended = set(), set()
     for line in life.split("\n"):
         fields = log_fields(line)
-        if fields.get("op") == "turn_started":
+        if fields.get("op") in ("turn_started", "turn_resumed"):
             started.add(fields.get("task_id"))
         elif fields.get("op") == "turn_final":
             ended.add(fields.get("task_id"))
