@@ -139,6 +139,24 @@ def soak(args: argparse.Namespace) -> int:
     return asyncio.run(soak_mod.main(g, settings, run_dir))
 
 
+def torture(args: argparse.Namespace) -> int:
+    """Seeded torture runs in a row (R-06); each run replays with `--runs 1 --seed <its seed>` and the same settings."""
+    from harness.load import soak as soak_mod
+    from harness.load import torture as torture_mod
+
+    g: gates.Gates = args.gates
+    settings = soak_mod.SoakSettings.torture(g)
+    changes = {k: v for k, v in (("duration_s", args.duration), ("seed", args.seed),
+                                 ("fault_interval_s", args.fault_interval), ("kinds", args.kinds)) if v is not None}
+    settings = dataclasses.replace(settings, **changes)
+    runs = args.runs or int(g.setting("gates.D.torture.runs"))
+    # The whole command, defaults spelled out: what reruns this sequence, whatever gates.yaml says by then.
+    command = (f"harness torture --profile {g.profile} --runs {runs} --seed {settings.seed} "
+               f"--duration {settings.duration_s:g} --fault-interval {settings.fault_interval_s:g} "
+               f"--kinds {','.join(settings.kinds)}")
+    return asyncio.run(torture_mod.main(g, settings, runs, _run_dir("torture"), command))
+
+
 def burst(args: argparse.Namespace) -> int:
     from harness.load import burst as burst_mod  # Locust itself only ever runs in its own subprocesses
 
@@ -180,6 +198,18 @@ def main(argv: list[str] | None = None) -> None:
     p_soak.add_argument("--kinds", type=_kinds, metavar="K1,K2",
                         help="fault kinds to play, instead of gates.D.faults.kinds (e.g. hostile_peer,half_open)")
     p_soak.set_defaults(func=soak)
+
+    p_tort = sub.add_parser("torture", help="seeded soaks with dense faults of every kind, node SIGTERM and bot "
+                                            "SIGKILL among them (R-06); totals in reports/torture-<stamp>/")
+    p_tort.add_argument("--profile", default="full", choices=gates.PROFILES,
+                        help="whose gates.D.torture settings (default full: runs of 15 min)")
+    p_tort.add_argument("--runs", type=int, help="seeded runs in a row, instead of gates.D.torture.runs")
+    p_tort.add_argument("--seed", type=int, help="the first run's seed (the next runs take seed+1, ...); "
+                                                 "`--runs 1 --seed N` replays run N")
+    p_tort.add_argument("--duration", type=float, help="seconds per run, instead of gates.D.torture.duration_s")
+    p_tort.add_argument("--fault-interval", type=float, help="mean seconds between a fault's recovery and the next")
+    p_tort.add_argument("--kinds", type=_kinds, metavar="K1,K2", help="fault kinds, instead of gates.D.torture.kinds")
+    p_tort.set_defaults(func=torture)
 
     p_burst = sub.add_parser("burst", help="boot a stack and hit it with a Locust burst (headless, or --web)")
     p_burst.add_argument("--profile", default="quick", choices=gates.PROFILES)

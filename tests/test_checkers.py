@@ -224,3 +224,57 @@ def test_a_result_the_manager_never_got_is_caught(tmp_path: Path, g: gates.Gates
     once = checkers.exactly_once(ops, ev)
     assert once.dropped == 1 and "task4" in once.examples[0]
     assert not judge(g, ops, [], ev)["dropped == 0"].passed
+
+
+def chat_history(n: int = 8) -> tuple[list[Op], Evidence]:
+    """Turns sent through the bot, each in a chat of its own: the bot started one task there, the manager holds it
+    done, the model was asked once, and the chat shows the answer once (edited into the placeholder)."""
+    ops, ev = [], Evidence()
+    for i in range(n):
+        op = Op(f"c{i}", "chat", NODES[i % 2], T0 + i, T0 + i + 0.5, "ok", prompt=f"chat c{i}", chat_id=900_000 + i)
+        ops.append(op)
+        ev.chat_tasks[str(op.chat_id)] = [f"task_c{i}"]
+        ev.tasks[f"task_c{i}"] = {"state": "done", "error_kind": None, "text": f"mock reply: chat c{i}"}
+        ev.serves[f"chat c{i}"] = ev.finals[f"task_c{i}"] = 1
+        ev.chats[str(op.chat_id)] = [f"mock reply: chat c{i}"]
+    return ops, ev
+
+
+def test_turns_through_the_bot_are_checked_in_their_chat(tmp_path: Path, g: gates.Gates) -> None:
+    """What the user saw is the evidence: an outcome shown twice is a duplicate, a placeholder never resolved a loss."""
+    ops, ev = chat_history()
+    assert checkers.exactly_once(ops, ev).tasks == 8 and judge(g, ops, [], ev)["duplicates == 0"].passed
+    ev.chats["900001"].append("mock reply: chat c1")               # the answer shown twice (a replayed event)
+    ev.chat_tasks["900002"].append("task_c2b")                     # the bot took the same message twice
+    ev.chats["900003"] = ["⏳ Working on it on n2…"]               # done in the manager, never shown
+    ev.chats["900004"] = ["⏳ Working on it on n1…"]               # a placeholder, and the turn never reached the
+    del ev.tasks["task_c4"], ev.serves["chat c4"]                  # manager: acknowledged to the user, then lost
+    ev.tasks["task_c5"]["state"] = "failed"                        # the chat shows an answer the manager failed
+    ops[5].outcome = "fail"
+    ev.chats["900006"] = ["Codex turn failed: kind=node_offline, retriable=yes: the node is offline"]
+    ev.tasks["task_c6"].update(state="failed", error_kind="node_offline")  # a failure shown once: sound
+    ops[6].outcome, ops[6].error_kind = "fail", "node_offline"
+    ops[7].outcome, ops[7].detail = "unknown", checkers.CHAT_UNANSWERED  # the bot died holding the message:
+    ev.chats["900007"], ev.chat_tasks["900007"] = [], []           # no turn, an unknown, counted as unanswered
+    del ev.serves["chat c7"]
+    ev.chats["900000"].insert(0, "⏳ Working on it on n1…")       # answered after a bot restart: a stale
+                                                                   # placeholder beside it, not a second outcome
+    evidence.save(ev, tmp_path / "evidence.json")                  # as `harness check` reads it again
+    once = checkers.exactly_once(ops, evidence.load(tmp_path / "evidence.json"))
+    assert (once.duplicates, once.lost, once.inconsistent, once.unrecorded) == (2, 2, 1, 0), once.examples
+    assert once.unknown == {"absent": 1} and (once.unanswered, once.stale_placeholders) == (1, 1)
+    assert not judge(g, ops, [], ev)["lost == 0"].passed
+
+
+def test_a_bot_kill_hurts_only_turns_through_the_bot(g: gates.Gates) -> None:
+    """A bot fault's path is the chat ops: control-API ops meanwhile stay steady, and it recovers when a turn
+    through the bot answers again on every node."""
+    bot_kill = Fault("bot_kill", "bot", "all", T0 + 10, T0 + 12)
+    ops = [Op(f"d{i}", "dispatch_text", NODES[i % 2], T0 + i, T0 + i + 0.2, "ok", task_id=f"t{i}", prompt=f"p{i}")
+           for i in range(20)]
+    ops += [Op("c1", "chat", "n1", T0 + 11, T0 + 25, "unknown", chat_id=1),
+            Op("c2", "chat_probe", "n1", T0 + 13, T0 + 14, "ok", chat_id=2),
+            Op("c3", "chat_probe", "n2", T0 + 13, T0 + 15.5, "ok", chat_id=3)]
+    s = checkers.summarize(ops, [bot_kill], None, [], 60, 0.05, 20)
+    assert [r.rto_s for r in s.recoveries] == [pytest.approx(3.5)]     # n2's chat probe came last
+    assert s.steady.ops == 20 and s.steady.ok == 20                    # the control ops were never on its path

@@ -10,12 +10,16 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from harness.checkers.shown import Shown, classify
 from harness.history.history import Fault, Op
 
 FINAL = ("done", "failed", "cancelled")  # cancelled: the user stopped it, final and not a failure
+CHAT_OPS = ("chat", "chat_probe")  # turns sent through Telegram and the bot (harness/load/steady.py)
+CHAT_UNANSWERED = "the chat showed no outcome in time"  # the detail of a chat op whose message got no answer
 EXAMPLES = 10  # violations listed by id; the counts hold the rest
 DROP_SLACK_S = 1.0  # a result in flight when the manager's own timeout fired is a race, not a drop
 
@@ -27,6 +31,10 @@ class Evidence:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     finals: dict[str, int] = field(default_factory=dict)           # task_id -> `op=task_final` lines in the manager's log
     node_ok: dict[str, float] = field(default_factory=dict)        # task_id -> when a node logged it finished ok
+    # Chat ops, by chat id: the bot's messages in the chat as the user sees them now, and the task ids the
+    # bot logged for turns it started there (more than one: it took the same message twice).
+    chats: dict[str, list[str]] = field(default_factory=dict)
+    chat_tasks: dict[str, list[str]] = field(default_factory=dict)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -42,7 +50,10 @@ def percentile(values: list[float], q: float) -> float | None:
 # ---- fault windows, recovery and the steady state ----------------------------------------------
 
 def uses_path(op: Op, fault: Fault) -> bool:
-    """Does the op go through what the fault broke? Upstream faults hurt only ops that reach the model."""
+    """Does the op go through what the fault broke? Upstream faults hurt only ops that reach the model, bot
+    faults only the turns sent through the bot."""
+    if fault.target == "bot":
+        return op.op in CHAT_OPS
     if fault.scope not in ("all", op.node):
         return False
     return op.prompt is not None if fault.target == "upstream" else True
@@ -129,6 +140,11 @@ class ExactlyOnce:
     unrecorded: int = 0        # the model was asked, yet the manager has no such task
     inconsistent: int = 0      # the client's answer and the DB disagree, or done without a model call
     dropped: int = 0           # a node finished it ok, yet the manager later failed it: the result never arrived
+    # Turns through the bot, for information: a message sent that the chat never answered at all, nor the manager
+    # stored (the bot died holding it; Telegram had handed it over), and placeholders left ⏳ beside the outcome
+    # (a bot restarted mid-turn sends the answer anew; the old process's placeholder is nobody's to edit).
+    unanswered: int = 0
+    stale_placeholders: int = 0
     unknown: dict[str, int] = field(default_factory=dict)  # unknown ops by what the DB says they became
     examples: list[str] = field(default_factory=list)
 
@@ -140,9 +156,12 @@ def exactly_once(ops: list[Op], ev: Evidence) -> ExactlyOnce:
     def bad(what: str, op: Op, why: str) -> None:
         setattr(r, what, getattr(r, what) + 1)
         if len(r.examples) < EXAMPLES:
-            r.examples.append(f"{what}: {op.op} {op.task_id} on {op.node}: {why}")
+            r.examples.append(f"{what}: {op.op} {op.task_id or op.op_id} on {op.node}: {why}")
 
     for op in ops:
+        if op.op in CHAT_OPS and op.chat_id is not None:
+            _chat_once(op, ev, r, bad, unknown)
+            continue
         if op.task_id is None:
             continue
         r.tasks += 1
@@ -177,6 +196,58 @@ def exactly_once(ops: list[Op], ev: Evidence) -> ExactlyOnce:
                                f"as {row.get('error_kind')}")
     r.unknown = dict(unknown)
     return r
+
+
+def _chat_once(op: Op, ev: Evidence, r: ExactlyOnce, bad: Callable[[str, Op, str], None],
+               unknown: Counter[str]) -> None:
+    """A turn through the bot: the manager's record as for any task, and what its chat showed: the outcome exactly
+    once. A placeholder the bot showed is an acknowledgement too, so one left without an outcome is a loss."""
+    key = str(op.chat_id)
+    task_ids = ev.chat_tasks.get(key, [])
+    rows = [(t, ev.tasks[t]) for t in task_ids if t in ev.tasks]
+    seen: Shown = classify(ev.chats.get(key, []), op.prompt or "")
+    served = ev.serves.get(op.prompt or "", 0)
+    finals = max((ev.finals.get(t, 0) for t in task_ids), default=0)
+    state = rows[0][1]["state"] if rows else "absent"
+    if op.outcome == "unknown":
+        unknown[state] += 1
+    if not task_ids and served == 0 and seen.finals == 0 and seen.working == 0:
+        if op.detail == CHAT_UNANSWERED:
+            r.unanswered += 1
+        if op.outcome != "unknown":
+            return  # failed before reaching the bot (the node could not be selected): no turn, nothing to account for
+    r.tasks += 1
+    if seen.finals and seen.working:
+        r.stale_placeholders += 1
+    if served > 1 or len(task_ids) > 1 or finals > 1 or seen.finals > 1:
+        bad("duplicates", op, f"model asked {served}x, {len(task_ids)} turns started by the bot, a task finalised "
+                              f"{finals}x, {seen.finals} outcomes shown in chat {key}")
+    if not rows:
+        if served:
+            bad("unrecorded", op, f"the model was asked {served}x but the manager has no such task")
+        elif seen.working and not seen.finals:
+            bad("lost", op, f"the bot showed a placeholder in chat {key}, yet the turn never reached the manager")
+        elif op.outcome == "ok":
+            bad("lost", op, "answered ok but the manager has no such task")
+        return
+    task_id, row = rows[0]
+    r.acknowledged += 1
+    if state not in FINAL:
+        bad("lost", op, f"{task_id} still {state} after recovery")
+        return
+    r.final += 1
+    if seen.finals == 0:
+        bad("lost", op, f"{task_id} is {state} in the manager, but chat {key} never showed an outcome")
+    elif state == "done" and not seen.answers:
+        bad("inconsistent", op, f"{task_id} is done, chat {key} showed only {seen.failures}")
+    elif state == "failed" and seen.answers:
+        bad("inconsistent", op, f"{task_id} failed as {row.get('error_kind')}, chat {key} showed the answer")
+    elif state == "done" and served == 0:
+        bad("inconsistent", op, f"{task_id} done without the model ever being asked")
+    node_ok = ev.node_ok.get(task_id)
+    if state == "failed" and node_ok is not None and float(row.get("at") or 0) > node_ok + DROP_SLACK_S:
+        bad("dropped", op, f"node finished ok {float(row['at']) - node_ok:.1f}s before the manager failed it "
+                           f"as {row.get('error_kind')}")
 
 
 # ---- resource trends ---------------------------------------------------------------------------
@@ -398,7 +469,9 @@ def report(s: Summary) -> str:
         lines.append(f"exactly-once: {eo.tasks} tasks, {eo.acknowledged} acknowledged, {eo.final} final; "
                      f"duplicates found {eo.duplicates}, unrecorded {eo.unrecorded}, lost {eo.lost}, "
                      f"dropped results {eo.dropped}, inconsistent {eo.inconsistent}; "
-                     f"unknown resolved as {eo.unknown or 'none'}")
+                     f"unknown resolved as {eo.unknown or 'none'}"
+                     + (f"; through the bot: {eo.unanswered} messages never answered, {eo.stale_placeholders} "
+                        "placeholders left beside their outcome" if eo.unanswered or eo.stale_placeholders else ""))
         lines += [f"  {e}" for e in eo.examples]
     lines.append("resource trends (slope per hour, after warm-up, per process life; codex children for "
                  "information, judged by their peak):")

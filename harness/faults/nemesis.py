@@ -25,13 +25,13 @@ MAX_FAULTS = 10_000
 class Planned:
     at_s: float          # seconds after the soak's start
     kind: str
-    target: str          # manager, upstream, or a node_id
+    target: str          # manager, upstream, bot, or a node_id
     duration_s: float
     params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def scope(self) -> str:
-        return "all" if self.target in ("manager", "upstream") else self.target
+        return "all" if self.target in ("manager", "upstream", "bot") else self.target
 
 
 def schedule(seed: int, nodes: list[str], kinds: list[str], start_s: float, end_s: float, interval_s: float,
@@ -84,25 +84,27 @@ class Nemesis:
                 return
             await _sleep(stop, p.duration_s)  # holding the fault for its planned time is the point
         assert window.end is not None
-        fault = Fault(p.kind, p.target, p.scope, window.start, window.end, p.params)
+        # What the window noted while it ran (a drain's exit_s, a half-open link's detection) joins the drawn params.
+        fault = Fault(p.kind, p.target, p.scope, window.start, window.end, {**p.params, **window.params})
         self.history.add(fault)
         self.done.append(fault)
         if kind.after is not None:
             await kind.after(self.stack)
-        rto = await self.recover(p.scope, fault.end)
+        rto = await self.recover(p.scope, fault.end, "chat_probe" if kind.target == "bot" else "probe")
         self.last = f"{p.kind} on {p.target} ({p.duration_s:.1f}s), " + \
             (f"recovered in {rto:.1f}s" if rto is not None else "NOT recovered")
 
-    async def recover(self, scope: str, since: float) -> float | None:
-        """Probe each node in the fault's scope until a turn succeeds there; the slowest is the RTO."""
+    async def recover(self, scope: str, since: float, probe: str = "probe") -> float | None:
+        """Probe each node in the fault's scope until a turn succeeds there; the slowest is the RTO. A fault of
+        the bot is probed by chat_probe, a turn sent through the bot, which is the path it broke."""
         nodes = self.nodes if scope == "all" else [scope]
-        results = await asyncio.gather(*(self._probe(n, since) for n in nodes))
+        results = await asyncio.gather(*(self._probe(n, since, probe) for n in nodes))
         return None if None in results else max(r for r in results if r is not None)
 
-    async def _probe(self, node: str, since: float) -> float | None:
+    async def _probe(self, node: str, since: float, probe: str) -> float | None:
         deadline = since + self.recovery_timeout_s
         async for _ in Backoff(self.probe_interval_s, factor=1).tries(deadline - time.time()):
-            op = await self.ops.run("probe", node, self.ops.chat(node, -1),
+            op = await self.ops.run(probe, node, self.ops.chat(node, -1),
                                     timeout=max(1.0, min(10.0, deadline - time.time())))
             if op.outcome == "ok" and op.end is not None:
                 return op.end - since

@@ -135,8 +135,19 @@ D_SETTINGS: dict[str, tuple[type | tuple[type, ...], Callable[[Any], bool]]] = {
     "burst.duration_s": (NUMBER, lambda v: v > 0),
     "trend.alpha": (float, lambda v: 0 < v < 1),
     "trend.min_samples": (int, lambda v: v >= 3),
+    "torture.runs": (int, lambda v: v >= 1),
+    "torture.seed": (int, lambda v: True),
+    "torture.duration_s": (NUMBER, lambda v: v > 0),
+    "torture.warmup_s": (NUMBER, lambda v: v >= 0),
+    "torture.rate_per_s": (NUMBER, lambda v: 0 < v <= 50),
+    "torture.mix": (dict, lambda v: v and all(isinstance(w, NUMBER) and w >= 0 for w in v.values()) and sum(v.values()) > 0),
+    "torture.interval_s": (NUMBER, lambda v: v > 0),
+    "torture.fault_duration_s": (list, lambda v: len(v) == 2 and all(isinstance(x, NUMBER) for x in v) and 0 < v[0] <= v[1]),
+    "torture.recovery_timeout_s": (NUMBER, lambda v: v > 0),
+    "torture.kinds": (list, lambda v: len(v) > 0),
+    "torture.min_faults": (int, lambda v: v >= 1),
 }
-MIX_KINDS = ("dispatch_text", "appserver", "approval")
+MIX_KINDS = ("dispatch_text", "appserver", "approval", "chat")
 
 
 def _check_d(g: Gates) -> None:
@@ -158,14 +169,16 @@ def _check_d(g: Gates) -> None:
             raise GatesError(f"gates.yaml: missing key `{path}`") from None
         if not isinstance(value, kind) or isinstance(value, bool) or not check(value):
             raise GatesError(f"gates.yaml: `{path}`{where} is out of range or of the wrong type: {value!r}")
-    unknown_mix = sorted(set(g.setting("gates.D.soak.mix")) - set(MIX_KINDS))
-    if unknown_mix:
-        raise GatesError(f"gates.yaml: `gates.D.soak.mix` has unknown kinds {unknown_mix}: use {', '.join(MIX_KINDS)}")
     from harness.faults.kinds import KINDS  # where each fault kind is declared
 
-    unknown = sorted(set(g.setting("gates.D.faults.kinds")) - set(KINDS))
-    if unknown:
-        raise GatesError(f"gates.yaml: `gates.D.faults.kinds` has unknown kinds {unknown}: use {', '.join(KINDS)}")
+    for part in ("soak", "torture"):
+        unknown_mix = sorted(set(g.setting(f"gates.D.{part}.mix")) - set(MIX_KINDS))
+        if unknown_mix:
+            raise GatesError(f"gates.yaml: `gates.D.{part}.mix` has unknown kinds {unknown_mix}: use {', '.join(MIX_KINDS)}")
+    for key in ("gates.D.faults.kinds", "gates.D.torture.kinds"):
+        unknown = sorted(set(g.setting(key)) - set(KINDS))
+        if unknown:
+            raise GatesError(f"gates.yaml: `{key}` has unknown kinds {unknown}: use {', '.join(KINDS)}")
     for section in SECTIONS:
         thresholds(g, section)
 
@@ -181,8 +194,10 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 METRIC_UNITS = {"p": "ms", "rto p": "ms", "rto max": "ms", "rate": "fraction", "rate_all": "fraction",
                 "rss_slope": "%/h", "fd_slope": "%/h", "threads_slope": "%/h", "duplicates": "count", "lost": "count",
                 "dropped": "count", "codex_rss_peak": "MB"}
-# What each part of D measures: a burst has no faults and is too short for a trend.
-SECTIONS = {"soak": tuple(METRIC_UNITS), "burst": ("p", "rate", "rate_all", "duplicates", "lost", "dropped")}
+# What each part of D measures: a burst has no faults and is too short for a trend, nor is a torture run, whose
+# faults come too densely for a steady state to judge latency or resources by.
+SECTIONS = {"soak": tuple(METRIC_UNITS), "burst": ("p", "rate", "rate_all", "duplicates", "lost", "dropped"),
+            "torture": ("rate", "rate_all", "rto p", "rto max", "duplicates", "lost", "dropped")}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Gathers the evidence the exactly-once checker needs from a live stack, once the faults have cleared:
-the mock model's serve count per prompt, the manager's DB row per task, its `task_final` log lines.
+the mock model's serve count per prompt, the manager's DB row per task, its `task_final` log lines, and for
+turns sent through the bot, what each chat shows in the fake Bot API and the task ids the bot started there.
 """
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ async def gather(stack: Stack, client: Client, ops: list[Op]) -> Evidence:
         return task_id, {"state": task["state"], "error_kind": task.get("error_kind"), "at": task.get("updated_at"),
                          "text": (task.get("result") or {}).get("text")}
 
-    ids = sorted({o.task_id for o in ops if o.task_id})
+    chats, chat_tasks = await _chats(stack, [o.chat_id for o in ops if o.chat_id is not None])
+    ids = sorted({o.task_id for o in ops if o.task_id} | {t for ts in chat_tasks.values() for t in ts})
     rows = dict(await asyncio.gather(*(row(t) for t in ids)))
     finals: dict[str, int] = {}
     for line in stack.procs["manager"].log_lines("task_final"):
@@ -58,7 +60,32 @@ async def gather(stack: Stack, client: Client, ops: list[Op]) -> Evidence:
             finals[task_id] = finals.get(task_id, 0) + 1
     return Evidence(serves={k: int(v) for k, v in stats["serves"].items()},
                     tasks={k: v for k, v in rows.items() if v is not None},
-                    finals={t: finals.get(t, 0) for t in ids}, node_ok=node_ok(stack, set(ids)))
+                    finals={t: finals.get(t, 0) for t in ids}, node_ok=node_ok(stack, set(ids)),
+                    chats=chats, chat_tasks=chat_tasks)
+
+
+async def _chats(stack: Stack, chat_ids: list[int]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """Each chat op's chat as its user sees it (the bot's messages, latest text), and the distinct task ids the bot
+    logged starting there (`op=turn_started`, or `op=turn_resumed` by a restarted bot that took over the turn),
+    across every bot process of the run: its log is appended across restarts."""
+    if not chat_ids or stack.telegram is None:
+        return {}, {}
+    wanted = {str(c) for c in chat_ids}
+    tasks: dict[str, list[str]] = {}
+    for line in stack.procs["bot"].log_lines():
+        fields = log_fields(line)
+        if fields.get("op") in ("turn_started", "turn_resumed") and fields.get("chat_id") in wanted \
+                and (task_id := fields.get("task_id")) and task_id not in tasks.get(fields["chat_id"], []):
+            tasks.setdefault(fields["chat_id"], []).append(task_id)
+    sem = asyncio.Semaphore(LOOKUPS_IN_FLIGHT)
+
+    async def shown(chat_id: int) -> tuple[str, list[str]]:
+        assert stack.telegram is not None
+        async with sem:
+            messages = (await stack.telegram.get(f"chat/{chat_id}"))["messages"]
+        return str(chat_id), [m["text"] for m in messages if m.get("from_bot")]
+
+    return dict(await asyncio.gather(*(shown(c) for c in sorted(set(chat_ids))))), tasks
 
 
 def node_ok(stack: Stack, ids: set[str]) -> dict[str, float]:
@@ -77,9 +104,10 @@ def node_ok(stack: Stack, ids: set[str]) -> dict[str, float]:
 def resolve(history: History, ev: Evidence) -> None:
     """Settle every unknown op in the history from the DB: Jepsen's `info`, completed after recovery."""
     for op in history.ops:
-        if op.outcome == "unknown" and op.task_id:
-            row = ev.tasks.get(op.task_id)
-            history.add(Resolution(op.op_id, op.task_id, row["state"] if row else "absent",
+        task_id = op.task_id or next(iter(ev.chat_tasks.get(str(op.chat_id), [])), None)
+        if op.outcome == "unknown" and task_id:
+            row = ev.tasks.get(task_id)
+            history.add(Resolution(op.op_id, task_id, row["state"] if row else "absent",
                                    row.get("error_kind") if row else None))
 
 

@@ -17,7 +17,7 @@ Outcome = Literal["ok", "fail", "unknown"]
 class Op:
     """One operation as its client saw it; `unknown` means the answer never came (a timeout, a dead socket)."""
     op_id: str
-    op: str                      # dispatch_text, appserver, approval, probe, ...
+    op: str                      # dispatch_text, appserver, approval, chat, probe, chat_probe, ...
     node: str
     start: float
     end: float | None = None
@@ -28,6 +28,7 @@ class Op:
     task_id: str | None = None
     prompt: str | None = None    # the mock's key for the prompt: its serve count is the evidence of execution
     detail: str | None = None
+    chat_id: int | None = None   # a turn sent through the bot: the Telegram chat it has to itself
     type: str = "op"
 
     @property

@@ -1,13 +1,15 @@
 """The soak's load: a low constant rate of operations across the nodes, each recorded in the history.
 
-The mix is Codex turns through chats (dispatch_text), app-server calls and turns that ask for an
-approval, which this generator approves. Every turn has a unique prompt, so the mock model's serve
-count per prompt proves it ran at most once. Ops arrive on a schedule, not after the previous one
-ends (an open model), so a stalled node cannot slow the load down and hide itself.
+The mix is Codex turns through chats (dispatch_text), app-server calls, turns that ask for an
+approval, which this generator approves, and turns a Telegram user sends through the real bot (chat).
+Every turn has a unique prompt, so the mock model's serve count per prompt proves it ran at most once.
+Ops arrive on a schedule, not after the previous one ends (an open model), so a stalled node cannot slow
+the load down and hide itself.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from dataclasses import dataclass
@@ -15,6 +17,9 @@ from typing import Any
 
 import aiohttp
 
+from harness.checkers import shown
+from harness.checkers.checkers import CHAT_UNANSWERED
+from harness.ends.telegram import FakeTelegram
 from harness.ends.upstream import prompt_key
 from harness.history.history import History, Op
 from runtime.backoff import Backoff
@@ -22,7 +27,10 @@ from runtime.protocol import Api, new_id
 
 ANSWER_GRACE_S = 10.0   # the client waits this much past the manager's own timeout before calling an op unknown
 APPROVAL_POLL_S = 0.2
-KINDS = ("dispatch_text", "appserver", "approval")
+KINDS = ("dispatch_text", "appserver", "approval", "chat")
+CHAT_OPS = ("chat", "chat_probe")  # through Telegram and the bot: what a bot kill can hurt
+CHAT_USER = 1002                   # Stack.USER: allowed, not an admin
+FIRST_CHAT = 900_001               # chat ids of the soak's chat ops; each op has one to itself
 
 
 @dataclass(frozen=True)
@@ -67,8 +75,11 @@ def judge(op: Op, status: int, env: dict[str, Any], expect: str | None) -> None:
 class Operations:
     """The operations themselves; the steady generator and the nemesis's recovery probes share them."""
 
-    def __init__(self, client: Client, history: History, settings: LoadSettings, tag: str) -> None:
+    def __init__(self, client: Client, history: History, settings: LoadSettings, tag: str,
+                 telegram: FakeTelegram | None = None) -> None:
         self.client, self.history, self.settings, self.tag = client, history, settings, tag
+        self.telegram = telegram
+        self._chat_ids = itertools.count(FIRST_CHAT)
 
     def chat(self, node: str, i: int) -> str:
         return f"{self.tag}-{node}-c{i}"
@@ -81,6 +92,8 @@ class Operations:
                 body = {"node_id": node, "method": "thread/list", "params": {"limit": 5}, "timeout": timeout}
                 status, env = await self.client.call("POST", Api.APPSERVER, body, timeout + ANSWER_GRACE_S, op.trace_id)
                 judge(op, status, env, None)
+            elif kind in CHAT_OPS:
+                await self._chat(op, timeout)
             else:
                 await self._turn(op, chat, timeout, approve=kind == "approval")
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
@@ -111,6 +124,37 @@ class Operations:
             if decider is not None:
                 decider.cancel()
         judge(op, status, env, "relay-approved" if approve else f"mock reply: {op.prompt}")
+
+    async def _chat(self, op: Op, timeout: float) -> None:
+        """A turn as a Telegram user sends it: fake Bot API -> the real bot -> manager -> node. The op has a chat
+        of its own, so whatever the bot shows there is this turn's; its outcome is what the chat shows."""
+        if self.telegram is None:
+            raise RuntimeError("a chat op needs the stack's bot: start it with Stack.start_bot() first")
+        op.chat_id = next(self._chat_ids)
+        text = f"{op.op} {op.op_id}"
+        op.prompt = prompt_key(text)
+        # The chat's node is picked through the control API, as the /node button's call does: the op is the turn.
+        status, env = await self.client.call("POST", Api.CHAT_SELECT, {"chat_key": f"tg:{op.chat_id}",
+                                                                      "node_id": op.node}, 10, op.trace_id)
+        judge(op, status, env, None)
+        if op.outcome != "ok":
+            return  # nothing was sent to the bot: a failed op, the model never asked
+        op.outcome = "unknown"
+        user = self.telegram.user(CHAT_USER, op.chat_id)
+        since = await user.say(text)
+        deadline = time.monotonic() + timeout + ANSWER_GRACE_S
+        while (left := deadline - time.monotonic()) > 0:
+            texts = [m["text"] for m in await user.messages() if m.get("from_bot")]
+            seen = shown.classify(texts, op.prompt)
+            if seen.answers:
+                op.outcome = "ok"
+                return
+            if seen.failures:
+                op.outcome, op.error_kind = "fail", seen.failures[0]
+                return
+            call = await self.telegram.wait_call(None, op.chat_id, since, min(left, 5.0), required=False)
+            since = int(call.get("seq", since))
+        op.detail = CHAT_UNANSWERED
 
     async def _approve(self, task_id: str, timeout: float) -> None:
         """Approve the turn's command as a user would: once it shows up among the pending approvals."""

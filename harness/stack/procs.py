@@ -97,6 +97,24 @@ class Proc:
             self.stopped_by_harness = True
             os.kill(self.pid, signal.SIGTERM)
 
+    async def wait_exit(self, timeout: float) -> bool:
+        """True once the process has exited by itself (a SIGTERM's shutdown), False if it still runs at the timeout."""
+        async for _ in Backoff(0.05, factor=1).tries(timeout):
+            if not self.alive:
+                return True
+        return not self.alive
+
+    def group_left(self) -> list[str]:
+        """Live processes still in its group after it exited: what its shutdown left behind (a codex child)."""
+        left = []
+        for p in psutil.process_iter(["name"]):
+            try:
+                if p.pid != self.pid and os.getpgid(p.pid) == self.pid and p.status() != psutil.STATUS_ZOMBIE:
+                    left.append(f"{p.info['name']}[{p.pid}]")
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                continue
+        return left
+
     def terminate(self, grace: float = 5.0) -> None:
         self.stopped_by_harness = True
         if self.popen is None or not self.alive:

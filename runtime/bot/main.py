@@ -28,6 +28,7 @@ from runtime.bot.cursor import Cursor
 from runtime.bot.delivery import Delivery
 from runtime.bot.events import EventStream
 from runtime.bot.flood import Flood
+from runtime.bot.journal import Journal
 from runtime.bot.manager_client import ManagerClient
 from runtime.bot.turns import Turns
 from runtime.bot.updates import SUBSCRIBED, Screen, UpdatesRequest
@@ -57,7 +58,8 @@ def build(config: BotConfig, screen: Screen) -> tuple[Application, Relay, EventS
     delivery = Delivery(app.bot, config.send_attempts)
     access = Access(config, manager)
     relay = Relay(config, manager, access, delivery, Approvals(manager, delivery, access),
-                  Turns(config, manager, delivery), Flood(config.user_rate_limit, config.user_rate_window), Wizards())
+                  Turns(config, manager, delivery, Journal(config.state_dir)),
+                  Flood(config.user_rate_limit, config.user_rate_window), Wizards())
     handlers.install(app, relay)
 
     async def resolved(e: dict) -> None:  # type: ignore[type-arg]
@@ -127,11 +129,13 @@ async def run(config: BotConfig) -> int:
         await app.updater.start_polling(timeout=int(config.poll_timeout), allowed_updates=list(SUBSCRIBED),  # type: ignore[union-attr]
                                         error_callback=polling_error)
     await app.start()
+    resumed = relay.turns.resume()  # before the event stream: a replayed result finds its turn, not an orphan
     stream = events.tasks.spawn(events.run_forever(), "events")
     log(logger, logging.INFO, "bot_ready", username=app.bot.username, version=__version__,
         manager_url=config.manager_url,
         mode="webhook" if config.webhook_url else "polling", webhook_port=listening, allowed=len(config.allowed_users),
-        admins=len(config.admin_users), user_rate=f"{config.user_rate_limit}/{config.user_rate_window:g}s")
+        admins=len(config.admin_users), user_rate=f"{config.user_rate_limit}/{config.user_rate_window:g}s",
+        turns_resumed=resumed)
     await stop.wait()
     log(logger, logging.INFO, "bot_stopping")
     await cancel(stream)

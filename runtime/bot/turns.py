@@ -3,7 +3,8 @@
 
 The bot picks the task_id, so progress and result events can be matched to the placeholder, and a dispatch
 whose answer was lost (manager restart mid-turn) can be asked again safely: the manager never runs a
-task_id twice, it answers with what the first run became.
+task_id twice, it answers with what the first run became. The turns in hand are journaled on disk
+(journal.py), so a restarted bot resumes them the same way and shows each outcome once, in its placeholder.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import dataclasses
 import html
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from runtime.bot import formatting, render
 from runtime.bot.config import BotConfig
 from runtime.bot.context import Req, chat_id_of, chat_key
 from runtime.bot.delivery import Delivery
+from runtime.bot.journal import Entry, Journal
 from runtime.bot.manager_client import ManagerClient, MaybeDelivered
 from runtime.aiotasks import Background
 from runtime.backoff import Backoff
@@ -32,7 +33,6 @@ logger = logging.getLogger("codex_bot.turns")
 
 HTTP_MARGIN = 10.0      # the HTTP wait outlives the manager's own deadline, so the manager reports the timeout
 RETRY_FIRST, RETRY_CAP = 1.0, 10.0
-FINISHED_KEEP = 1000
 LOST_NOTE = "\n\n(The connection to the manager was lost; the answer will follow once it is back.)"
 
 
@@ -56,24 +56,29 @@ class Turn:
 
 
 class Turns:
-    def __init__(self, config: BotConfig, manager: ManagerClient, delivery: Delivery) -> None:
+    def __init__(self, config: BotConfig, manager: ManagerClient, delivery: Delivery, journal: Journal) -> None:
         self.config = config
         self.manager = manager
         self.delivery = delivery
+        self.journal = journal  # turns in hand and recently shown, on disk: a restart resumes, never repeats
         self.active: dict[str, Turn] = {}
         self.tasks = Background(logger)
-        self._finished: OrderedDict[str, None] = OrderedDict()  # recent task_ids, so a late event is not shown twice
 
     async def start(self, req: Req, node_id: str, text: str, chat: dict[str, Any],
                     action: TaskAction = TaskAction.TURN, images: list[str] | None = None) -> None:
         """Answer with the placeholder now; the turn itself (or codex's review or compaction) runs in the background.
         `chat`: its settings."""
         asked, task_id = time.monotonic(), new_id("task")
+        # Journaled before the placeholder: from the user's first sight of it, a crash resumes the turn. Only a plain
+        # text turn is resumed that way (the journal keeps its text); a review, a compaction or a photo is not.
+        if action == TaskAction.TURN and not images:
+            self.journal.begin(Entry(task_id, req.chat_id, req.user_id, node_id, req.trace_id, text, time.time()))
         sent = await self.delivery.send(req.chat_id, render.placeholder(node_id, action), render.stop_button(task_id),
                                         trace_id=req.trace_id)
         turn = Turn(task_id, req.chat_id, req.user_id, node_id, req.trace_id, sent.message_id if sent else None,
                     action, verbose=int(chat.get("verbose", DEFAULT_VERBOSE)),
                     result_mode=str(chat.get("result_mode") or DEFAULT_RESULT_MODE))
+        self.journal.placed(task_id, turn.message_id)
         turn.shown = render.placeholder(node_id, action)
         # Sending the placeholder counts as its first write: its first edit comes progress_interval later.
         turn.edits = Throttle(self.config.progress_interval, lambda: self._edit_progress(turn), self.tasks,
@@ -82,6 +87,22 @@ class Turns:
         log(logger, logging.INFO, "turn_started", chat_id=req.chat_id, user_id=req.user_id, node_id=node_id,
             task_id=turn.task_id, trace_id=req.trace_id, placeholder_ms=round((turn.started - asked) * 1000))
         self.tasks.spawn(self._run(turn, text, images), f"turn:{turn.task_id}")
+
+    def resume(self) -> int:
+        """The turns a previous process had in hand: each asks the manager again under its task_id and shows its
+        outcome in its placeholder, within what is left of its deadline. Call before the event stream starts, so a
+        replayed result finds its turn here instead of being sent as a new message."""
+        for e in [e for e in self.journal.open.values() if e.task_id not in self.active]:
+            turn = Turn(e.task_id, e.chat_id, e.user_id, e.node_id, e.trace_id, e.message_id,
+                        started=time.monotonic() - max(0.0, time.time() - e.started_at), result_mode="replace")
+            turn.shown = render.placeholder(e.node_id)
+            turn.edits = Throttle(self.config.progress_interval, lambda t=turn: self._edit_progress(t), self.tasks,
+                                  f"progress:{e.task_id}", last=time.monotonic())
+            self.active[turn.task_id] = turn
+            log(logger, logging.INFO, "turn_resumed", chat_id=e.chat_id, node_id=e.node_id, task_id=e.task_id,
+                trace_id=e.trace_id, age_s=round(time.time() - e.started_at, 1))
+            self.tasks.spawn(self._run(turn, e.text), f"turn:{turn.task_id}")
+        return len(self.journal.open)
 
     async def _run(self, turn: Turn, text: str, images: list[str] | None = None) -> None:
         deadline = turn.started + self.config.turn_timeout
@@ -150,21 +171,18 @@ class Turns:
             await self.fail(turn, RelayError(parse_kind(result.get("error_kind")), result.get("error")))
 
     async def _orphan(self, task_id: str, chat_id: int | None, result: dict[str, Any]) -> None:
-        """A chat's turn that an earlier bot process started: its placeholder is unknown, so the answer is sent."""
-        if chat_id is None or task_id in self._finished:
+        """A chat's turn this bot has no record of (its journal was lost, or the turn was dispatched by another front
+        end under a Telegram chat_key): its placeholder is unknown, so the answer is sent."""
+        if chat_id is None or self.journal.shown(task_id):
             return
-        self._remember(task_id)
+        self.journal.remember(task_id)
         if result.get("ok"):
             await self._deliver(chat_id, task_id, None, answer(result, self.config.answer_max_parts), None)
         else:
             await self.delivery.send(chat_id, render.failure("Codex turn", str(result.get("error_kind") or "internal"),
                                                              result.get("error")))
+        self.journal.finish(task_id)
         log(logger, logging.INFO, "turn_final_orphan", chat_id=chat_id, task_id=task_id, ok=bool(result.get("ok")))
-
-    def _remember(self, task_id: str) -> None:
-        self._finished[task_id] = None
-        while len(self._finished) > FINISHED_KEEP:
-            self._finished.popitem(last=False)
 
     async def finish(self, turn: Turn, result: dict[str, Any]) -> None:
         if turn.action == TaskAction.COMPACT:
@@ -190,13 +208,16 @@ class Turns:
             turn.done = True
             if turn.edits is not None:
                 await turn.edits.close()
-            self._remember(turn.task_id)  # before leaving `active`: its result event must not look orphaned
+            self.journal.remember(turn.task_id)  # before leaving `active`: its result event must not look orphaned
             self.active.pop(turn.task_id, None)
+            # Editing is safe to repeat (a resumed turn may edit in what its crashed predecessor already had); a
+            # resumed turn therefore shows its outcome in place (result_mode replace).
             if (turn.result_mode == "send" and turn.message_id is not None and error_kind != ErrorKind.CANCELLED
                     and not in_place):
                 await self._post(turn, answer, ok)
             else:
                 await self._deliver(turn.chat_id, turn.task_id, turn.message_id, answer, turn.trace_id)
+            self.journal.finish(turn.task_id)  # shown: only now is the turn off the disk
         log(logger, logging.INFO, "turn_final", chat_id=turn.chat_id, user_id=turn.user_id, node_id=turn.node_id,
             task_id=turn.task_id, trace_id=turn.trace_id, ok=ok, error_kind=error_kind,
             ms=round((time.monotonic() - turn.started) * 1000))

@@ -32,6 +32,7 @@ logger = logging.getLogger("codex_node")
 # Finished tasks remembered for replays (task_sync after a reconnect, a repeated assign); the manager's DB
 # is the lasting record, so a small window suffices, and keeps the node's memory flat.
 KNOWN_MAX = 1_000
+INTERRUPT_WAIT_S = 2.0  # an interrupted turn/completed follows turn/interrupt within ~20 ms (codex-offline.md)
 STOP_GRACE = 5.0  # seconds codex gets to end a turn it was told to interrupt, before the node stops waiting for it
 # codex 0.171's retry notice while the provider cannot be reached at all; it waits like this without end.
 WAITING_FOR_NETWORK = "waiting for network"
@@ -394,6 +395,11 @@ class Runner:
                 await self._interrupt(turn)
             done = await self._until_done(turn, turn.generation)
         finally:
+            # A turn cut short (the manager's timeout, a drain) is interrupted, and its interrupted completion
+            # awaited, while this thread's lock is still held: the next turn on the thread must not start before it
+            # has ended, or that completion would be taken for the next turn's (found by the torture soak).
+            if turn.turn_id is not None and not turn.done.done():
+                await self._interrupt(turn, wait=True)
             self.turns.pop(thread_id, None)
         if done.get("status") == "interrupted" and turn.stop_requested:
             return failed_task(RelayError(ErrorKind.CANCELLED, "stopped at the user's request"), thread_id=thread_id,
@@ -506,17 +512,21 @@ class Runner:
                     raise RelayError(ErrorKind.PROVIDER_UNREACHABLE, f"codex waited {waited:.0f}s for the network to "
                                      f"the model provider ({turn.notice})") from None
 
-    async def _interrupt(self, turn: Turn) -> bool:
+    async def _interrupt(self, turn: Turn, wait: bool = False) -> bool:
         """turn/interrupt to the codex child running the turn; False when that child is gone (a new one never had
-        the thread, so there is nothing to interrupt) or the turn already ended."""
+        the thread, so there is nothing to interrupt) or the turn already ended. With `wait`, also wait (bounded)
+        for codex to say the turn ended: an interrupted turn/completed follows."""
         if self.app.generation != turn.generation or not self.app.ready.is_set():
             return False
         try:
             await self.app.request("turn/interrupt", {"threadId": turn.thread_id,
                                                       "turnId": turn.active_id or turn.turn_id}, 2)
-            return True
         except RelayError:
             return False
+        if wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(turn.done), INTERRUPT_WAIT_S)
+        return True
 
     # ---- from the app-server -----------------------------------------------------------------
     def on_notify(self, method: str, params: dict[str, Any]) -> None:
@@ -550,7 +560,10 @@ class Runner:
             turn.errors.append(params)
             self._codex_error(turn, params)
         elif method == "turn/completed" and not turn.done.done():
-            turn.done.set_result(params.get("turn") or {})
+            ended = params.get("turn") or {}
+            if turn.turn_id is not None and ended.get("id") not in (None, turn.turn_id):
+                return  # another turn's end on this thread (one cut short before this one started): not ours
+            turn.done.set_result(ended)
 
     def _codex_error(self, turn: Turn, params: dict[str, Any]) -> None:
         """codex's own error and retry notices: each in the node's log; a retry also goes to the user at once."""
