@@ -30,8 +30,9 @@ async def test_the_next_turn_on_a_thread_keeps_its_own_outcome(stack: Stack) -> 
     chat = new_id("chat")
 
     async def turn(text: str, timeout: float) -> dict[str, object]:
+        # steer false: the next message queues behind the running turn (P1-02's /queue on) instead of joining it
         return await stack.result(Api.DISPATCH_TEXT, {"chat_key": chat, "node_id": "t1", "text": text,
-                                                      "timeout": timeout})
+                                                      "timeout": timeout, "steer": False})
 
     assert (await turn("the thread's first turn", 20))["ok"]
     for i in range(2):

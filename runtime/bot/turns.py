@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import html
 import logging
 import time
@@ -96,8 +97,8 @@ class Turns:
             turn = Turn(e.task_id, e.chat_id, e.user_id, e.node_id, e.trace_id, e.message_id,
                         started=time.monotonic() - max(0.0, time.time() - e.started_at), result_mode="replace")
             turn.shown = render.placeholder(e.node_id)
-            turn.edits = Throttle(self.config.progress_interval, lambda t=turn: self._edit_progress(t), self.tasks,
-                                  f"progress:{e.task_id}", last=time.monotonic())
+            turn.edits = Throttle(self.config.progress_interval, functools.partial(self._edit_progress, turn),
+                                  self.tasks, f"progress:{e.task_id}", last=time.monotonic())
             self.active[turn.task_id] = turn
             log(logger, logging.INFO, "turn_resumed", chat_id=e.chat_id, node_id=e.node_id, task_id=e.task_id,
                 trace_id=e.trace_id, age_s=round(time.time() - e.started_at, 1))
