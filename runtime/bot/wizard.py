@@ -109,9 +109,10 @@ async def _show(relay: Relay, req: Req, draft: Draft) -> None:
     """The step as a new message (a wizard's first) or an edit of the wizard's message."""
     text, markup = rt.wizard_step(draft)
     if draft.message_id is None:
+        # Open before the message is out: a user may tap its button before the send's answer reaches the bot.
+        relay.wizards.open(req.chat_key, draft)
         sent = await relay.say(req, text, markup)
         draft.message_id = sent.message_id if sent else None
-        relay.wizards.open(req.chat_key, draft)
     else:
         await relay.delivery.edit(req.chat_id, draft.message_id, text, markup, trace_id=req.trace_id)
 
